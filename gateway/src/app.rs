@@ -1,0 +1,134 @@
+//! The gateway's lifecycle: serve at once (health first), bring the database up, serve
+//! full, and drain on the shutdown signal.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::{Config, ConfigError};
+use crate::database::{self, StartupError};
+use crate::listeners::{self, ListenerError, Listeners};
+use crate::routes;
+use crate::serve::{Drained, Server};
+use crate::state::Shared;
+
+/// How long closing the pools may take after the drain.
+const POOL_CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Why the gateway stopped with an error; [`GatewayError::exit_code`] is its exit status.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// A setting is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The listening sockets could not be set up.
+    #[error(transparent)]
+    Listener(#[from] ListenerError),
+    /// The async runtime or a listener registration failed.
+    #[error("runtime: {0}")]
+    Runtime(#[from] std::io::Error),
+    /// The database startup failed for good.
+    #[error(transparent)]
+    Startup(#[from] StartupError),
+}
+
+impl GatewayError {
+    /// 3 for migration refusals (conflict, failed or dirty migration), 1 for the rest.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            GatewayError::Startup(StartupError::Migration(_)) => 3,
+            _ => 1,
+        }
+    }
+}
+
+/// Builds the runtime and runs the gateway until SIGTERM or SIGINT has drained it.
+pub fn start(
+    config: Config,
+    inherited: Result<Option<Listeners>, ListenerError>,
+) -> Result<(), GatewayError> {
+    let listeners = match inherited? {
+        Some(listeners) => listeners,
+        None => listeners::bind(config.addr)?,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let result = runtime.block_on(async {
+        let shutdown = shutdown_signal()?;
+        run(config, listeners, shutdown).await
+    });
+    // Connections past the drain deadline are dropped here, not waited for.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    result
+}
+
+/// Resolves on the first SIGTERM or SIGINT. The handlers stay installed afterwards, so a
+/// repeated signal during the drain is ignored rather than killing the process.
+fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        tracing::info!(signal = name, "draining");
+    })
+}
+
+/// Serves on `listeners` until `shutdown` resolves, then drains.
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), GatewayError> {
+    let shared = Arc::new(Shared::new(config.database.is_some()));
+    let mut sockets = vec![listeners.public];
+    sockets.extend(listeners.probe);
+    let (server, addrs) = Server::start(sockets, routes::router(shared.clone()))?;
+    tracing::info!(
+        version = crate::VERSION,
+        pid = shared.pid,
+        listening = ?addrs,
+        mode = if shared.full_mode { "full" } else { "health-only" },
+        "aihummer-gateway serving"
+    );
+
+    let bring_up = async {
+        match &config.database {
+            Some(db) => {
+                let pools = database::start(db, config.app_database.as_ref(), &shared).await?;
+                shared.set_ready(pools);
+            }
+            None => tracing::warn!(
+                "AIHUMMER_DATABASE_URL is not set: health-only mode, /readyz answers 503"
+            ),
+        }
+        Ok::<_, StartupError>(())
+    };
+    // A successful bring-up disables its branch; only the signal or a failure ends this.
+    let failure = tokio::select! {
+        _ = shutdown => None,
+        Err(err) = bring_up => Some(err),
+    };
+
+    shared.start_draining();
+    match server.drain(config.drain_timeout).await {
+        Drained::Clean => tracing::info!("drained"),
+        Drained::DeadlineReached(open) => tracing::warn!(
+            open,
+            timeout = ?config.drain_timeout,
+            "drain deadline reached; dropping the remaining connections"
+        ),
+    }
+    if let Some(pools) = shared.pools() {
+        let close = async { tokio::join!(pools.app.close(), pools.owner.close()) };
+        let _ = tokio::time::timeout(POOL_CLOSE_TIMEOUT, close).await;
+    }
+    match failure {
+        Some(err) => Err(err.into()),
+        None => Ok(()),
+    }
+}

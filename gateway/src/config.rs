@@ -1,0 +1,229 @@
+//! The gateway's settings, read from `AIHUMMER_*` variables and validated once at start.
+//!
+//! Parsing takes a lookup function instead of reading the process environment, so every
+//! rule is unit tested without touching global state.
+
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::PgConnectOptions;
+
+/// Listen address when `AIHUMMER_GATEWAY_ADDR` is unset: port 8765 on all interfaces.
+pub const DEFAULT_ADDR: &str = ":8765";
+/// How long a drain may take before the remaining connections are dropped.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A setting that cannot be used, named so the operator knows what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The listen address does not parse or resolve.
+    #[error("{var}={value:?} is not a listen address ({reason}); expected HOST:PORT or :PORT")]
+    Address {
+        /// The variable's name.
+        var: &'static str,
+        /// What it was set to.
+        value: String,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// A duration that does not parse.
+    #[error("{var}={value:?} is not a duration ({reason}); expected e.g. 30s, 500ms or 2m")]
+    Duration {
+        /// The variable's name.
+        var: &'static str,
+        /// What it was set to.
+        value: String,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// A database URL that does not parse. The value is not repeated: it may hold a password.
+    #[error("{var} is not a valid PostgreSQL URL: {reason}")]
+    DatabaseUrl {
+        /// The variable's name.
+        var: &'static str,
+        /// Why it was refused.
+        reason: String,
+    },
+}
+
+/// Where a database lives. `Debug` and `Display` show host, port and database only, never
+/// the password, so a target can be logged.
+#[derive(Clone)]
+pub struct DbTarget {
+    /// The parsed connection options, credentials included.
+    pub options: PgConnectOptions,
+}
+
+impl fmt::Display for DbTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let o = &self.options;
+        write!(
+            f,
+            "postgres://{}@{}:{}/{}",
+            o.get_username(),
+            o.get_host(),
+            o.get_port(),
+            o.get_database().unwrap_or("")
+        )
+    }
+}
+
+impl fmt::Debug for DbTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// Everything the gateway reads from its environment.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `AIHUMMER_DATABASE_URL`: the owner connection; `None` means health-only mode.
+    pub database: Option<DbTarget>,
+    /// `AIHUMMER_DB_APP_URL`: the restricted `aihummer_app` connection for serving.
+    pub app_database: Option<DbTarget>,
+    /// `AIHUMMER_GATEWAY_ADDR`: used only when no socket is inherited.
+    pub addr: SocketAddr,
+    /// `AIHUMMER_DRAIN_TIMEOUT`: the most a drain may take.
+    pub drain_timeout: Duration,
+}
+
+impl Config {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads settings through `get`; an empty value counts as unset.
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let get = |name: &str| get(name).filter(|v| !v.trim().is_empty());
+        let addr_value = get("AIHUMMER_GATEWAY_ADDR").unwrap_or_else(|| DEFAULT_ADDR.into());
+        Ok(Self {
+            database: get("AIHUMMER_DATABASE_URL")
+                .map(|url| parse_database_url("AIHUMMER_DATABASE_URL", &url))
+                .transpose()?,
+            app_database: get("AIHUMMER_DB_APP_URL")
+                .map(|url| parse_database_url("AIHUMMER_DB_APP_URL", &url))
+                .transpose()?,
+            addr: parse_listen_addr(&addr_value).map_err(|reason| ConfigError::Address {
+                var: "AIHUMMER_GATEWAY_ADDR",
+                value: addr_value.clone(),
+                reason,
+            })?,
+            drain_timeout: get("AIHUMMER_DRAIN_TIMEOUT")
+                .map(|v| parse_duration("AIHUMMER_DRAIN_TIMEOUT", &v))
+                .transpose()?
+                .unwrap_or(DEFAULT_DRAIN_TIMEOUT),
+        })
+    }
+}
+
+fn parse_database_url(var: &'static str, url: &str) -> Result<DbTarget, ConfigError> {
+    let options = PgConnectOptions::from_str(url).map_err(|err| ConfigError::DatabaseUrl {
+        var,
+        reason: err.to_string(),
+    })?;
+    Ok(DbTarget {
+        options: options.application_name("aihummer-gateway"),
+    })
+}
+
+/// `:PORT` means every interface; `HOST:PORT` may name a host, which is resolved.
+pub fn parse_listen_addr(value: &str) -> Result<SocketAddr, String> {
+    let value = value.trim();
+    let full = match value.strip_prefix(':') {
+        Some(port) => format!("0.0.0.0:{port}"),
+        None => value.to_string(),
+    };
+    if let Ok(addr) = full.parse() {
+        return Ok(addr);
+    }
+    full.to_socket_addrs()
+        .map_err(|err| err.to_string())?
+        .next()
+        .ok_or_else(|| "the host resolves to no address".to_string())
+}
+
+/// Accepts humantime forms (`30s`, `1m 30s`, `250ms`) and bare seconds (`30`).
+pub fn parse_duration(var: &'static str, value: &str) -> Result<Duration, ConfigError> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    humantime::parse_duration(value).map_err(|err| ConfigError::Duration {
+        var,
+        value: value.to_string(),
+        reason: err.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        Config::from_lookup(|name| {
+            vars.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_string())
+        })
+    }
+
+    #[test]
+    fn defaults_mean_health_only_on_port_8765_of_every_interface() {
+        let c = config(&[]).unwrap();
+        assert!(c.database.is_none() && c.app_database.is_none());
+        assert_eq!(c.addr, "0.0.0.0:8765".parse().unwrap());
+        assert_eq!(c.drain_timeout, DEFAULT_DRAIN_TIMEOUT);
+    }
+
+    #[test]
+    fn empty_values_count_as_unset() {
+        let c = config(&[("AIHUMMER_DATABASE_URL", " "), ("AIHUMMER_GATEWAY_ADDR", "")]).unwrap();
+        assert!(c.database.is_none());
+        assert_eq!(c.addr.port(), 8765);
+    }
+
+    #[test]
+    fn listen_addresses_take_port_only_host_and_ipv6_forms() {
+        assert_eq!(parse_listen_addr(":9000").unwrap(), "0.0.0.0:9000".parse().unwrap());
+        assert_eq!(parse_listen_addr("127.0.0.1:0").unwrap().port(), 0);
+        assert_eq!(parse_listen_addr("[::1]:80").unwrap(), "[::1]:80".parse().unwrap());
+        assert!(parse_listen_addr("localhost:81").unwrap().ip().is_loopback());
+        assert!(parse_listen_addr("nonsense").is_err());
+        assert!(parse_listen_addr(":99999").is_err());
+    }
+
+    #[test]
+    fn a_bad_address_names_the_variable_and_the_value() {
+        let err = config(&[("AIHUMMER_GATEWAY_ADDR", "port-eighty")]).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("AIHUMMER_GATEWAY_ADDR") && msg.contains("port-eighty"), "{msg}");
+    }
+
+    #[test]
+    fn durations_take_humantime_and_bare_seconds() {
+        let d = |v| parse_duration("X", v).unwrap();
+        assert_eq!(d("30"), Duration::from_secs(30));
+        assert_eq!(d("250ms"), Duration::from_millis(250));
+        assert_eq!(d("1m 30s"), Duration::from_secs(90));
+        assert!(parse_duration("X", "soon").is_err());
+    }
+
+    #[test]
+    fn a_bad_database_url_is_refused_without_echoing_the_password() {
+        let err = config(&[("AIHUMMER_DATABASE_URL", "postgres://u:hunter2@[bad/db")]).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("AIHUMMER_DATABASE_URL"), "{msg}");
+        assert!(!msg.contains("hunter2"), "{msg}");
+    }
+
+    #[test]
+    fn a_database_target_displays_without_its_password() {
+        let c = config(&[("AIHUMMER_DATABASE_URL", "postgres://owner:hunter2@db.local:5433/app")]).unwrap();
+        let shown = format!("{} {:?}", c.database.as_ref().unwrap(), c);
+        assert!(shown.contains("owner@db.local:5433/app"), "{shown}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+    }
+}

@@ -1,0 +1,31 @@
+//! The AiHummer gateway: the child process that serves HTTP.
+//!
+//! # Layout
+//!
+//! - [`config`]: the environment turned into typed settings, validated once at start.
+//! - [`listeners`]: sockets inherited systemd-style (`LISTEN_FDS`) or bound here; the only
+//!   module with `unsafe`.
+//! - [`logging`]: `tracing` output, human on a terminal, JSON otherwise.
+//! - [`state`]: the readiness phase and the draining/leader flags the routes report.
+//! - [`routes`]: the HTTP surface (`/healthz`, `/readyz`, `/v1/ping`).
+//! - [`serve`]: accepting and serving connections, and the lame-duck drain.
+//! - [`backoff`]: retry delays, a pure value.
+//! - [`database`]: pools and the startup sequence (connect, migrate, verify the app role).
+//! - [`migrate`]: embedded migrations applied under an advisory lock.
+//! - [`tenant`]: transactions scoped to one workspace for row-level security.
+//! - [`app`]: wires the parts together; [`app::run`] is what `main` calls.
+
+pub mod app;
+pub mod backoff;
+pub mod config;
+pub mod database;
+pub mod listeners;
+pub mod logging;
+pub mod migrate;
+pub mod routes;
+pub mod serve;
+pub mod state;
+pub mod tenant;
+
+/// This binary's version: the package version, or `AIHUMMER_BUILD_VERSION` at build time.
+pub const VERSION: &str = env!("AIHUMMER_VERSION");

@@ -1,0 +1,123 @@
+//! Where the gateway's sockets come from: inherited systemd-style, or bound here.
+//!
+//! A supervisor (or systemd socket activation) passes listening sockets from fd 3 with
+//! `LISTEN_FDS`, optionally naming them in `LISTEN_FDNAMES`. The one named `probe` is a
+//! private readiness listener; the other is the public one. With nothing inherited, the
+//! gateway binds `AIHUMMER_GATEWAY_ADDR` itself. This is the crate's only `unsafe` code.
+
+use std::net::{SocketAddr, TcpListener};
+
+/// The listeners the gateway serves on (the same routes on both).
+#[derive(Debug)]
+pub struct Listeners {
+    /// Client traffic. When inherited, other processes may hold the same socket: never
+    /// shut it down, only drop this process's descriptor.
+    pub public: TcpListener,
+    /// The supervisor's private readiness probe, when running under one.
+    pub probe: Option<TcpListener>,
+}
+
+/// Inherited sockets that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ListenerError {
+    /// `LISTEN_FDNAMES` does not match `LISTEN_FDS`.
+    #[error("LISTEN_FDNAMES names {names} sockets but LISTEN_FDS passes {fds}")]
+    NameCount {
+        /// How many names were given.
+        names: usize,
+        /// How many descriptors were passed.
+        fds: usize,
+    },
+    /// A passed descriptor is not a listening TCP socket.
+    #[error("inherited fd {fd} ({name}) is not a TCP listening socket: {source}")]
+    NotTcp {
+        /// The descriptor number.
+        fd: usize,
+        /// Its name from `LISTEN_FDNAMES`.
+        name: String,
+        /// Why it was refused.
+        source: std::io::Error,
+    },
+    /// Sockets were passed, but none is for public traffic.
+    #[error("sockets were inherited but none is the public listener (names: {0})")]
+    NoPublic(String),
+    /// More sockets than the gateway knows what to do with.
+    #[error("unexpected extra inherited socket {0:?}: expected one public and at most one named probe")]
+    Extra(String),
+    /// Binding `AIHUMMER_GATEWAY_ADDR` failed.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why it failed.
+        source: std::io::Error,
+    },
+    /// A socket could not be switched to non-blocking mode for tokio.
+    #[error("cannot make the listener non-blocking: {0}")]
+    NonBlocking(std::io::Error),
+}
+
+/// Takes the sockets passed with `LISTEN_FDS` and removes `LISTEN_PID`, `LISTEN_FDS` and
+/// `LISTEN_FDNAMES` from the environment, so nothing the gateway starts inherits them.
+/// `Ok(None)` when nothing was passed.
+///
+/// # Safety
+///
+/// Must run before any other thread exists: it edits the process environment, which is
+/// unsound while another thread may read it.
+pub unsafe fn take_inherited() -> Result<Option<Listeners>, ListenerError> {
+    let names = std::env::var("LISTEN_FDNAMES").ok();
+    // SAFETY: the caller guarantees this process is still single-threaded.
+    unsafe { std::env::remove_var("LISTEN_FDNAMES") };
+    // `from_env` removes LISTEN_PID and LISTEN_FDS itself, and takes the sockets only when
+    // LISTEN_PID is absent or names this process.
+    let mut fds = listenfd::ListenFd::from_env();
+    if fds.len() == 0 {
+        return Ok(None);
+    }
+    let names: Vec<String> = match names {
+        Some(names) => names.split(':').map(str::to_string).collect(),
+        None => vec![String::new(); fds.len()],
+    };
+    if names.len() != fds.len() {
+        return Err(ListenerError::NameCount {
+            names: names.len(),
+            fds: fds.len(),
+        });
+    }
+    let mut public = None;
+    let mut probe = None;
+    for (index, name) in names.iter().enumerate() {
+        let listener = fds
+            .take_tcp_listener(index)
+            .and_then(|l| l.ok_or_else(|| std::io::Error::other("already taken")))
+            .map_err(|source| ListenerError::NotTcp {
+                fd: 3 + index,
+                name: name.clone(),
+                source,
+            })?;
+        listener
+            .set_nonblocking(true)
+            .map_err(ListenerError::NonBlocking)?;
+        let slot = if name == "probe" { &mut probe } else { &mut public };
+        if slot.replace(listener).is_some() {
+            return Err(ListenerError::Extra(name.clone()));
+        }
+    }
+    match public {
+        Some(public) => Ok(Some(Listeners { public, probe })),
+        None => Err(ListenerError::NoPublic(names.join(":"))),
+    }
+}
+
+/// Binds `addr` for public traffic, when nothing was inherited.
+pub fn bind(addr: SocketAddr) -> Result<Listeners, ListenerError> {
+    let public = TcpListener::bind(addr).map_err(|source| ListenerError::Bind { addr, source })?;
+    public
+        .set_nonblocking(true)
+        .map_err(ListenerError::NonBlocking)?;
+    Ok(Listeners {
+        public,
+        probe: None,
+    })
+}

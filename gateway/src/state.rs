@@ -1,0 +1,146 @@
+//! What the gateway reports about itself: its startup phase, whether it drains, whether it
+//! leads. Shared by the startup task (which writes) and the routes (which read).
+//!
+//! ```text
+//! HealthOnly                                  (no AIHUMMER_DATABASE_URL; stays here)
+//! Connecting ──► WaitingForMigrationLock ──► Migrating ──► Ready
+//!     ▲  │                                        │
+//!     │  ▼                                        │
+//! DatabaseUnavailable ◄───────────────────────────┘  (transient error: retry with backoff)
+//! ```
+//! Draining is a separate flag: it overrides every phase once set and is never cleared.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, OnceLock};
+
+use sqlx::PgPool;
+
+/// The startup phase, as `/readyz` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Phase {
+    /// No database configured: health endpoints only.
+    HealthOnly,
+    /// Opening connections.
+    Connecting,
+    /// The database could not be reached; the reason, and a retry is scheduled.
+    DatabaseUnavailable(String),
+    /// Another gateway holds the migration lock.
+    WaitingForMigrationLock,
+    /// This gateway holds the lock and applies migrations.
+    Migrating,
+    /// Pools open, migrations done.
+    Ready,
+}
+
+impl Phase {
+    /// A short machine-readable name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Phase::HealthOnly => "health_only",
+            Phase::Connecting => "connecting",
+            Phase::DatabaseUnavailable(_) => "database_unavailable",
+            Phase::WaitingForMigrationLock => "waiting_for_migrations",
+            Phase::Migrating => "migrating",
+            Phase::Ready => "ready",
+        }
+    }
+
+    /// Why the gateway is not ready in this phase, for `/readyz`.
+    pub fn reason(&self) -> String {
+        match self {
+            Phase::HealthOnly => {
+                "health-only mode: AIHUMMER_DATABASE_URL is not set".to_string()
+            }
+            Phase::Connecting => "connecting to the database".to_string(),
+            Phase::DatabaseUnavailable(why) => format!("database unavailable: {why}"),
+            Phase::WaitingForMigrationLock => {
+                "waiting for migrations: another gateway holds the migration lock".to_string()
+            }
+            Phase::Migrating => "applying migrations".to_string(),
+            Phase::Ready => "ready".to_string(),
+        }
+    }
+}
+
+/// The pools the gateway serves with, once startup has opened them.
+#[derive(Debug, Clone)]
+pub struct Pools {
+    /// Owner connection: migrations and cross-tenant background work.
+    pub owner: PgPool,
+    /// Serving connection: `aihummer_app` when configured, else the owner pool.
+    pub app: PgPool,
+}
+
+/// Shared, cheaply readable gateway state.
+#[derive(Debug)]
+pub struct Shared {
+    phase: Mutex<Phase>,
+    pools: OnceLock<Pools>,
+    draining: AtomicBool,
+    leader: AtomicBool,
+    /// Whether a database is configured at all.
+    pub full_mode: bool,
+    /// This process's id, reported so a supervisor can tell children apart.
+    pub pid: u32,
+}
+
+impl Shared {
+    /// Fresh state: `Connecting` with a database configured, `HealthOnly` without.
+    pub fn new(full_mode: bool) -> Self {
+        let phase = if full_mode {
+            Phase::Connecting
+        } else {
+            Phase::HealthOnly
+        };
+        Self {
+            phase: Mutex::new(phase),
+            pools: OnceLock::new(),
+            draining: AtomicBool::new(false),
+            leader: AtomicBool::new(false),
+            full_mode,
+            pid: std::process::id(),
+        }
+    }
+
+    /// The current phase.
+    pub fn phase(&self) -> Phase {
+        self.phase.lock().map(|p| p.clone()).unwrap_or(Phase::Connecting)
+    }
+
+    /// Moves to `phase`, logging the change.
+    pub fn set_phase(&self, phase: Phase) {
+        if let Ok(mut current) = self.phase.lock() {
+            if *current != phase {
+                tracing::info!(phase = phase.name(), detail = %phase.reason(), "gateway phase");
+            }
+            *current = phase;
+        }
+    }
+
+    /// Records the opened pools and moves to `Ready`.
+    pub fn set_ready(&self, pools: Pools) {
+        // Startup runs once; a second call would be a bug, and the first pools stay.
+        let _ = self.pools.set(pools);
+        self.set_phase(Phase::Ready);
+    }
+
+    /// The pools, once ready.
+    pub fn pools(&self) -> Option<&Pools> {
+        self.pools.get()
+    }
+
+    /// Marks the gateway as draining; returns whether it already was.
+    pub fn start_draining(&self) -> bool {
+        self.draining.swap(true, Ordering::SeqCst)
+    }
+
+    /// Whether a drain has started.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Whether this gateway holds the scheduler's leadership.
+    pub fn is_leader(&self) -> bool {
+        self.leader.load(Ordering::SeqCst)
+    }
+}
