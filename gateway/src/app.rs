@@ -14,6 +14,8 @@ use crate::state::Shared;
 
 /// How long closing the pools may take after the drain.
 const POOL_CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often a supervised gateway checks that its supervisor is still its parent.
+const PARENT_CHECK: Duration = Duration::from_millis(500);
 
 /// Why the gateway stopped with an error; [`GatewayError::exit_code`] is its exit status.
 #[derive(Debug, thiserror::Error)]
@@ -54,8 +56,16 @@ pub fn start(
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    // A probe socket means a supervisor started this process and owns its lifecycle.
+    let supervised = listeners.probe.is_some();
     let result = runtime.block_on(async {
-        let shutdown = shutdown_signal()?;
+        let signal = shutdown_signal()?;
+        let shutdown = async move {
+            tokio::select! {
+                _ = signal => {}
+                _ = supervisor_gone(), if supervised => {}
+            }
+        };
         run(config, listeners, shutdown).await
     });
     // Connections past the drain deadline are dropped here, not waited for.
@@ -76,6 +86,21 @@ fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
         };
         tracing::info!(signal = name, "draining");
     })
+}
+
+/// Resolves when this process is reparented, i.e. its supervisor died without stopping
+/// it. A supervised gateway must not linger holding the port; `PR_SET_PDEATHSIG` is not
+/// used because it fires when the spawning *thread* exits, which tokio makes unpredictable.
+async fn supervisor_gone() {
+    let parent = std::os::unix::process::parent_id();
+    let mut tick = tokio::time::interval(PARENT_CHECK);
+    loop {
+        tick.tick().await;
+        if std::os::unix::process::parent_id() != parent {
+            tracing::warn!(supervisor_pid = parent, "the supervisor is gone; draining");
+            return;
+        }
+    }
 }
 
 /// Serves on `listeners` until `shutdown` resolves, then drains.

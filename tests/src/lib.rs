@@ -1,1 +1,242 @@
+//! Harness for the end-to-end suites: real binaries, a real PostgreSQL, real sockets.
+//!
+//! - [`TestDb`]: a fresh database per test, dropped afterwards (also on panic).
+//! - [`Gateway`]: an `aihummer-gateway` process with its own port and a log file.
+//! - [`wait_for`]: every wait polls a real signal (an HTTP answer, a row, an exit) under a
+//!   deadline; nothing sleeps a fixed time hoping something happened.
+//!
+//! The binaries come from the workspace's target directory, so run the suites with
+//! `cargo nextest run --workspace` (or `cargo test --workspace`), which builds them first.
 
+use std::future::Future;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::Value;
+use sqlx::PgPool;
+use tempfile::TempDir;
+use tokio::process::{Child, Command};
+use tokio::time::Instant;
+
+/// The server the tests create their databases on; override with `AIHUMMER_TEST_PG`.
+pub fn server_url() -> String {
+    std::env::var("AIHUMMER_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+/// The directory holding the workspace's built binaries (`target/debug`).
+pub fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/debug/deps/<test-binary>
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("test binary lives in target/<profile>/deps")
+        .to_path_buf()
+}
+
+/// A built binary of the workspace, by name.
+pub fn binary(name: &str) -> PathBuf {
+    let path = target_dir().join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run the suites with `cargo nextest run --workspace`, which builds it",
+        path.display()
+    );
+    path
+}
+
+/// Polls `probe` every 50ms until it yields a value, panicking with `what` after `deadline`.
+pub async fn wait_for<T, F, Fut>(deadline: Duration, what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let end = Instant::now() + deadline;
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(Instant::now() < end, "timed out after {deadline:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A port on loopback that was free a moment ago.
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    listener.local_addr().expect("local addr").port()
+}
+
+/// An HTTP client for tests: short timeouts, so a hang fails the test instead of stalling it.
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .connect_timeout(Duration::from_secs(2))
+        .build()
+        .expect("http client")
+}
+
+/// GETs `url` and returns the status and JSON body, or `None` if no answer came.
+pub async fn get_json(client: &reqwest::Client, url: &str) -> Option<(u16, Value)> {
+    let response = client.get(url).send().await.ok()?;
+    let status = response.status().as_u16();
+    let body = response.json().await.ok()?;
+    Some((status, body))
+}
+
+/// A fresh database on the test server, dropped (with its test roles) when this is dropped.
+pub struct TestDb {
+    /// The database's name.
+    pub name: String,
+    roles: Vec<String>,
+}
+
+impl TestDb {
+    /// Creates an empty database with a unique name.
+    pub async fn create() -> TestDb {
+        let name = format!("aihummer_t_{}", uuid::Uuid::new_v4().simple());
+        let admin = PgPool::connect(&format!("{}/postgres", server_url()))
+            .await
+            .expect("connect to the test server (is PostgreSQL running?)");
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&admin)
+            .await
+            .expect("create test database");
+        admin.close().await;
+        TestDb {
+            name,
+            roles: Vec::new(),
+        }
+    }
+
+    /// The owner URL (the `postgres` superuser).
+    pub fn url(&self) -> String {
+        format!("{}/{}", server_url(), self.name)
+    }
+
+    /// A URL for this database as `role` (trust auth: no password).
+    pub fn url_as(&self, role: &str) -> String {
+        let base = server_url();
+        let host = base.rsplit('@').next().unwrap_or("127.0.0.1:5432");
+        format!("postgres://{role}@{host}/{}", self.name)
+    }
+
+    /// An owner pool for assertions.
+    pub async fn pool(&self) -> PgPool {
+        PgPool::connect(&self.url()).await.expect("connect to test database")
+    }
+
+    /// Creates a login role that is a member of `aihummer_app` (which the migrations
+    /// create), the way an installer would, and returns its name.
+    pub async fn app_login(&mut self) -> String {
+        let role = format!("aihummer_login_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        let pool = self.pool().await;
+        sqlx::query(&format!("CREATE ROLE {role} LOGIN IN ROLE aihummer_app"))
+            .execute(&pool)
+            .await
+            .expect("create app login role");
+        pool.close().await;
+        self.roles.push(role.clone());
+        role
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        // Synchronous on purpose: runs on panic too, and outside any runtime.
+        let mut sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE);", self.name);
+        for role in &self.roles {
+            sql.push_str(&format!("DROP ROLE IF EXISTS {role};"));
+        }
+        let _ = std::process::Command::new("psql")
+            .args(["-q", "-d", &format!("{}/postgres", server_url()), "-c", &sql])
+            .stdout(Stdio::null())
+            .status();
+    }
+}
+
+/// A running `aihummer-gateway`, killed when dropped.
+pub struct Gateway {
+    /// The process.
+    pub child: Child,
+    /// Where it serves.
+    pub addr: SocketAddr,
+    log: PathBuf,
+    _dir: TempDir,
+}
+
+impl Gateway {
+    /// Starts the gateway on a free loopback port with `env` added to a clean environment.
+    pub fn start(env: &[(&str, &str)]) -> Gateway {
+        Self::start_with(&binary("aihummer-gateway"), env, |_| {})
+    }
+
+    /// Starts `bin` with `env`; `prepare` may adjust the command (e.g. to pass sockets).
+    pub fn start_with(bin: &Path, env: &[(&str, &str)], prepare: impl FnOnce(&mut Command)) -> Gateway {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("gateway.log");
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let mut cmd = Command::new(bin);
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("AIHUMMER_GATEWAY_ADDR", addr.to_string())
+            .env("AIHUMMER_LOG", "info")
+            .envs(env.iter().map(|(k, v)| (*k, *v)))
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&log).expect("log file"))
+            .stderr(std::fs::File::options().append(true).open(&log).expect("log file"))
+            .kill_on_drop(true);
+        prepare(&mut cmd);
+        let child = cmd.spawn().expect("spawn gateway");
+        Gateway {
+            child,
+            addr,
+            log,
+            _dir: dir,
+        }
+    }
+
+    /// `http://addr/path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("gateway still running")
+    }
+
+    /// Everything the gateway has logged so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends `signal` to the gateway.
+    pub fn signal(&self, signal: Signal) {
+        kill(Pid::from_raw(self.pid() as i32), signal).expect("signal gateway");
+    }
+
+    /// Waits for `/readyz` to answer 200, and returns its body.
+    pub async fn wait_ready(&self, deadline: Duration) -> Value {
+        let client = http();
+        let url = self.url("/readyz");
+        wait_for(deadline, "the gateway to become ready", || async {
+            match get_json(&client, &url).await {
+                Some((200, body)) => Some(body),
+                _ => None,
+            }
+        })
+        .await
+    }
+
+    /// Waits for the process to exit, panicking with its log after `deadline`.
+    pub async fn wait_exit(&mut self, deadline: Duration) -> ExitStatus {
+        match tokio::time::timeout(deadline, self.child.wait()).await {
+            Ok(status) => status.expect("wait for gateway"),
+            Err(_) => panic!("gateway did not exit within {deadline:?}; log:\n{}", self.logs()),
+        }
+    }
+}
