@@ -2,6 +2,8 @@
 //!
 //! - [`TestDb`]: a fresh database per test, dropped afterwards (also on panic).
 //! - [`Gateway`]: an `aihummer-gateway` process with its own port and a log file.
+//! - [`Proxy`]: a TCP forwarder to PostgreSQL that a test can cut and restore, to make
+//!   the database unreachable without touching the shared server.
 //! - [`wait_for`]: every wait polls a real signal (an HTTP answer, a row, an exit) under a
 //!   deadline; nothing sleeps a fixed time hoping something happened.
 //!
@@ -219,6 +221,19 @@ impl Gateway {
         kill(Pid::from_raw(self.pid() as i32), signal).expect("signal gateway");
     }
 
+    /// Waits for `/healthz` to answer 200, and returns its body.
+    pub async fn wait_healthy(&self, deadline: Duration) -> Value {
+        let client = http();
+        let url = self.url("/healthz");
+        wait_for(deadline, "the gateway to answer /healthz", || async {
+            match get_json(&client, &url).await {
+                Some((200, body)) => Some(body),
+                _ => None,
+            }
+        })
+        .await
+    }
+
     /// Waits for `/readyz` to answer 200, and returns its body.
     pub async fn wait_ready(&self, deadline: Duration) -> Value {
         let client = http();
@@ -239,4 +254,162 @@ impl Gateway {
             Err(_) => panic!("gateway did not exit within {deadline:?}; log:\n{}", self.logs()),
         }
     }
+}
+
+/// A TCP forwarder from a loopback port to the test PostgreSQL server. While stopped, the
+/// port refuses connections and every forwarded connection is cut: to the gateway, the
+/// database is down.
+pub struct Proxy {
+    /// The port clients connect to.
+    pub port: u16,
+    running: Option<(tokio::task::JoinHandle<()>, tokio::sync::watch::Sender<bool>)>,
+}
+
+impl Proxy {
+    /// A proxy on a free port, not forwarding yet.
+    pub fn new() -> Proxy {
+        Proxy {
+            port: free_port(),
+            running: None,
+        }
+    }
+
+    /// The database URL for `db` through this proxy.
+    pub fn url(&self, db: &TestDb) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{}", self.port, db.name)
+    }
+
+    /// Starts accepting and forwarding.
+    pub async fn start(&mut self) {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.port))
+            .await
+            .expect("bind proxy port");
+        let upstream: String = server_url().rsplit('@').next().unwrap_or("127.0.0.1:5432").into();
+        let (cut, _) = tokio::sync::watch::channel(false);
+        let cut_rx = cut.subscribe();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else { continue };
+                let upstream = upstream.clone();
+                let mut cut = cut_rx.clone();
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await else { return };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = cut.wait_for(|cut| *cut) => {}
+                    }
+                });
+            }
+        });
+        self.running = Some((task, cut));
+    }
+
+    /// Stops listening and cuts every forwarded connection.
+    pub async fn stop(&mut self) {
+        if let Some((task, cut)) = self.running.take() {
+            task.abort();
+            let _ = task.await;
+            cut.send_replace(true);
+        }
+    }
+}
+
+impl Default for Proxy {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A raw HTTP/1.1 connection, for tests that need to control exactly what is sent when.
+pub struct RawHttp {
+    stream: tokio::net::TcpStream,
+    buffer: Vec<u8>,
+}
+
+/// One response read from a [`RawHttp`] connection.
+#[derive(Debug)]
+pub struct RawResponse {
+    /// Status code.
+    pub status: u16,
+    /// Header lines, lowercased names.
+    pub headers: Vec<(String, String)>,
+    /// The body.
+    pub body: String,
+}
+
+impl RawResponse {
+    /// A header's value.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+
+    /// The body as JSON.
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).expect("JSON body")
+    }
+}
+
+impl RawHttp {
+    /// Connects to `addr`.
+    pub async fn connect(addr: SocketAddr) -> RawHttp {
+        let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        RawHttp {
+            stream,
+            buffer: Vec::new(),
+        }
+    }
+
+    /// Writes raw bytes.
+    pub async fn send(&mut self, bytes: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        self.stream.write_all(bytes).await.expect("write request");
+    }
+
+    /// Writes a GET request for `path`.
+    pub async fn send_get(&mut self, path: &str) {
+        self.send(format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes()).await;
+    }
+
+    /// Reads one response (Content-Length framed), or `None` if the connection closed first.
+    pub async fn read_response(&mut self) -> Option<RawResponse> {
+        use tokio::io::AsyncReadExt;
+        loop {
+            if let Some(end) = find(&self.buffer, b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&self.buffer[..end]).to_string();
+                let mut lines = head.split("\r\n");
+                let status = lines.next()?.split(' ').nth(1)?.parse().ok()?;
+                let headers: Vec<(String, String)> = lines
+                    .filter_map(|l| l.split_once(':'))
+                    .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+                    .collect();
+                let length: usize = headers
+                    .iter()
+                    .find(|(n, _)| n == "content-length")
+                    .and_then(|(_, v)| v.parse().ok())
+                    .unwrap_or(0);
+                if self.buffer.len() >= end + 4 + length {
+                    let body = String::from_utf8_lossy(&self.buffer[end + 4..end + 4 + length]).to_string();
+                    self.buffer.drain(..end + 4 + length);
+                    return Some(RawResponse { status, headers, body });
+                }
+            }
+            let mut chunk = [0u8; 4096];
+            let n = self.stream.read(&mut chunk).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            self.buffer.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// Whether the peer has closed the connection (reads EOF or an error).
+    pub async fn closed_by_peer(&mut self) -> bool {
+        use tokio::io::AsyncReadExt;
+        let mut chunk = [0u8; 64];
+        matches!(self.stream.read(&mut chunk).await, Ok(0) | Err(_))
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
 }
