@@ -1,0 +1,182 @@
+//! Row-level security as the restricted `aihummer_app` role: one workspace never sees or
+//! writes another's rows, and a transaction with no tenant sees nothing.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use aihummer_gateway::{migrate, tenant};
+use aihummer_tests::{Gateway, TestDb};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{PgPool, Row};
+use uuid::Uuid;
+
+struct Fixture {
+    db: TestDb,
+    owner: PgPool,
+    app: PgPool,
+    a: Uuid,
+    b: Uuid,
+}
+
+/// A migrated database with two workspaces holding one message each, and an app pool
+/// that connects through a login role and switches to `aihummer_app`, as the gateway does.
+/// One connection only, so every transaction reuses the same session.
+async fn fixture() -> Fixture {
+    let mut db = TestDb::create().await;
+    let options = PgConnectOptions::from_str(&db.url()).expect("url");
+    migrate::apply(&options, |_| {}).await.expect("migrate");
+    let owner = db.pool().await;
+    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    for (ws, text) in [(a, "for a"), (b, "for b")] {
+        sqlx::query("INSERT INTO workspaces (id, name) VALUES ($1, $2)")
+            .bind(ws)
+            .bind(text)
+            .execute(&owner)
+            .await
+            .expect("workspace");
+        sqlx::query(
+            "INSERT INTO inbound_messages (workspace_id, channel, external_id, idempotency_key, body)
+             VALUES ($1, 'test', 'ext', $2, $2)",
+        )
+        .bind(ws)
+        .bind(text)
+        .execute(&owner)
+        .await
+        .expect("message");
+    }
+    let login = db.app_login().await;
+    let app = PgPoolOptions::new()
+        .max_connections(1)
+        .after_connect(|conn, _| {
+            Box::pin(async move {
+                sqlx::query("SET ROLE aihummer_app").execute(conn).await?;
+                Ok(())
+            })
+        })
+        .connect(&db.url_as(&login))
+        .await
+        .expect("app pool");
+    Fixture { db, owner, app, a, b }
+}
+
+#[tokio::test]
+async fn a_workspace_sees_only_its_own_rows() {
+    let f = fixture().await;
+    let mut tx = tenant::begin(&f.app, f.a).await.expect("tenant tx");
+    let bodies: Vec<String> = sqlx::query_scalar("SELECT body FROM inbound_messages")
+        .fetch_all(&mut *tx)
+        .await
+        .expect("select");
+    assert_eq!(bodies, ["for a"]);
+    let of_b: i64 = sqlx::query_scalar("SELECT count(*) FROM inbound_messages WHERE workspace_id = $1")
+        .bind(f.b)
+        .fetch_one(&mut *tx)
+        .await
+        .expect("select b");
+    assert_eq!(of_b, 0);
+    let workspaces: Vec<Uuid> = sqlx::query_scalar("SELECT id FROM workspaces")
+        .fetch_all(&mut *tx)
+        .await
+        .expect("workspaces");
+    assert_eq!(workspaces, [f.a]);
+    let updated = sqlx::query("UPDATE inbound_messages SET body = 'hijacked' WHERE workspace_id = $1")
+        .bind(f.b)
+        .execute(&mut *tx)
+        .await
+        .expect("update");
+    assert_eq!(updated.rows_affected(), 0);
+    tx.commit().await.expect("commit");
+    let untouched: String = sqlx::query_scalar("SELECT body FROM inbound_messages WHERE workspace_id = $1")
+        .bind(f.b)
+        .fetch_one(&f.owner)
+        .await
+        .expect("owner read");
+    assert_eq!(untouched, "for b");
+}
+
+#[tokio::test]
+async fn a_workspace_cannot_write_into_another() {
+    let f = fixture().await;
+    let mut tx = tenant::begin(&f.app, f.a).await.expect("tenant tx");
+    let err = sqlx::query(
+        "INSERT INTO inbound_messages (workspace_id, channel, external_id, idempotency_key, body)
+         VALUES ($1, 'test', 'ext', 'sneaky', 'sneaky')",
+    )
+    .bind(f.b)
+    .execute(&mut *tx)
+    .await
+    .expect_err("writing into another workspace must fail");
+    let code = err.as_database_error().and_then(|e| e.code()).map(|c| c.to_string());
+    assert_eq!(code.as_deref(), Some("42501"), "{err}");
+    drop(tx);
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM inbound_messages WHERE idempotency_key = 'sneaky'")
+        .fetch_one(&f.owner)
+        .await
+        .expect("owner read");
+    assert_eq!(count, 0);
+}
+
+#[tokio::test]
+async fn with_no_tenant_set_nothing_is_visible_even_on_a_connection_a_tenant_used_before() {
+    let f = fixture().await;
+    let mut tx = tenant::begin(&f.app, f.a).await.expect("tenant tx");
+    let seen: i64 = sqlx::query_scalar("SELECT count(*) FROM inbound_messages")
+        .fetch_one(&mut *tx)
+        .await
+        .expect("select");
+    assert_eq!(seen, 1);
+    tx.commit().await.expect("commit");
+
+    // The pool has one connection: this is the same session, after the tenant's transaction.
+    let mut tx = f.app.begin().await.expect("plain tx");
+    for table in ["workspaces", "inbound_messages", "outbox"] {
+        let row = sqlx::query(&format!("SELECT count(*) AS n FROM {table}"))
+            .fetch_one(&mut *tx)
+            .await
+            .expect("select");
+        assert_eq!(row.get::<i64, _>("n"), 0, "{table} leaked rows with no tenant set");
+    }
+}
+
+#[tokio::test]
+async fn the_app_role_is_neither_owner_superuser_nor_bypassrls_and_cannot_touch_job_runs() {
+    let f = fixture().await;
+    let (superuser, bypass): (bool, bool) =
+        sqlx::query_as("SELECT rolsuper, rolbypassrls FROM pg_roles WHERE rolname = 'aihummer_app'")
+            .fetch_one(&f.owner)
+            .await
+            .expect("role");
+    assert!(!superuser && !bypass);
+    let owned: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_tables WHERE tableowner = 'aihummer_app'")
+        .fetch_one(&f.owner)
+        .await
+        .expect("owned");
+    assert_eq!(owned, 0);
+    let err = sqlx::query("SELECT count(*) FROM job_runs")
+        .fetch_one(&f.app)
+        .await
+        .expect_err("job_runs is not for the app role");
+    assert!(err.to_string().contains("permission denied"), "{err}");
+}
+
+#[tokio::test]
+async fn a_gateway_serves_through_the_app_role_when_one_is_configured() {
+    let mut f = fixture().await;
+    let login = f.db.app_login().await;
+    let app_url = f.db.url_as(&login);
+    let gw = Gateway::start(&[
+        ("AIHUMMER_DATABASE_URL", &f.db.url()),
+        ("AIHUMMER_DB_APP_URL", &app_url),
+    ]);
+    gw.wait_ready(Duration::from_secs(30)).await;
+    let logs = gw.logs();
+    assert!(!logs.contains("serving on the owner pool"), "{logs}");
+    let users: Vec<String> = sqlx::query_scalar(
+        "SELECT DISTINCT usename::text FROM pg_stat_activity WHERE datname = current_database() AND usename::text = $1",
+    )
+    .bind(&login)
+    .fetch_all(&f.owner)
+    .await
+    .expect("activity");
+    assert_eq!(users, [login]);
+}
