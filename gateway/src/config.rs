@@ -180,17 +180,32 @@ mod tests {
 
     #[test]
     fn empty_values_count_as_unset() {
-        let c = config(&[("AIHUMMER_DATABASE_URL", " "), ("AIHUMMER_GATEWAY_ADDR", "")]).unwrap();
+        let c = config(&[
+            ("AIHUMMER_DATABASE_URL", " "),
+            ("AIHUMMER_GATEWAY_ADDR", ""),
+        ])
+        .unwrap();
         assert!(c.database.is_none());
         assert_eq!(c.addr.port(), 8765);
     }
 
     #[test]
     fn listen_addresses_take_port_only_host_and_ipv6_forms() {
-        assert_eq!(parse_listen_addr(":9000").unwrap(), "0.0.0.0:9000".parse().unwrap());
+        assert_eq!(
+            parse_listen_addr(":9000").unwrap(),
+            "0.0.0.0:9000".parse().unwrap()
+        );
         assert_eq!(parse_listen_addr("127.0.0.1:0").unwrap().port(), 0);
-        assert_eq!(parse_listen_addr("[::1]:80").unwrap(), "[::1]:80".parse().unwrap());
-        assert!(parse_listen_addr("localhost:81").unwrap().ip().is_loopback());
+        assert_eq!(
+            parse_listen_addr("[::1]:80").unwrap(),
+            "[::1]:80".parse().unwrap()
+        );
+        assert!(
+            parse_listen_addr("localhost:81")
+                .unwrap()
+                .ip()
+                .is_loopback()
+        );
         assert!(parse_listen_addr("nonsense").is_err());
         assert!(parse_listen_addr(":99999").is_err());
     }
@@ -199,7 +214,10 @@ mod tests {
     fn a_bad_address_names_the_variable_and_the_value() {
         let err = config(&[("AIHUMMER_GATEWAY_ADDR", "port-eighty")]).unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains("AIHUMMER_GATEWAY_ADDR") && msg.contains("port-eighty"), "{msg}");
+        assert!(
+            msg.contains("AIHUMMER_GATEWAY_ADDR") && msg.contains("port-eighty"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -221,7 +239,11 @@ mod tests {
 
     #[test]
     fn a_database_target_displays_without_its_password() {
-        let c = config(&[("AIHUMMER_DATABASE_URL", "postgres://owner:hunter2@db.local:5433/app")]).unwrap();
+        let c = config(&[(
+            "AIHUMMER_DATABASE_URL",
+            "postgres://owner:hunter2@db.local:5433/app",
+        )])
+        .unwrap();
         let shown = format!("{} {:?}", c.database.as_ref().unwrap(), c);
         assert!(shown.contains("owner@db.local:5433/app"), "{shown}");
         assert!(!shown.contains("hunter2"), "{shown}");

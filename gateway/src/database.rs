@@ -5,8 +5,8 @@
 
 use std::time::Duration;
 
-use sqlx::{ConnectOptions, PgPool};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, PgPool};
 
 use crate::backoff::Backoff;
 use crate::config::DbTarget;

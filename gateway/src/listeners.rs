@@ -42,7 +42,9 @@ pub enum ListenerError {
     #[error("sockets were inherited but none is the public listener (names: {0})")]
     NoPublic(String),
     /// More sockets than the gateway knows what to do with.
-    #[error("unexpected extra inherited socket {0:?}: expected one public and at most one named probe")]
+    #[error(
+        "unexpected extra inherited socket {0:?}: expected one public and at most one named probe"
+    )]
     Extra(String),
     /// Binding `AIHUMMER_GATEWAY_ADDR` failed.
     #[error("cannot listen on {addr}: {source}")]
@@ -99,7 +101,11 @@ pub unsafe fn take_inherited() -> Result<Option<Listeners>, ListenerError> {
         listener
             .set_nonblocking(true)
             .map_err(ListenerError::NonBlocking)?;
-        let slot = if name == "probe" { &mut probe } else { &mut public };
+        let slot = if name == "probe" {
+            &mut probe
+        } else {
+            &mut public
+        };
         if slot.replace(listener).is_some() {
             return Err(ListenerError::Extra(name.clone()));
         }

@@ -52,8 +52,9 @@ async fn healthz(State(shared): State<Arc<Shared>>) -> Response {
 
 async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
     match readiness(&shared).await {
-        Ok(()) => Json(json!({ "ready": true, "version": VERSION, "pid": shared.pid }))
-            .into_response(),
+        Ok(()) => {
+            Json(json!({ "ready": true, "version": VERSION, "pid": shared.pid })).into_response()
+        }
         Err(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({

@@ -9,7 +9,8 @@
 //!    (the supervisor, the next gateway), so queued connections are accepted there;
 //! 2. each request still arriving on an open connection is answered with
 //!    `Connection: close`, so the client moves to a fresh connection;
-//! 3. a connection is closed only after it has sat idle for [`IDLE_CLOSE`];
+//! 3. a connection is closed only after it has sat idle for [`IDLE_CLOSE`], and dropped
+//!    if a client still holds it with half-sent headers a while later;
 //! 4. whatever is still open at the drain deadline is dropped.
 
 use std::convert::Infallible;
@@ -208,10 +209,15 @@ async fn serve_connection(stream: TcpStream, router: Router, mut drain: watch::R
                 // A dropped sender means the server is gone: treat it as a drain too.
                 lame_duck = changed.is_err() || *drain.borrow();
             }
-            _ = check.tick(), if lame_duck && !closing => {
-                if activity.idle_for(Instant::now()).is_some_and(|idle| idle >= IDLE_CLOSE) {
+            _ = check.tick(), if lame_duck => {
+                let idle = activity.idle_for(Instant::now());
+                if !closing && idle.is_some_and(|idle| idle >= IDLE_CLOSE) {
                     connection.as_mut().graceful_shutdown();
                     closing = true;
+                } else if closing && idle.is_some_and(|idle| idle >= 2 * IDLE_CLOSE) {
+                    // Still open with nothing dispatched a while after the graceful close:
+                    // a client sitting on half-sent headers. No answer is owed; drop it.
+                    return;
                 }
             }
         }

@@ -48,9 +48,7 @@ impl Phase {
     /// Why the gateway is not ready in this phase, for `/readyz`.
     pub fn reason(&self) -> String {
         match self {
-            Phase::HealthOnly => {
-                "health-only mode: AIHUMMER_DATABASE_URL is not set".to_string()
-            }
+            Phase::HealthOnly => "health-only mode: AIHUMMER_DATABASE_URL is not set".to_string(),
             Phase::Connecting => "connecting to the database".to_string(),
             Phase::DatabaseUnavailable(why) => format!("database unavailable: {why}"),
             Phase::WaitingForMigrationLock => {
@@ -104,7 +102,10 @@ impl Shared {
 
     /// The current phase.
     pub fn phase(&self) -> Phase {
-        self.phase.lock().map(|p| p.clone()).unwrap_or(Phase::Connecting)
+        self.phase
+            .lock()
+            .map(|p| p.clone())
+            .unwrap_or(Phase::Connecting)
     }
 
     /// Moves to `phase`, logging the change.

@@ -26,7 +26,8 @@ use tokio::time::Instant;
 
 /// The server the tests create their databases on; override with `AIHUMMER_TEST_PG`.
 pub fn server_url() -> String {
-    std::env::var("AIHUMMER_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+    std::env::var("AIHUMMER_TEST_PG")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
 }
 
 /// The directory holding the workspace's built binaries (`target/debug`).
@@ -61,7 +62,10 @@ where
         if let Some(value) = probe().await {
             return value;
         }
-        assert!(Instant::now() < end, "timed out after {deadline:?} waiting for {what}");
+        assert!(
+            Instant::now() < end,
+            "timed out after {deadline:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -128,13 +132,18 @@ impl TestDb {
 
     /// An owner pool for assertions.
     pub async fn pool(&self) -> PgPool {
-        PgPool::connect(&self.url()).await.expect("connect to test database")
+        PgPool::connect(&self.url())
+            .await
+            .expect("connect to test database")
     }
 
     /// Creates a login role that is a member of `aihummer_app` (which the migrations
     /// create), the way an installer would, and returns its name.
     pub async fn app_login(&mut self) -> String {
-        let role = format!("aihummer_login_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        let role = format!(
+            "aihummer_login_{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..12]
+        );
         let pool = self.pool().await;
         sqlx::query(&format!("CREATE ROLE {role} LOGIN IN ROLE aihummer_app"))
             .execute(&pool)
@@ -154,7 +163,13 @@ impl Drop for TestDb {
             sql.push_str(&format!("DROP ROLE IF EXISTS {role};"));
         }
         let _ = std::process::Command::new("psql")
-            .args(["-q", "-d", &format!("{}/postgres", server_url()), "-c", &sql])
+            .args([
+                "-q",
+                "-d",
+                &format!("{}/postgres", server_url()),
+                "-c",
+                &sql,
+            ])
             .stdout(Stdio::null())
             .status();
     }
@@ -177,7 +192,11 @@ impl Gateway {
     }
 
     /// Starts `bin` with `env`; `prepare` may adjust the command (e.g. to pass sockets).
-    pub fn start_with(bin: &Path, env: &[(&str, &str)], prepare: impl FnOnce(&mut Command)) -> Gateway {
+    pub fn start_with(
+        bin: &Path,
+        env: &[(&str, &str)],
+        prepare: impl FnOnce(&mut Command),
+    ) -> Gateway {
         let dir = tempfile::tempdir().expect("tempdir");
         let log = dir.path().join("gateway.log");
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
@@ -189,7 +208,12 @@ impl Gateway {
             .envs(env.iter().map(|(k, v)| (*k, *v)))
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&log).expect("log file"))
-            .stderr(std::fs::File::options().append(true).open(&log).expect("log file"))
+            .stderr(
+                std::fs::File::options()
+                    .append(true)
+                    .open(&log)
+                    .expect("log file"),
+            )
             .kill_on_drop(true);
         prepare(&mut cmd);
         let child = cmd.spawn().expect("spawn gateway");
@@ -251,7 +275,10 @@ impl Gateway {
     pub async fn wait_exit(&mut self, deadline: Duration) -> ExitStatus {
         match tokio::time::timeout(deadline, self.child.wait()).await {
             Ok(status) => status.expect("wait for gateway"),
-            Err(_) => panic!("gateway did not exit within {deadline:?}; log:\n{}", self.logs()),
+            Err(_) => panic!(
+                "gateway did not exit within {deadline:?}; log:\n{}",
+                self.logs()
+            ),
         }
     }
 }
@@ -262,7 +289,10 @@ impl Gateway {
 pub struct Proxy {
     /// The port clients connect to.
     pub port: u16,
-    running: Option<(tokio::task::JoinHandle<()>, tokio::sync::watch::Sender<bool>)>,
+    running: Option<(
+        tokio::task::JoinHandle<()>,
+        tokio::sync::watch::Sender<bool>,
+    )>,
 }
 
 impl Proxy {
@@ -284,16 +314,24 @@ impl Proxy {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.port))
             .await
             .expect("bind proxy port");
-        let upstream: String = server_url().rsplit('@').next().unwrap_or("127.0.0.1:5432").into();
+        let upstream: String = server_url()
+            .rsplit('@')
+            .next()
+            .unwrap_or("127.0.0.1:5432")
+            .into();
         let (cut, _) = tokio::sync::watch::channel(false);
         let cut_rx = cut.subscribe();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((mut client, _)) = listener.accept().await else { continue };
+                let Ok((mut client, _)) = listener.accept().await else {
+                    continue;
+                };
                 let upstream = upstream.clone();
                 let mut cut = cut_rx.clone();
                 tokio::spawn(async move {
-                    let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await else { return };
+                    let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await else {
+                        return;
+                    };
                     tokio::select! {
                         _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
                         _ = cut.wait_for(|cut| *cut) => {}
@@ -340,7 +378,10 @@ pub struct RawResponse {
 impl RawResponse {
     /// A header's value.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
     }
 
     /// The body as JSON.
@@ -367,7 +408,8 @@ impl RawHttp {
 
     /// Writes a GET request for `path`.
     pub async fn send_get(&mut self, path: &str) {
-        self.send(format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes()).await;
+        self.send(format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes())
+            .await;
     }
 
     /// Reads one response (Content-Length framed), or `None` if the connection closed first.
@@ -388,9 +430,14 @@ impl RawHttp {
                     .and_then(|(_, v)| v.parse().ok())
                     .unwrap_or(0);
                 if self.buffer.len() >= end + 4 + length {
-                    let body = String::from_utf8_lossy(&self.buffer[end + 4..end + 4 + length]).to_string();
+                    let body = String::from_utf8_lossy(&self.buffer[end + 4..end + 4 + length])
+                        .to_string();
                     self.buffer.drain(..end + 4 + length);
-                    return Some(RawResponse { status, headers, body });
+                    return Some(RawResponse {
+                        status,
+                        headers,
+                        body,
+                    });
                 }
             }
             let mut chunk = [0u8; 4096];

@@ -10,7 +10,10 @@ fn version_of(name: &str) -> String {
         .output()
         .expect("run --version");
     assert!(out.status.success());
-    String::from_utf8(out.stdout).expect("utf-8").trim().to_string()
+    String::from_utf8(out.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_string()
 }
 
 #[test]
@@ -34,15 +37,25 @@ async fn without_a_database_the_gateway_serves_health_only() {
     assert_eq!(health["leader"], false);
     assert_eq!(health["draining"], false);
     let version = version_of("aihummer-gateway");
-    assert_eq!(format!("aihummer-gateway {}", health["version"].as_str().unwrap()), version);
+    assert_eq!(
+        format!("aihummer-gateway {}", health["version"].as_str().unwrap()),
+        version
+    );
 
-    let (status, ready) = get_json(&client, &gw.url("/readyz")).await.expect("/readyz");
+    let (status, ready) = get_json(&client, &gw.url("/readyz"))
+        .await
+        .expect("/readyz");
     assert_eq!(status, 503);
     assert_eq!(ready["ready"], false);
     let reason = ready["reason"].as_str().unwrap();
-    assert!(reason.contains("health-only") && reason.contains("AIHUMMER_DATABASE_URL"), "{reason}");
+    assert!(
+        reason.contains("health-only") && reason.contains("AIHUMMER_DATABASE_URL"),
+        "{reason}"
+    );
 
-    let (status, ping) = get_json(&client, &gw.url("/v1/ping")).await.expect("/v1/ping");
+    let (status, ping) = get_json(&client, &gw.url("/v1/ping"))
+        .await
+        .expect("/v1/ping");
     assert_eq!((status, &ping["pong"]), (200, &serde_json::json!(true)));
 }
 
@@ -55,7 +68,9 @@ async fn ready_answers_with_the_processes_own_pid_and_version() {
     assert_eq!(ready["pid"], gw.pid());
     let line = version_of("aihummer-gateway");
     assert_eq!(ready["version"].as_str(), line.split(' ').nth(1));
-    let (_, health) = get_json(&http(), &gw.url("/healthz")).await.expect("/healthz");
+    let (_, health) = get_json(&http(), &gw.url("/healthz"))
+        .await
+        .expect("/healthz");
     assert_eq!(health["mode"], "full");
     assert_eq!(health["phase"], "ready");
 }
@@ -79,7 +94,11 @@ async fn errors_are_json_with_a_code_and_never_a_500() {
         assert_eq!(response.status().as_u16(), status, "{method} {path}");
         let body: serde_json::Value = response.json().await.expect("JSON error body");
         assert_eq!(body["error"]["code"], code, "{method} {path}: {body}");
-        assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty())
+        );
     }
 }
 
@@ -90,30 +109,44 @@ async fn an_unreachable_database_is_reported_and_the_gateway_recovers_by_itself(
     let gw = Gateway::start(&[("AIHUMMER_DATABASE_URL", &proxy.url(&db))]);
     let client = http();
 
-    let reason = wait_for(Duration::from_secs(10), "a 503 naming the database", || async {
-        match get_json(&client, &gw.url("/readyz")).await {
-            Some((503, body)) => body["reason"]
-                .as_str()
-                .filter(|r| r.contains("database unavailable"))
-                .map(str::to_string),
-            _ => None,
-        }
-    })
+    let reason = wait_for(
+        Duration::from_secs(10),
+        "a 503 naming the database",
+        || async {
+            match get_json(&client, &gw.url("/readyz")).await {
+                Some((503, body)) => body["reason"]
+                    .as_str()
+                    .filter(|r| r.contains("database unavailable"))
+                    .map(str::to_string),
+                _ => None,
+            }
+        },
+    )
     .await;
     assert!(reason.contains("database unavailable"), "{reason}");
-    assert_eq!(get_json(&client, &gw.url("/healthz")).await.expect("healthz").0, 200);
+    assert_eq!(
+        get_json(&client, &gw.url("/healthz"))
+            .await
+            .expect("healthz")
+            .0,
+        200
+    );
 
     proxy.start().await;
     gw.wait_ready(Duration::from_secs(30)).await;
 
     // Losing the database after startup turns readiness off, and its return turns it on.
     proxy.stop().await;
-    wait_for(Duration::from_secs(10), "a 503 while the database is gone", || async {
-        match get_json(&client, &gw.url("/readyz")).await {
-            Some((503, body)) => body["reason"].as_str().map(str::to_string),
-            _ => None,
-        }
-    })
+    wait_for(
+        Duration::from_secs(10),
+        "a 503 while the database is gone",
+        || async {
+            match get_json(&client, &gw.url("/readyz")).await {
+                Some((503, body)) => body["reason"].as_str().map(str::to_string),
+                _ => None,
+            }
+        },
+    )
     .await;
     proxy.start().await;
     gw.wait_ready(Duration::from_secs(30)).await;
@@ -123,19 +156,37 @@ async fn an_unreachable_database_is_reported_and_the_gateway_recovers_by_itself(
 async fn passwords_in_database_urls_never_reach_the_logs() {
     let mut proxy = Proxy::new();
     proxy.stop().await;
-    let url = format!("postgres://someone:hunter2secret@127.0.0.1:{}/nowhere", proxy.port);
-    let gw = Gateway::start(&[("AIHUMMER_DATABASE_URL", &url), ("AIHUMMER_DB_APP_URL", &url)]);
+    let url = format!(
+        "postgres://someone:hunter2secret@127.0.0.1:{}/nowhere",
+        proxy.port
+    );
+    let gw = Gateway::start(&[
+        ("AIHUMMER_DATABASE_URL", &url),
+        ("AIHUMMER_DB_APP_URL", &url),
+    ]);
     let client = http();
-    wait_for(Duration::from_secs(10), "a 503 naming the database", || async {
-        match get_json(&client, &gw.url("/readyz")).await {
-            Some((503, body)) if body["reason"].as_str()?.contains("database unavailable") => Some(()),
-            _ => None,
-        }
-    })
+    wait_for(
+        Duration::from_secs(10),
+        "a 503 naming the database",
+        || async {
+            match get_json(&client, &gw.url("/readyz")).await {
+                Some((503, body)) if body["reason"].as_str()?.contains("database unavailable") => {
+                    Some(())
+                }
+                _ => None,
+            }
+        },
+    )
     .await;
     let logs = gw.logs();
-    assert!(logs.contains("someone@127.0.0.1"), "the target is logged: {logs}");
-    assert!(!logs.contains("hunter2secret"), "the password leaked: {logs}");
+    assert!(
+        logs.contains("someone@127.0.0.1"),
+        "the target is logged: {logs}"
+    );
+    assert!(
+        !logs.contains("hunter2secret"),
+        "the password leaked: {logs}"
+    );
 }
 
 #[tokio::test]
@@ -144,5 +195,8 @@ async fn a_bad_setting_stops_the_gateway_with_a_message_naming_it() {
     let status = gw.wait_exit(Duration::from_secs(10)).await;
     assert_eq!(status.code(), Some(1));
     let logs = gw.logs();
-    assert!(logs.contains("AIHUMMER_DRAIN_TIMEOUT") && logs.contains("whenever"), "{logs}");
+    assert!(
+        logs.contains("AIHUMMER_DRAIN_TIMEOUT") && logs.contains("whenever"),
+        "{logs}"
+    );
 }

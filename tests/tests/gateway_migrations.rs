@@ -49,10 +49,17 @@ async fn eight_gateways_starting_at_once_all_become_ready_and_apply_each_migrati
     );
     for gw in &gateways {
         let logs = gw.logs();
-        assert!(!logs.contains("\"level\":\"ERROR\""), "a gateway logged an error:\n{logs}");
+        assert!(
+            !logs.contains("\"level\":\"ERROR\""),
+            "a gateway logged an error:\n{logs}"
+        );
         assert!(logs.contains("migrations up to date"), "{logs}");
     }
-    assert_eq!(advisory_locks(&pool).await, 0, "no migration lock may outlive startup");
+    assert_eq!(
+        advisory_locks(&pool).await,
+        0,
+        "no migration lock may outlive startup"
+    );
 }
 
 #[tokio::test]
@@ -69,12 +76,20 @@ async fn a_gateway_waiting_for_the_migration_lock_says_so_and_proceeds_when_it_i
     let gw = Gateway::start(&[("AIHUMMER_DATABASE_URL", &db.url())]);
     let client = http();
     let url = gw.url("/readyz");
-    wait_for(Duration::from_secs(15), "/readyz to report the wait", || async {
-        match get_json(&client, &url).await {
-            Some((503, body)) if body["reason"].as_str()?.contains("waiting for migrations") => Some(()),
-            _ => None,
-        }
-    })
+    wait_for(
+        Duration::from_secs(15),
+        "/readyz to report the wait",
+        || async {
+            match get_json(&client, &url).await {
+                Some((503, body))
+                    if body["reason"].as_str()?.contains("waiting for migrations") =>
+                {
+                    Some(())
+                }
+                _ => None,
+            }
+        },
+    )
     .await;
 
     let released: bool = sqlx::query_scalar("SELECT pg_advisory_unlock($1)")
@@ -101,10 +116,17 @@ async fn a_failing_migration_stops_the_gateway_leaves_no_lock_and_the_next_start
     assert_eq!(status.code(), Some(3), "log:\n{}", gw.logs());
     let logs = gw.logs();
     assert!(logs.contains("migration 4 failed"), "{logs}");
-    assert_eq!(advisory_locks(&pool).await, 0, "the failed run left an advisory lock");
+    assert_eq!(
+        advisory_locks(&pool).await,
+        0,
+        "the failed run left an advisory lock"
+    );
     assert_eq!(applied(&pool).await, vec![(1, true), (2, true), (3, true)]);
 
-    sqlx::query("DROP TABLE job_runs").execute(&pool).await.expect("remove obstacle");
+    sqlx::query("DROP TABLE job_runs")
+        .execute(&pool)
+        .await
+        .expect("remove obstacle");
     let gw = Gateway::start(&[("AIHUMMER_DATABASE_URL", &db.url())]);
     gw.wait_ready(READY).await;
     assert_eq!(applied(&pool).await.len(), embedded_versions().len());
@@ -128,7 +150,10 @@ async fn a_migration_changed_after_it_was_applied_makes_the_gateway_refuse_to_st
     let status = gw.wait_exit(Duration::from_secs(30)).await;
     assert_eq!(status.code(), Some(3));
     let logs = gw.logs();
-    assert!(logs.contains("migration 2 was applied with different contents"), "{logs}");
+    assert!(
+        logs.contains("migration 2 was applied with different contents"),
+        "{logs}"
+    );
     assert_eq!(advisory_locks(&pool).await, 0);
 }
 

@@ -56,7 +56,13 @@ async fn fixture() -> Fixture {
         .connect(&db.url_as(&login))
         .await
         .expect("app pool");
-    Fixture { db, owner, app, a, b }
+    Fixture {
+        db,
+        owner,
+        app,
+        a,
+        b,
+    }
 }
 
 #[tokio::test]
@@ -68,29 +74,32 @@ async fn a_workspace_sees_only_its_own_rows() {
         .await
         .expect("select");
     assert_eq!(bodies, ["for a"]);
-    let of_b: i64 = sqlx::query_scalar("SELECT count(*) FROM inbound_messages WHERE workspace_id = $1")
-        .bind(f.b)
-        .fetch_one(&mut *tx)
-        .await
-        .expect("select b");
+    let of_b: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM inbound_messages WHERE workspace_id = $1")
+            .bind(f.b)
+            .fetch_one(&mut *tx)
+            .await
+            .expect("select b");
     assert_eq!(of_b, 0);
     let workspaces: Vec<Uuid> = sqlx::query_scalar("SELECT id FROM workspaces")
         .fetch_all(&mut *tx)
         .await
         .expect("workspaces");
     assert_eq!(workspaces, [f.a]);
-    let updated = sqlx::query("UPDATE inbound_messages SET body = 'hijacked' WHERE workspace_id = $1")
-        .bind(f.b)
-        .execute(&mut *tx)
-        .await
-        .expect("update");
+    let updated =
+        sqlx::query("UPDATE inbound_messages SET body = 'hijacked' WHERE workspace_id = $1")
+            .bind(f.b)
+            .execute(&mut *tx)
+            .await
+            .expect("update");
     assert_eq!(updated.rows_affected(), 0);
     tx.commit().await.expect("commit");
-    let untouched: String = sqlx::query_scalar("SELECT body FROM inbound_messages WHERE workspace_id = $1")
-        .bind(f.b)
-        .fetch_one(&f.owner)
-        .await
-        .expect("owner read");
+    let untouched: String =
+        sqlx::query_scalar("SELECT body FROM inbound_messages WHERE workspace_id = $1")
+            .bind(f.b)
+            .fetch_one(&f.owner)
+            .await
+            .expect("owner read");
     assert_eq!(untouched, "for b");
 }
 
@@ -106,13 +115,18 @@ async fn a_workspace_cannot_write_into_another() {
     .execute(&mut *tx)
     .await
     .expect_err("writing into another workspace must fail");
-    let code = err.as_database_error().and_then(|e| e.code()).map(|c| c.to_string());
+    let code = err
+        .as_database_error()
+        .and_then(|e| e.code())
+        .map(|c| c.to_string());
     assert_eq!(code.as_deref(), Some("42501"), "{err}");
     drop(tx);
-    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM inbound_messages WHERE idempotency_key = 'sneaky'")
-        .fetch_one(&f.owner)
-        .await
-        .expect("owner read");
+    let count: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM inbound_messages WHERE idempotency_key = 'sneaky'",
+    )
+    .fetch_one(&f.owner)
+    .await
+    .expect("owner read");
     assert_eq!(count, 0);
 }
 
@@ -134,23 +148,29 @@ async fn with_no_tenant_set_nothing_is_visible_even_on_a_connection_a_tenant_use
             .fetch_one(&mut *tx)
             .await
             .expect("select");
-        assert_eq!(row.get::<i64, _>("n"), 0, "{table} leaked rows with no tenant set");
+        assert_eq!(
+            row.get::<i64, _>("n"),
+            0,
+            "{table} leaked rows with no tenant set"
+        );
     }
 }
 
 #[tokio::test]
 async fn the_app_role_is_neither_owner_superuser_nor_bypassrls_and_cannot_touch_job_runs() {
     let f = fixture().await;
-    let (superuser, bypass): (bool, bool) =
-        sqlx::query_as("SELECT rolsuper, rolbypassrls FROM pg_roles WHERE rolname = 'aihummer_app'")
+    let (superuser, bypass): (bool, bool) = sqlx::query_as(
+        "SELECT rolsuper, rolbypassrls FROM pg_roles WHERE rolname = 'aihummer_app'",
+    )
+    .fetch_one(&f.owner)
+    .await
+    .expect("role");
+    assert!(!superuser && !bypass);
+    let owned: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM pg_tables WHERE tableowner = 'aihummer_app'")
             .fetch_one(&f.owner)
             .await
-            .expect("role");
-    assert!(!superuser && !bypass);
-    let owned: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_tables WHERE tableowner = 'aihummer_app'")
-        .fetch_one(&f.owner)
-        .await
-        .expect("owned");
+            .expect("owned");
     assert_eq!(owned, 0);
     let err = sqlx::query("SELECT count(*) FROM job_runs")
         .fetch_one(&f.app)

@@ -1,0 +1,307 @@
+//! Graceful drain on SIGTERM, and serving on sockets inherited from a parent.
+
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::OwnedFd;
+use std::time::Duration;
+
+use aihummer_tests::{Gateway, RawHttp, binary, get_json, http, wait_for};
+use command_fds::{CommandFdExt, FdMapping};
+use nix::sys::signal::Signal;
+use tokio::time::Instant;
+
+/// Opens a connection and completes one request on it, so the gateway has certainly
+/// accepted it before the test goes on.
+async fn accepted_connection(addr: SocketAddr) -> RawHttp {
+    let mut conn = RawHttp::connect(addr).await;
+    conn.send_get("/v1/ping").await;
+    let response = conn.read_response().await.expect("first answer");
+    assert_eq!(response.status, 200);
+    conn
+}
+
+/// Sends `/healthz` on `conn` until the gateway reports it is draining; returns that
+/// answer. Before the drain each answer keeps the connection open.
+async fn until_draining(conn: &mut RawHttp) -> aihummer_tests::RawResponse {
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        conn.send_get("/healthz").await;
+        let response = conn.read_response().await.expect("health answer");
+        if response.json()["draining"] == true {
+            return response;
+        }
+        assert!(Instant::now() < end, "the gateway never reported draining");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_slow_request_in_flight_completes_during_the_drain_and_open_connections_are_told_to_close()
+ {
+    let mut gw = Gateway::start(&[("AIHUMMER_DRAIN_TIMEOUT", "20s")]);
+    gw.wait_healthy(Duration::from_secs(10)).await;
+    let mut slow = accepted_connection(gw.addr).await;
+    let mut watcher = accepted_connection(gw.addr).await;
+    let mut late = accepted_connection(gw.addr).await;
+
+    slow.send_get("/v1/ping?delay_ms=1500").await;
+    gw.signal(Signal::SIGTERM);
+
+    let draining = until_draining(&mut watcher).await;
+    assert_eq!(draining.header("connection"), Some("close"));
+    assert!(
+        watcher.closed_by_peer().await,
+        "a connection told to close must then close"
+    );
+
+    late.send_get("/readyz").await;
+    let ready = late
+        .read_response()
+        .await
+        .expect("readyz answer on an open connection");
+    assert_eq!(ready.status, 503);
+    assert_eq!(ready.json()["reason"], "draining");
+    assert_eq!(ready.header("connection"), Some("close"));
+
+    let answer = slow
+        .read_response()
+        .await
+        .expect("the slow request's answer");
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.json()["pong"], true);
+    assert_eq!(answer.header("connection"), Some("close"));
+
+    let status = gw.wait_exit(Duration::from_secs(10)).await;
+    assert_eq!(status.code(), Some(0));
+}
+
+#[tokio::test]
+async fn a_half_sent_request_does_not_keep_the_gateway_alive_past_the_drain_deadline() {
+    let mut gw = Gateway::start(&[("AIHUMMER_DRAIN_TIMEOUT", "2s")]);
+    gw.wait_healthy(Duration::from_secs(10)).await;
+    let mut stalled = accepted_connection(gw.addr).await;
+    stalled.send(b"GET /v1/ping HTTP/1.1\r\nHost: te").await;
+    let mut never_finished = RawHttp::connect(gw.addr).await;
+    never_finished.send(b"GE").await;
+
+    let started = Instant::now();
+    gw.signal(Signal::SIGTERM);
+    let status = gw.wait_exit(Duration::from_secs(6)).await;
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(stalled.closed_by_peer().await);
+}
+
+#[tokio::test]
+async fn a_request_slower_than_the_drain_deadline_is_cut_off_at_the_deadline() {
+    let mut gw = Gateway::start(&[("AIHUMMER_DRAIN_TIMEOUT", "1s")]);
+    gw.wait_healthy(Duration::from_secs(10)).await;
+    let mut slow = accepted_connection(gw.addr).await;
+    let mut watcher = accepted_connection(gw.addr).await;
+    slow.send_get("/v1/ping?delay_ms=20000").await;
+
+    let started = Instant::now();
+    gw.signal(Signal::SIGTERM);
+    until_draining(&mut watcher).await;
+    let status = gw.wait_exit(Duration::from_secs(8)).await;
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        slow.read_response().await.is_none(),
+        "the cut-off request got an answer"
+    );
+    assert!(gw.logs().contains("drain deadline reached"));
+}
+
+#[tokio::test]
+async fn repeated_signals_during_the_drain_are_not_a_crash() {
+    let mut gw = Gateway::start(&[("AIHUMMER_DRAIN_TIMEOUT", "20s")]);
+    gw.wait_healthy(Duration::from_secs(10)).await;
+    let mut slow = accepted_connection(gw.addr).await;
+    let mut watcher = accepted_connection(gw.addr).await;
+    slow.send_get("/v1/ping?delay_ms=1500").await;
+
+    gw.signal(Signal::SIGTERM);
+    until_draining(&mut watcher).await;
+    gw.signal(Signal::SIGTERM);
+    gw.signal(Signal::SIGINT);
+
+    let answer = slow
+        .read_response()
+        .await
+        .expect("the slow request's answer");
+    assert_eq!(answer.status, 200);
+    let status = gw.wait_exit(Duration::from_secs(10)).await;
+    assert_eq!(status.code(), Some(0));
+}
+
+fn loopback_listener() -> (TcpListener, SocketAddr) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    (listener, addr)
+}
+
+fn pass(sockets: Vec<OwnedFd>) -> impl FnOnce(&mut tokio::process::Command) {
+    move |cmd| {
+        let mappings = sockets
+            .into_iter()
+            .enumerate()
+            .map(|(i, fd)| FdMapping {
+                parent_fd: fd,
+                child_fd: 3 + i as i32,
+            })
+            .collect();
+        cmd.fd_mappings(mappings).expect("fd mappings");
+    }
+}
+
+#[tokio::test]
+async fn a_socket_passed_as_fd_3_is_served_instead_of_the_configured_address() {
+    let (listener, addr) = loopback_listener();
+    let gw = Gateway::start_with(
+        &binary("aihummer-gateway"),
+        &[("LISTEN_FDS", "1")],
+        pass(vec![listener.into()]),
+    );
+    let client = http();
+    let url = format!("http://{addr}/healthz");
+    let (status, health) = wait_for(
+        Duration::from_secs(10),
+        "an answer on the inherited socket",
+        || {
+            let (client, url) = (client.clone(), url.clone());
+            async move { get_json(&client, &url).await }
+        },
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(health["pid"], gw.pid());
+    assert!(
+        get_json(&client, &gw.url("/healthz")).await.is_none(),
+        "AIHUMMER_GATEWAY_ADDR must not be bound when a socket is inherited"
+    );
+}
+
+#[tokio::test]
+async fn a_probe_socket_named_in_listen_fdnames_serves_the_same_routes() {
+    let (public, public_addr) = loopback_listener();
+    let (probe, probe_addr) = loopback_listener();
+    let gw = Gateway::start_with(
+        &binary("aihummer-gateway"),
+        &[("LISTEN_FDS", "2"), ("LISTEN_FDNAMES", "public:probe")],
+        pass(vec![public.into(), probe.into()]),
+    );
+    let client = http();
+    for addr in [public_addr, probe_addr] {
+        let url = format!("http://{addr}/healthz");
+        let (_, health) = wait_for(Duration::from_secs(10), "healthz", || {
+            let (client, url) = (client.clone(), url.clone());
+            async move { get_json(&client, &url).await }
+        })
+        .await;
+        assert_eq!(health["pid"], gw.pid());
+    }
+}
+
+#[tokio::test]
+async fn after_a_drain_the_inherited_socket_still_queues_connections_for_its_other_holders() {
+    let (listener, addr) = loopback_listener();
+    let ours = listener.try_clone().expect("dup");
+    let mut gw = Gateway::start_with(
+        &binary("aihummer-gateway"),
+        &[("LISTEN_FDS", "1")],
+        pass(vec![listener.into()]),
+    );
+    wait_for(Duration::from_secs(10), "an answer", || async {
+        get_json(&http(), &format!("http://{addr}/healthz")).await
+    })
+    .await;
+    gw.signal(Signal::SIGTERM);
+    assert_eq!(gw.wait_exit(Duration::from_secs(10)).await.code(), Some(0));
+
+    // The gateway dropped only its own descriptor: a new client is queued, not refused,
+    // and the process still holding the socket (here the test) accepts it.
+    let mut client = RawHttp::connect(addr).await;
+    client.send_get("/healthz").await;
+    ours.set_nonblocking(true).expect("nonblocking");
+    let ours = tokio::net::TcpListener::from_std(ours).expect("tokio listener");
+    let accepted = tokio::time::timeout(Duration::from_secs(5), ours.accept()).await;
+    assert!(
+        matches!(accepted, Ok(Ok(_))),
+        "the queued connection was lost"
+    );
+}
+
+#[tokio::test]
+async fn an_inherited_descriptor_that_is_not_a_socket_is_refused_with_a_clear_error() {
+    let file = tempfile::tempfile().expect("file");
+    let mut gw = Gateway::start_with(
+        &binary("aihummer-gateway"),
+        &[("LISTEN_FDS", "1")],
+        pass(vec![file.into()]),
+    );
+    assert_eq!(gw.wait_exit(Duration::from_secs(10)).await.code(), Some(1));
+    let logs = gw.logs();
+    assert!(
+        logs.contains("inherited fd 3") && logs.contains("not a TCP listening socket"),
+        "{logs}"
+    );
+}
+
+fn running(pid: u32) -> bool {
+    // A zombie has exited; only its reaping is pending.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|stat| !stat.contains(") Z"))
+        .unwrap_or(false)
+}
+
+#[tokio::test]
+async fn a_supervised_gateway_exits_when_its_supervisor_is_killed() {
+    use tokio::io::AsyncBufReadExt;
+    let (public, addr) = loopback_listener();
+    let (probe, _) = loopback_listener();
+    // A shell stands in for the supervisor: it hands both sockets on and waits.
+    let mut cmd = tokio::process::Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg("\"$0\" & echo $!; wait")
+        .arg(binary("aihummer-gateway"))
+        .env("LISTEN_FDS", "2")
+        .env("LISTEN_FDNAMES", "public:probe")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true);
+    pass(vec![public.into(), probe.into()])(&mut cmd);
+    let mut supervisor = cmd.spawn().expect("spawn shell");
+    let stdout = supervisor.stdout.take().expect("stdout");
+    let mut line = String::new();
+    tokio::io::BufReader::new(stdout)
+        .read_line(&mut line)
+        .await
+        .expect("gateway pid");
+    let pid: u32 = line.trim().parse().expect("pid");
+    let url = format!("http://{addr}/healthz");
+    let (_, health) = wait_for(Duration::from_secs(10), "the gateway to serve", || {
+        let url = url.clone();
+        async move { get_json(&http(), &url).await }
+    })
+    .await;
+    assert_eq!(health["pid"], pid);
+
+    supervisor
+        .start_kill()
+        .expect("kill -9 the stand-in supervisor");
+    supervisor.wait().await.expect("reap it");
+    wait_for(
+        Duration::from_secs(10),
+        "the orphaned gateway to exit",
+        || async { (!running(pid)).then_some(()) },
+    )
+    .await;
+}
