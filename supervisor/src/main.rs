@@ -1,10 +1,86 @@
-use clap::Parser;
+use std::path::Path;
+use std::process::ExitCode;
 
-/// AiHummer supervisor and operator CLI.
+use aihummer::cli::{self, ClientError};
+use aihummer::{VERSION, app, config, fds, logging};
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+/// AiHummer supervisor and operator CLI. Configured by AIHUMMER_* environment variables;
+/// the client commands talk to the supervisor at AIHUMMER_SUPERVISOR_SOCKET.
 #[derive(Parser)]
-#[command(name = "aihummer", version = env!("AIHUMMER_VERSION"))]
-struct Cli {}
+#[command(name = "aihummer", version = VERSION)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
 
-fn main() {
-    Cli::parse();
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the supervisor in the foreground (systemd's ExecStart).
+    Run,
+    /// Show the supervisor's state: gateways, updates, the last handoff and error.
+    Status {
+        /// Print one JSON document, stable for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show this binary's version, and the running supervisor's and gateway's.
+    Version {
+        /// Print one JSON document, stable for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restart the gateway with a zero-downtime handoff.
+    Restart {
+        /// Print one JSON document, stable for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Cmd::Run => {
+            // SAFETY: nothing has started a thread yet: clap and the code above are
+            // single-threaded, and the tokio runtime is built inside `app::run`, after this.
+            let inherited = unsafe { fds::take_inherited_listener() };
+            logging::init();
+            app::run(inherited).context("aihummer supervisor stopped")
+        }
+        command => client(command),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            let code = err
+                .downcast_ref::<ClientError>()
+                .map_or(1, ClientError::exit_code);
+            if code == 1 && err.downcast_ref::<ClientError>().is_none() {
+                tracing::error!(error = format!("{err:#}"), "aihummer failed");
+            }
+            eprintln!("aihummer: {err:#}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn client(command: Cmd) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let path = config::socket_path_from_env();
+    runtime.block_on(run_client(command, &path))?;
+    Ok(())
+}
+
+async fn run_client(command: Cmd, path: &Path) -> Result<(), ClientError> {
+    match command {
+        Cmd::Status { json } => cli::status(path, json).await,
+        Cmd::Version { json } => cli::version(path, json).await,
+        Cmd::Restart { json } => cli::restart(path, json).await,
+        Cmd::Run => Ok(()),
+    }
 }

@@ -1,0 +1,320 @@
+//! The operator commands that talk to a running supervisor: `status`, `version`,
+//! `restart`. Human output is short; `--json` prints one JSON document on stdout, stable
+//! for scripts. Failures are a [`ClientError`] whose one-line message `main` prints.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::control::{self, Body, CallError, Command, ErrorCode, Progress, StatusReport};
+use crate::{EXIT_NO_SUPERVISOR, VERSION};
+
+/// How long a `status` or `version` answer may take.
+const QUICK_ANSWER: Duration = Duration::from_secs(10);
+
+/// Why a client command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Nothing listens at the control socket.
+    #[error("no supervisor is running at {} ({reason}); start one with `aihummer run`", path.display())]
+    NoSupervisor {
+        /// The socket.
+        path: PathBuf,
+        /// What connecting said.
+        reason: String,
+    },
+    /// Connecting failed otherwise.
+    #[error("cannot connect to the supervisor at {}: {source}", path.display())]
+    Connect {
+        /// The socket.
+        path: PathBuf,
+        /// What failed.
+        source: std::io::Error,
+    },
+    /// The supervisor refused this user.
+    #[error("{0}")]
+    Refused(String),
+    /// The supervisor answered with a failure.
+    #[error("{0}")]
+    Failed(String),
+    /// The exchange broke.
+    #[error(transparent)]
+    Call(#[from] CallError),
+    /// No answer in time.
+    #[error("the supervisor did not answer within {}", humantime::format_duration(*.0))]
+    Timeout(Duration),
+    /// An answer of the wrong kind.
+    #[error("unexpected answer from the supervisor: {0}")]
+    Unexpected(String),
+}
+
+impl ClientError {
+    /// The process exit code for this failure.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ClientError::NoSupervisor { .. } => EXIT_NO_SUPERVISOR,
+            _ => 1,
+        }
+    }
+}
+
+/// Sends one command and returns the final answer; errors from the supervisor become
+/// [`ClientError`]s.
+pub async fn ask(
+    path: &Path,
+    command: Command,
+    on_progress: impl FnMut(&Progress),
+    timeout: Option<Duration>,
+) -> Result<Body, ClientError> {
+    let stream = control::connect(path).await.map_err(|source| {
+        use std::io::ErrorKind::*;
+        match source.kind() {
+            NotFound | ConnectionRefused => ClientError::NoSupervisor {
+                path: path.to_path_buf(),
+                reason: source.to_string(),
+            },
+            PermissionDenied => ClientError::Refused(format!(
+                "permission denied on {}: only root and the supervisor's user may use it",
+                path.display()
+            )),
+            _ => ClientError::Connect {
+                path: path.to_path_buf(),
+                source,
+            },
+        }
+    })?;
+    let call = control::call(stream, command, on_progress);
+    let body = match timeout {
+        Some(limit) => tokio::time::timeout(limit, call)
+            .await
+            .map_err(|_| ClientError::Timeout(limit))??,
+        None => call.await?,
+    };
+    match body {
+        Body::Error(reply) if reply.code == ErrorCode::Refused => {
+            Err(ClientError::Refused(reply.message))
+        }
+        Body::Error(reply) => Err(ClientError::Failed(reply.message)),
+        body => Ok(body),
+    }
+}
+
+/// `aihummer status [--json]`.
+pub async fn status(path: &Path, json: bool) -> Result<(), ClientError> {
+    let report = match ask(path, Command::Status, |_| {}, Some(QUICK_ANSWER)).await? {
+        Body::Status(report) => report,
+        other => return Err(ClientError::Unexpected(format!("{other:?}"))),
+    };
+    if json {
+        println!("{}", to_json(&report)?);
+    } else {
+        print!("{}", render_status(&report));
+    }
+    Ok(())
+}
+
+/// `aihummer version [--json]`: this binary's version, and with a reachable supervisor
+/// also the supervisor's and the active gateway's.
+pub async fn version(path: &Path, json: bool) -> Result<(), ClientError> {
+    let report = match ask(path, Command::Version, |_| {}, Some(QUICK_ANSWER)).await {
+        Ok(Body::Version(report)) => Some(report),
+        Ok(other) => return Err(ClientError::Unexpected(format!("{other:?}"))),
+        Err(ClientError::NoSupervisor { .. }) => None,
+        Err(err) => return Err(err),
+    };
+    if json {
+        let doc = json!({
+            "version": VERSION,
+            "supervisor": report.as_ref().map(|r| json!({ "version": r.version, "pid": r.pid })),
+            "gateway": report.as_ref().and_then(|r| r.gateway.as_ref()).map(|g| json!({ "version": g.version, "pid": g.pid })),
+        });
+        println!("{doc}");
+        return Ok(());
+    }
+    println!("aihummer {VERSION}");
+    match report {
+        None => println!("supervisor: not running at {}", path.display()),
+        Some(report) => {
+            println!("supervisor: {} (pid {})", report.version, report.pid);
+            match report.gateway {
+                Some(g) => println!(
+                    "gateway: {} (pid {})",
+                    g.version.as_deref().unwrap_or("unknown"),
+                    g.pid
+                ),
+                None => println!("gateway: none serving"),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `aihummer restart [--json]`: a zero-downtime handoff to a fresh gateway. Progress goes
+/// to stderr; exit 0 only once the new gateway serves and the old one is gone.
+pub async fn restart(path: &Path, json: bool) -> Result<(), ClientError> {
+    let show = |p: &Progress| {
+        if !json {
+            eprintln!("restart: {}", p.message);
+        }
+    };
+    let report = match ask(path, Command::Restart, show, None).await? {
+        Body::Restarted(report) => report,
+        other => return Err(ClientError::Unexpected(format!("{other:?}"))),
+    };
+    if json {
+        println!("{}", to_json(&report)?);
+    } else {
+        println!(
+            "restarted: gateway pid {} (version {}) serving{} in {}ms",
+            report.new_pid,
+            report.version.as_deref().unwrap_or("unknown"),
+            report
+                .old_pid
+                .map(|p| format!(", replaced pid {p}"))
+                .unwrap_or_default(),
+            report.duration_ms
+        );
+    }
+    Ok(())
+}
+
+fn to_json(value: &impl serde::Serialize) -> Result<String, ClientError> {
+    serde_json::to_string(value).map_err(|err| ClientError::Unexpected(err.to_string()))
+}
+
+/// A unit enum's wire name (`handing_off`), for human output that matches `--json`.
+fn label(value: &impl serde::Serialize) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(name)) => name,
+        _ => "unknown".into(),
+    }
+}
+
+/// The human form of a status report.
+pub fn render_status(r: &StatusReport) -> String {
+    let gateway = |g: &control::GatewayInfo| {
+        format!(
+            "pid {}, version {}, {}{}, since {}",
+            g.pid,
+            g.version.as_deref().unwrap_or("unknown"),
+            label(&g.state),
+            if g.health_only { " (health-only)" } else { "" },
+            g.started_at
+        )
+    };
+    let mut out = format!(
+        "supervisor: {} (pid {}), {}\n",
+        r.supervisor.version,
+        r.supervisor.pid,
+        label(&r.state)
+    );
+    out += &format!(
+        "active gateway: {}\n",
+        r.active.as_ref().map_or("none".into(), gateway)
+    );
+    if let Some(c) = &r.candidate {
+        out += &format!("candidate: {}\n", gateway(c));
+    }
+    if let Some(d) = &r.draining {
+        out += &format!("draining: {}\n", gateway(d));
+    }
+    out += &format!(
+        "updates: mode {}, channel {}, last check {}\n",
+        r.update.mode,
+        r.update.channel,
+        match (&r.update.last_check, &r.update.last_result) {
+            (Some(at), Some(result)) => format!("{at}: {result}"),
+            _ => "never".into(),
+        }
+    );
+    if !r.quarantined.is_empty() {
+        out += &format!("quarantined: {}\n", r.quarantined.join(", "));
+    }
+    if let Some(h) = &r.last_handoff {
+        out += &format!(
+            "last handoff: {} at {}: {}\n",
+            if h.ok { "ok" } else { "failed" },
+            h.at,
+            h.message
+        );
+    }
+    if r.crash_restarts > 0 {
+        out += &format!("crash restarts: {}\n", r.crash_restarts);
+    }
+    if let Some(e) = &r.last_error {
+        out += &format!("last error: {}: {}\n", e.at, e.message);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::{
+        Event, GatewayInfo, GatewayState, ProcessInfo, SupervisorState, UpdateInfo,
+    };
+
+    #[test]
+    fn the_human_status_names_the_gateway_and_the_last_error() {
+        let report = StatusReport {
+            supervisor: ProcessInfo {
+                version: "0.1.0".into(),
+                pid: 10,
+                started_at: "t0".into(),
+            },
+            state: SupervisorState::HandingOff,
+            active: Some(GatewayInfo {
+                pid: 11,
+                version: Some("0.1.0".into()),
+                state: GatewayState::Ready,
+                health_only: true,
+                binary: "/bin/gw".into(),
+                started_at: "t1".into(),
+            }),
+            candidate: None,
+            draining: None,
+            update: UpdateInfo {
+                mode: "off".into(),
+                channel: "stable".into(),
+                last_check: None,
+                last_result: None,
+            },
+            quarantined: vec![],
+            last_error: Some(Event {
+                at: "t2".into(),
+                message: "the new gateway (pid 12) exited with exit code 1".into(),
+            }),
+            last_handoff: None,
+            crash_restarts: 0,
+        };
+        let text = render_status(&report);
+        assert!(
+            text.contains("supervisor: 0.1.0 (pid 10), handing_off"),
+            "{text}"
+        );
+        assert!(
+            text.contains("active gateway: pid 11, version 0.1.0, ready (health-only)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("last error: t2: the new gateway (pid 12) exited"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn only_a_missing_supervisor_has_its_own_exit_code() {
+        let missing = ClientError::NoSupervisor {
+            path: "/run/x.sock".into(),
+            reason: "No such file or directory".into(),
+        };
+        assert_eq!(missing.exit_code(), EXIT_NO_SUPERVISOR);
+        assert!(
+            missing
+                .to_string()
+                .starts_with("no supervisor is running at /run/x.sock")
+        );
+        assert_eq!(ClientError::Failed("x".into()).exit_code(), 1);
+    }
+}

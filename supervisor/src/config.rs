@@ -1,0 +1,308 @@
+//! The supervisor's settings, read from `AIHUMMER_*` variables and validated once at start.
+//!
+//! Parsing takes a lookup function (and the uid) instead of reading the process, so every
+//! rule is unit tested without touching global state. Variables not read here pass through
+//! to the gateway unchanged.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Listen address when `AIHUMMER_GATEWAY_ADDR` is unset: port 8765 on all interfaces.
+pub const DEFAULT_ADDR: &str = ":8765";
+/// Control socket of a supervisor running as root.
+pub const ROOT_SOCKET: &str = "/run/aihummer/supervisor.sock";
+/// How long a new gateway may take to become ready. Generous: a first start may apply
+/// migrations on a large database.
+pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a gateway may drain; the gateway's own default is the same.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// The gateway's file name, in an install's version directory and beside `aihummer`.
+pub const GATEWAY_FILE: &str = "aihummer-gateway";
+
+/// A setting that cannot be used, named so the operator knows what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The listen address does not parse or resolve.
+    #[error(
+        "AIHUMMER_GATEWAY_ADDR={value:?} is not a listen address ({reason}); expected HOST:PORT or :PORT"
+    )]
+    Address {
+        /// What it was set to.
+        value: String,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// A duration that does not parse.
+    #[error("{var}={value:?} is not a duration ({reason}); expected e.g. 30s, 500ms or 2m")]
+    Duration {
+        /// The variable's name.
+        var: &'static str,
+        /// What it was set to.
+        value: String,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// No gateway binary could be found to run.
+    #[error("no gateway binary to run: {0}")]
+    NoGateway(String),
+}
+
+/// Everything `aihummer run` reads from its environment.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `AIHUMMER_GATEWAY_ADDR`: the public listener, unless systemd passed one.
+    pub addr: SocketAddr,
+    /// `AIHUMMER_SUPERVISOR_SOCKET`: the control socket.
+    pub socket: PathBuf,
+    /// `AIHUMMER_STATE_DIR`: the install dir, whose `current/aihummer-gateway` runs first.
+    pub state_dir: Option<PathBuf>,
+    /// `AIHUMMER_GATEWAY_BIN`: the gateway to run when nothing is installed.
+    pub gateway_bin: Option<PathBuf>,
+    /// The directory of the running `aihummer` executable: the last place to look.
+    pub exe_dir: Option<PathBuf>,
+    /// `AIHUMMER_READY_TIMEOUT`: how long a new gateway may take to become ready.
+    pub ready_timeout: Duration,
+    /// `AIHUMMER_DRAIN_TIMEOUT`: how long an old gateway may take to drain.
+    pub drain_timeout: Duration,
+    /// `AIHUMMER_AUTO_UPDATE`, reported by `status`.
+    pub update_mode: String,
+    /// `AIHUMMER_UPDATE_CHANNEL`, reported by `status`.
+    pub update_channel: String,
+}
+
+impl Settings {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let exe_dir = std::env::current_exe()
+            .ok()
+            .and_then(|exe| exe.parent().map(Path::to_path_buf));
+        Self::from_lookup(|name| std::env::var(name).ok(), current_uid(), exe_dir)
+    }
+
+    /// Reads settings through `get`; an empty value counts as unset.
+    pub fn from_lookup(
+        get: impl Fn(&str) -> Option<String>,
+        uid: u32,
+        exe_dir: Option<PathBuf>,
+    ) -> Result<Self, ConfigError> {
+        let get = |name: &str| get(name).filter(|v| !v.trim().is_empty());
+        let addr_value = get("AIHUMMER_GATEWAY_ADDR").unwrap_or_else(|| DEFAULT_ADDR.into());
+        let duration = |var: &'static str, default: Duration| {
+            get(var)
+                .map(|v| parse_duration(var, &v))
+                .transpose()
+                .map(|d| d.unwrap_or(default))
+        };
+        Ok(Self {
+            addr: parse_listen_addr(&addr_value).map_err(|reason| ConfigError::Address {
+                value: addr_value.clone(),
+                reason,
+            })?,
+            socket: socket_path(&get, uid),
+            state_dir: get("AIHUMMER_STATE_DIR").map(PathBuf::from),
+            gateway_bin: get("AIHUMMER_GATEWAY_BIN").map(PathBuf::from),
+            exe_dir,
+            ready_timeout: duration("AIHUMMER_READY_TIMEOUT", DEFAULT_READY_TIMEOUT)?,
+            drain_timeout: duration("AIHUMMER_DRAIN_TIMEOUT", DEFAULT_DRAIN_TIMEOUT)?,
+            update_mode: get("AIHUMMER_AUTO_UPDATE").unwrap_or_else(|| "off".into()),
+            update_channel: get("AIHUMMER_UPDATE_CHANNEL").unwrap_or_else(|| "stable".into()),
+        })
+    }
+
+    /// The gateway binary to start now, as an absolute path: the installed `current`
+    /// version (resolved to its versioned path, so a later swap of `current` cannot change
+    /// what a running child is), else `AIHUMMER_GATEWAY_BIN`, else the one beside
+    /// `aihummer`. Looked up at every start, so a restart picks up a newly installed binary.
+    pub fn gateway_binary(&self) -> Result<PathBuf, ConfigError> {
+        if let Some(state) = &self.state_dir {
+            let current = state.join("current").join(GATEWAY_FILE);
+            if current.exists() {
+                return current.canonicalize().map_err(|err| {
+                    ConfigError::NoGateway(format!("cannot resolve {}: {err}", current.display()))
+                });
+            }
+        }
+        if let Some(bin) = &self.gateway_bin {
+            return std::path::absolute(bin).map_err(|err| {
+                ConfigError::NoGateway(format!("AIHUMMER_GATEWAY_BIN={}: {err}", bin.display()))
+            });
+        }
+        match &self.exe_dir {
+            Some(dir) if dir.join(GATEWAY_FILE).exists() => Ok(dir.join(GATEWAY_FILE)),
+            Some(dir) => Err(ConfigError::NoGateway(format!(
+                "nothing installed under AIHUMMER_STATE_DIR, AIHUMMER_GATEWAY_BIN unset, and no {GATEWAY_FILE} in {}",
+                dir.display()
+            ))),
+            None => Err(ConfigError::NoGateway(
+                "AIHUMMER_GATEWAY_BIN is unset and this executable's directory is unknown".into(),
+            )),
+        }
+    }
+}
+
+/// The effective uid of this process.
+pub fn current_uid() -> u32 {
+    nix::unistd::geteuid().as_raw()
+}
+
+/// The control socket: `AIHUMMER_SUPERVISOR_SOCKET`, else [`ROOT_SOCKET`] for root, else
+/// a per-user path (`$XDG_RUNTIME_DIR/aihummer/supervisor.sock`, falling back to
+/// `/tmp/aihummer-<uid>/supervisor.sock`). Clients and the supervisor resolve it alike.
+pub fn socket_path(get: impl Fn(&str) -> Option<String>, uid: u32) -> PathBuf {
+    let get = |name: &str| get(name).filter(|v| !v.trim().is_empty());
+    if let Some(path) = get("AIHUMMER_SUPERVISOR_SOCKET") {
+        return PathBuf::from(path);
+    }
+    if uid == 0 {
+        return PathBuf::from(ROOT_SOCKET);
+    }
+    match get("XDG_RUNTIME_DIR") {
+        Some(dir) => Path::new(&dir).join("aihummer").join("supervisor.sock"),
+        None => PathBuf::from(format!("/tmp/aihummer-{uid}/supervisor.sock")),
+    }
+}
+
+/// The control socket path from the process environment.
+pub fn socket_path_from_env() -> PathBuf {
+    socket_path(|name| std::env::var(name).ok(), current_uid())
+}
+
+/// `:PORT` means every interface; `HOST:PORT` may name a host, which is resolved.
+pub fn parse_listen_addr(value: &str) -> Result<SocketAddr, String> {
+    let value = value.trim();
+    let full = match value.strip_prefix(':') {
+        Some(port) => format!("0.0.0.0:{port}"),
+        None => value.to_string(),
+    };
+    if let Ok(addr) = full.parse() {
+        return Ok(addr);
+    }
+    full.to_socket_addrs()
+        .map_err(|err| err.to_string())?
+        .next()
+        .ok_or_else(|| "the host resolves to no address".to_string())
+}
+
+/// Accepts humantime forms (`30s`, `1m 30s`, `250ms`) and bare seconds (`30`).
+pub fn parse_duration(var: &'static str, value: &str) -> Result<Duration, ConfigError> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    humantime::parse_duration(value).map_err(|err| ConfigError::Duration {
+        var,
+        value: value.to_string(),
+        reason: err.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(vars: &[(&str, &str)], uid: u32) -> Result<Settings, ConfigError> {
+        Settings::from_lookup(
+            |name| {
+                vars.iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| v.to_string())
+            },
+            uid,
+            Some(PathBuf::from("/opt/aihummer/bin")),
+        )
+    }
+
+    #[test]
+    fn defaults_listen_on_port_8765_of_every_interface_with_documented_timeouts() {
+        let s = settings(&[], 1000).unwrap();
+        assert_eq!(s.addr, "0.0.0.0:8765".parse().unwrap());
+        assert_eq!(s.ready_timeout, DEFAULT_READY_TIMEOUT);
+        assert_eq!(s.drain_timeout, DEFAULT_DRAIN_TIMEOUT);
+        assert_eq!(
+            (s.update_mode.as_str(), s.update_channel.as_str()),
+            ("off", "stable")
+        );
+    }
+
+    #[test]
+    fn root_uses_the_run_directory_and_users_a_per_user_path() {
+        assert_eq!(settings(&[], 0).unwrap().socket, PathBuf::from(ROOT_SOCKET));
+        let user = settings(&[("XDG_RUNTIME_DIR", "/run/user/1000")], 1000).unwrap();
+        assert_eq!(
+            user.socket,
+            PathBuf::from("/run/user/1000/aihummer/supervisor.sock")
+        );
+        let bare = settings(&[], 1000).unwrap();
+        assert_eq!(
+            bare.socket,
+            PathBuf::from("/tmp/aihummer-1000/supervisor.sock")
+        );
+        let set = settings(&[("AIHUMMER_SUPERVISOR_SOCKET", "/x/s.sock")], 0).unwrap();
+        assert_eq!(set.socket, PathBuf::from("/x/s.sock"));
+    }
+
+    #[test]
+    fn durations_take_humantime_and_bare_seconds() {
+        let s = settings(
+            &[
+                ("AIHUMMER_READY_TIMEOUT", "500ms"),
+                ("AIHUMMER_DRAIN_TIMEOUT", "7"),
+            ],
+            0,
+        )
+        .unwrap();
+        assert_eq!(s.ready_timeout, Duration::from_millis(500));
+        assert_eq!(s.drain_timeout, Duration::from_secs(7));
+        let err = settings(&[("AIHUMMER_DRAIN_TIMEOUT", "soon")], 0).unwrap_err();
+        assert!(err.to_string().contains("AIHUMMER_DRAIN_TIMEOUT"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_address_names_the_variable_and_the_value() {
+        let err = settings(&[("AIHUMMER_GATEWAY_ADDR", "port-eighty")], 0).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("AIHUMMER_GATEWAY_ADDR") && msg.contains("port-eighty"),
+            "{msg}"
+        );
+        assert_eq!(
+            parse_listen_addr("[::1]:80").unwrap(),
+            "[::1]:80".parse().unwrap()
+        );
+    }
+
+    #[test]
+    fn the_installed_current_version_wins_over_the_configured_binary() {
+        let dir = tempfile::tempdir().unwrap();
+        let version = dir.path().join("versions/1.2.3");
+        std::fs::create_dir_all(&version).unwrap();
+        std::fs::write(version.join(GATEWAY_FILE), "").unwrap();
+        let state = dir.path().to_str().unwrap();
+        let mut s = settings(
+            &[
+                ("AIHUMMER_STATE_DIR", state),
+                ("AIHUMMER_GATEWAY_BIN", "/usr/bin/gw"),
+            ],
+            0,
+        )
+        .unwrap();
+        assert_eq!(s.gateway_binary().unwrap(), PathBuf::from("/usr/bin/gw"));
+        std::os::unix::fs::symlink("versions/1.2.3", dir.path().join("current")).unwrap();
+        let chosen = s.gateway_binary().unwrap();
+        assert!(
+            chosen.ends_with("versions/1.2.3/aihummer-gateway"),
+            "{chosen:?}"
+        );
+        s.state_dir = None;
+        s.gateway_bin = Some(PathBuf::from("relative/gw"));
+        assert!(s.gateway_binary().unwrap().is_absolute());
+        s.gateway_bin = None;
+        assert!(
+            s.gateway_binary()
+                .unwrap_err()
+                .to_string()
+                .contains("/opt/aihummer/bin")
+        );
+    }
+}

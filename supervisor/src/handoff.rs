@@ -1,0 +1,271 @@
+//! The pure parts of starting a gateway and handing off to it: the readiness gate, the
+//! ways a candidate fails, and the fan-out of progress to every client waiting on a
+//! handoff. The I/O around them lives in [`crate::supervise`].
+//!
+//! ```text
+//!            probe: not ready (before the deadline)
+//!              ┌──────┐
+//!              ▼      │
+//! spawned ──► gating ─┴─ probe: ready ──────────────► Ready (switch, then drain the old)
+//!              │
+//!              ├── candidate exited ────────────────► Fail(Exited)
+//!              └── deadline passed ─────────────────► Fail(NotReady, with the last reason)
+//! ```
+
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::control::{Body, ErrorCode, ErrorReply, Progress, Stage};
+use crate::probe::Verdict;
+
+/// Why a candidate did not take over. The old gateway, if any, keeps serving untouched.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Failure {
+    /// No gateway binary, or `exec` failed.
+    #[error("the new gateway could not be started: {0}")]
+    Spawn(String),
+    /// The candidate exited before it was ready.
+    #[error("the new gateway (pid {pid}) exited with {status} before it was ready")]
+    Exited {
+        /// Its pid.
+        pid: u32,
+        /// How it exited.
+        status: String,
+    },
+    /// The candidate was not ready within the timeout.
+    #[error("the new gateway (pid {pid}) was not ready within {}: {reason}", humantime::format_duration(*.timeout))]
+    NotReady {
+        /// Its pid.
+        pid: u32,
+        /// `AIHUMMER_READY_TIMEOUT`.
+        timeout: Duration,
+        /// The last reason its probe gave.
+        reason: String,
+    },
+    /// The supervisor was asked to stop while the candidate started.
+    #[error("the supervisor is stopping")]
+    Stopping,
+}
+
+impl Failure {
+    /// The reply a waiting client gets.
+    pub fn reply(&self) -> Body {
+        let code = match self {
+            Failure::Stopping => ErrorCode::Stopping,
+            _ => ErrorCode::HandoffFailed,
+        };
+        Body::Error(ErrorReply {
+            code,
+            message: self.to_string(),
+        })
+    }
+}
+
+/// What the gate decided after an observation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Keep probing.
+    Wait,
+    /// The candidate is ready: switch to it.
+    Ready {
+        /// The version it reported.
+        version: String,
+        /// Whether it runs without a database.
+        health_only: bool,
+    },
+    /// Give up on the candidate.
+    Fail(Failure),
+}
+
+/// The readiness gate of one candidate: fed probe verdicts, its exit and the clock.
+#[derive(Debug, Clone)]
+pub struct Gate {
+    pid: u32,
+    timeout: Duration,
+    deadline: Instant,
+    last_reason: String,
+}
+
+impl Gate {
+    /// A gate for the candidate `pid`, started at `now`, giving up after `timeout`.
+    pub fn new(pid: u32, now: Instant, timeout: Duration) -> Self {
+        Self {
+            pid,
+            timeout,
+            deadline: now + timeout,
+            last_reason: "no probe answered yet".into(),
+        }
+    }
+
+    /// The last reason the candidate gave for not being ready.
+    pub fn last_reason(&self) -> &str {
+        &self.last_reason
+    }
+
+    /// A probe verdict arrived at `now`.
+    pub fn on_probe(&mut self, verdict: Verdict, now: Instant) -> Decision {
+        match verdict {
+            Verdict::Ready {
+                version,
+                health_only,
+            } => Decision::Ready {
+                version,
+                health_only,
+            },
+            Verdict::NotReady(reason) => {
+                self.last_reason = reason;
+                self.on_tick(now)
+            }
+        }
+    }
+
+    /// Time passed without a verdict.
+    pub fn on_tick(&self, now: Instant) -> Decision {
+        if now >= self.deadline {
+            Decision::Fail(Failure::NotReady {
+                pid: self.pid,
+                timeout: self.timeout,
+                reason: self.last_reason.clone(),
+            })
+        } else {
+            Decision::Wait
+        }
+    }
+
+    /// The candidate exited, described as `status`.
+    pub fn on_exit(&self, status: String) -> Decision {
+        Decision::Fail(Failure::Exited {
+            pid: self.pid,
+            status,
+        })
+    }
+}
+
+/// A client waiting for a handoff's result: it receives progress, then one final body.
+pub type Waiter = mpsc::UnboundedSender<Body>;
+
+/// Everyone waiting on the handoff (or start) under way. A second `restart` joins the
+/// running one instead of starting another candidate.
+#[derive(Debug, Default)]
+pub struct Waiters {
+    waiting: Vec<Waiter>,
+}
+
+impl Waiters {
+    /// Adds a client; later joiners are told they joined a handoff already under way.
+    pub fn join(&mut self, waiter: Waiter) {
+        if !self.waiting.is_empty() {
+            let _ = waiter.send(Body::Progress(Progress {
+                stage: Stage::Joined,
+                message: "a handoff is already under way; waiting for its result".into(),
+                pid: None,
+            }));
+        }
+        self.waiting.push(waiter);
+    }
+
+    /// Whether anyone waits.
+    pub fn is_empty(&self) -> bool {
+        self.waiting.is_empty()
+    }
+
+    /// Sends a progress event to every waiter still listening.
+    pub fn progress(&mut self, stage: Stage, pid: Option<u32>, message: impl Into<String>) {
+        let body = Body::Progress(Progress {
+            stage,
+            message: message.into(),
+            pid,
+        });
+        // A client that went away is simply dropped; the handoff goes on.
+        self.waiting.retain(|w| w.send(body.clone()).is_ok());
+    }
+
+    /// Sends the final body to everyone and forgets them.
+    pub fn finish(&mut self, body: Body) {
+        for waiter in self.waiting.drain(..) {
+            let _ = waiter.send(body.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TIMEOUT: Duration = Duration::from_secs(3);
+
+    #[test]
+    fn a_ready_verdict_switches_to_the_candidate() {
+        let now = Instant::now();
+        let mut gate = Gate::new(9, now, TIMEOUT);
+        let ready = Verdict::Ready {
+            version: "1.0.0".into(),
+            health_only: false,
+        };
+        assert!(
+            matches!(gate.on_probe(ready, now), Decision::Ready { version, .. } if version == "1.0.0")
+        );
+    }
+
+    #[test]
+    fn a_candidate_not_ready_by_the_deadline_fails_with_its_last_reason() {
+        let now = Instant::now();
+        let mut gate = Gate::new(9, now, TIMEOUT);
+        let waiting = Verdict::NotReady("database unavailable: refused".into());
+        assert_eq!(
+            gate.on_probe(waiting.clone(), now + TIMEOUT / 2),
+            Decision::Wait
+        );
+        let Decision::Fail(failure) = gate.on_probe(waiting, now + TIMEOUT) else {
+            panic!("the gate should fail at its deadline");
+        };
+        let message = failure.to_string();
+        assert!(
+            message.contains("pid 9") && message.contains("within 3s"),
+            "{message}"
+        );
+        assert!(
+            message.contains("database unavailable: refused"),
+            "{message}"
+        );
+        assert!(matches!(gate.on_tick(now + TIMEOUT), Decision::Fail(_)));
+    }
+
+    #[test]
+    fn a_candidate_that_exits_fails_the_gate_at_once() {
+        let gate = Gate::new(9, Instant::now(), TIMEOUT);
+        let Decision::Fail(failure) = gate.on_exit("exit code 1".into()) else {
+            panic!("an exit should fail the gate");
+        };
+        assert_eq!(
+            failure.to_string(),
+            "the new gateway (pid 9) exited with exit code 1 before it was ready"
+        );
+    }
+
+    #[test]
+    fn joiners_are_told_and_every_waiter_gets_the_same_result() {
+        let (first, mut first_rx) = mpsc::unbounded_channel();
+        let (second, mut second_rx) = mpsc::unbounded_channel();
+        let (gone, gone_rx) = mpsc::unbounded_channel();
+        drop(gone_rx);
+        let mut waiters = Waiters::default();
+        waiters.join(first);
+        waiters.join(gone);
+        waiters.join(second);
+        waiters.progress(Stage::CandidateStarted, Some(5), "started");
+        waiters.finish(Failure::Stopping.reply());
+        assert!(
+            matches!(first_rx.try_recv(), Ok(Body::Progress(p)) if p.stage == Stage::CandidateStarted)
+        );
+        assert!(matches!(first_rx.try_recv(), Ok(Body::Error(e)) if e.code == ErrorCode::Stopping));
+        assert!(matches!(second_rx.try_recv(), Ok(Body::Progress(p)) if p.stage == Stage::Joined));
+        assert!(
+            matches!(second_rx.try_recv(), Ok(Body::Progress(p)) if p.stage == Stage::CandidateStarted)
+        );
+        assert!(matches!(second_rx.try_recv(), Ok(Body::Error(_))));
+        assert!(waiters.is_empty());
+    }
+}

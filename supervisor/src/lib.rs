@@ -1,0 +1,48 @@
+//! The AiHummer supervisor and its operator CLI.
+//!
+//! `aihummer run` owns the public listener and the control socket, runs
+//! `aihummer-gateway` as its child, restarts it after a crash and hands off to a new child
+//! without refusing or failing a request. The other subcommands are clients of a running
+//! supervisor's control socket.
+//!
+//! # Layout
+//!
+//! - [`config`]: the environment turned into typed settings (addresses, paths, timeouts).
+//! - [`fds`]: every piece of raw descriptor plumbing: sockets inherited from systemd, the
+//!   listeners handed to children. The crate's only `unsafe`.
+//! - [`child`]: spawning one gateway with its sockets, signalling, reaping.
+//! - [`probe`]: asking a child's private probe listener whether it is ready.
+//! - [`backoff`]: crash-restart delays, a pure value.
+//! - [`handoff`]: the pure parts of a handoff: the readiness gate and its failures.
+//! - [`supervise`]: the supervisor's state machine, one function per state.
+//! - [`control`]: the control socket's typed, versioned protocol and its server.
+//! - [`cli`]: the `status`, `version` and `restart` clients.
+//! - [`notify`]: systemd notifications (`READY=1`, `STATUS=`, `WATCHDOG=1`).
+//! - [`update`]: where an update check enters; no update source exists yet.
+//! - [`logging`]: `tracing` output, human on a terminal, JSON otherwise.
+//! - [`app`]: wires the parts together for `aihummer run`.
+//!
+//! # Exit codes
+//!
+//! `0` success; `1` the operation failed (the reason is printed on one line); `2` bad
+//! usage; [`EXIT_NO_SUPERVISOR`] when no supervisor answers at the control socket.
+
+pub mod app;
+pub mod backoff;
+pub mod child;
+pub mod cli;
+pub mod config;
+pub mod control;
+pub mod fds;
+pub mod handoff;
+pub mod logging;
+pub mod notify;
+pub mod probe;
+pub mod supervise;
+pub mod update;
+
+/// This binary's version: the package version, or `AIHUMMER_BUILD_VERSION` at build time.
+pub const VERSION: &str = env!("AIHUMMER_VERSION");
+
+/// Exit code of a client command when no supervisor is running at the control socket.
+pub const EXIT_NO_SUPERVISOR: u8 = 3;

@@ -1,0 +1,618 @@
+//! The supervisor's state machine: one function per state, each returning the next.
+//!
+//! ```text
+//!            ┌──────────── start failed ───────────────┐
+//!            ▼                                         │
+//! start ─► Starting ── ready ──► Running ── restart ──► HandingOff ── ready: switch, drain old ──┐
+//!            ▲                   │   ▲                   │                                      │
+//!            │        child died │   └── candidate failed: the old child keeps serving ◄───────┘
+//!            │                   ▼                                   (or the new one serves)
+//!            └── delay over ── BackingOff   (restart during the delay: start at once)
+//!
+//! any state ── SIGTERM/SIGINT ──► Stopping (drain every child, then exit 0)
+//! ```
+//!
+//! All inputs (signals, control requests) arrive on one inbox, so they are handled in
+//! order and merged where the state calls for it: a restart during a handoff joins it, an
+//! update check during a handoff runs once afterwards, a second SIGTERM is ignored. The
+//! status that `aihummer status` reads is published on a watch channel, so a status
+//! request never waits for a handoff. Pure decisions live in [`crate::handoff`],
+//! [`crate::backoff`] and [`crate::update`].
+
+use std::net::{SocketAddr, TcpListener};
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use crate::VERSION;
+use crate::backoff::Backoff;
+use crate::child::{self, Gateway, Stopped};
+use crate::config::Settings;
+use crate::control::{
+    Body, Event, GatewayInfo, GatewayState, GatewayVersion, HandoffRecord, ProcessInfo,
+    RestartReport, Service, Stage, StatusReport, SupervisorState, UpdateInfo, VersionReport,
+};
+use crate::handoff::{Decision, Failure, Gate, Waiter, Waiters};
+use crate::notify;
+use crate::probe;
+use crate::update::{self, Action};
+
+/// How often a starting gateway is probed.
+const PROBE_INTERVAL: Duration = Duration::from_millis(100);
+/// Time a draining gateway gets beyond `AIHUMMER_DRAIN_TIMEOUT` before it is killed: it
+/// enforces that deadline itself and then needs a moment to close its pools and exit, so
+/// the supervisor's kill is only the backstop for a stuck process.
+const DRAIN_GRACE: Duration = Duration::from_secs(2);
+
+/// Something for the supervisor to act on.
+#[derive(Debug)]
+pub enum Input {
+    /// SIGTERM or SIGINT: drain and exit.
+    Stop(&'static str),
+    /// SIGHUP: check for an update.
+    UpdateCheck,
+    /// A client asked for a restart; progress and the result go to the waiter.
+    Restart(Waiter),
+}
+
+/// The state a state function hands over to the next.
+enum State {
+    Starting,
+    Running(Gateway),
+    BackingOff(Duration),
+    Stopping(Vec<Gateway>),
+}
+
+/// How starting a candidate ended.
+enum Gated {
+    Ready(Gateway),
+    Failed(Failure),
+    Stop(Option<Gateway>),
+}
+
+/// The supervisor: owns the public listener and every gateway child.
+pub struct Supervisor {
+    settings: Settings,
+    public: TcpListener,
+    inbox: mpsc::UnboundedReceiver<Input>,
+    status: watch::Sender<StatusReport>,
+    active_probe: watch::Sender<Option<(u32, SocketAddr)>>,
+    backoff: Backoff,
+    updates: update::Requests,
+    start_waiters: Waiters,
+    announced_ready: bool,
+}
+
+/// What the rest of the process reads from a running supervisor.
+pub struct Views {
+    /// The status report, updated on every change.
+    pub status: watch::Receiver<StatusReport>,
+    /// The active gateway's pid and probe address, for the watchdog.
+    pub active_probe: watch::Receiver<Option<(u32, SocketAddr)>>,
+}
+
+impl Supervisor {
+    /// A supervisor serving `public`, taking its inputs from `inbox`.
+    pub fn new(
+        settings: Settings,
+        public: TcpListener,
+        inbox: mpsc::UnboundedReceiver<Input>,
+    ) -> (Self, Views) {
+        let (status, status_rx) = watch::channel(initial_status(&settings));
+        let (active_probe, active_rx) = watch::channel(None);
+        let supervisor = Self {
+            settings,
+            public,
+            inbox,
+            status,
+            active_probe,
+            backoff: Backoff::default(),
+            updates: update::Requests::default(),
+            start_waiters: Waiters::default(),
+            announced_ready: false,
+        };
+        let views = Views {
+            status: status_rx,
+            active_probe: active_rx,
+        };
+        (supervisor, views)
+    }
+
+    /// Runs until a stop signal has drained every child.
+    pub async fn run(mut self) {
+        let mut state = State::Starting;
+        loop {
+            state = match state {
+                State::Starting => self.starting().await,
+                State::Running(gateway) => self.running(gateway).await,
+                State::BackingOff(delay) => self.backing_off(delay).await,
+                State::Stopping(children) => return self.stopping(children).await,
+            }
+        }
+    }
+
+    /// Starts a gateway with nothing serving: at launch, or after a crash.
+    async fn starting(&mut self) -> State {
+        self.set_state(SupervisorState::Starting);
+        let requested = Instant::now();
+        let mut waiters = std::mem::take(&mut self.start_waiters);
+        match self.start_candidate(&mut waiters).await {
+            Gated::Ready(gateway) => {
+                waiters.finish(Body::Restarted(RestartReport {
+                    old_pid: None,
+                    new_pid: gateway.pid,
+                    version: gateway.version.clone(),
+                    duration_ms: millis(requested.elapsed()),
+                }));
+                State::Running(gateway)
+            }
+            Gated::Failed(failure) => {
+                let delay = self.backoff.after_exit(Duration::ZERO);
+                self.record_error(format!(
+                    "{failure}; trying again in {}",
+                    humantime::format_duration(delay)
+                ));
+                waiters.finish(failure.reply());
+                State::BackingOff(delay)
+            }
+            Gated::Stop(candidate) => {
+                waiters.finish(Failure::Stopping.reply());
+                State::Stopping(candidate.into_iter().collect())
+            }
+        }
+    }
+
+    /// One gateway serves. Leaves on its death, a restart request or a stop signal.
+    async fn running(&mut self, mut gateway: Gateway) -> State {
+        self.set_state(SupervisorState::Running);
+        self.status.send_modify(|s| {
+            s.active = Some(info(&gateway, GatewayState::Ready));
+            s.candidate = None;
+        });
+        self.active_probe
+            .send_replace(Some((gateway.pid, gateway.probe)));
+        let line = format!(
+            "serving: gateway {} (pid {})",
+            gateway.version.as_deref().unwrap_or("?"),
+            gateway.pid
+        );
+        tracing::info!(pid = gateway.pid, version = ?gateway.version, "gateway serving");
+        if self.announced_ready {
+            notify::status(&line);
+        } else {
+            notify::ready(&line);
+            self.announced_ready = true;
+        }
+        if self.updates.take_pending() {
+            self.check_for_update();
+        }
+        loop {
+            tokio::select! {
+                status = gateway.exited() => return self.crashed(&gateway, status),
+                input = next_input(&mut self.inbox) => match input {
+                    Input::Stop(signal) => {
+                        tracing::info!(signal, "stopping");
+                        return State::Stopping(vec![gateway]);
+                    }
+                    Input::UpdateCheck => self.request_update_check(false),
+                    Input::Restart(waiter) => {
+                        let mut waiters = Waiters::default();
+                        waiters.join(waiter);
+                        return self.handing_off(gateway, waiters).await;
+                    }
+                },
+            }
+        }
+    }
+
+    /// The active gateway died on its own: schedule a new start. The public listener stays
+    /// open meanwhile, so new connections queue instead of being refused.
+    fn crashed(&mut self, gateway: &Gateway, status: Option<std::process::ExitStatus>) -> State {
+        let delay = self.backoff.after_exit(gateway.started.elapsed());
+        let message = format!(
+            "gateway pid {} exited with {} after {}; starting a new one in {}",
+            gateway.pid,
+            child::describe(status),
+            humantime::format_duration(Duration::from_secs(gateway.started.elapsed().as_secs())),
+            humantime::format_duration(delay)
+        );
+        self.record_error(message);
+        self.status.send_modify(|s| {
+            s.active = None;
+            s.crash_restarts += 1;
+        });
+        self.active_probe.send_replace(None);
+        State::BackingOff(delay)
+    }
+
+    /// A handoff from `old` to a new gateway, reported to `waiters`.
+    async fn handing_off(&mut self, mut old: Gateway, mut waiters: Waiters) -> State {
+        let requested = Instant::now();
+        self.set_state(SupervisorState::HandingOff);
+        notify::status(&format!("handing off from gateway pid {}", old.pid));
+        tracing::info!(old_pid = old.pid, "handoff requested");
+        let new = match self.start_candidate(&mut waiters).await {
+            Gated::Ready(new) => new,
+            Gated::Failed(failure) => {
+                let message = format!("{failure}; the old gateway pid {} keeps serving", old.pid);
+                self.record_error(message.clone());
+                self.record_handoff(false, requested, message);
+                waiters.finish(failure.reply());
+                return State::Running(old);
+            }
+            Gated::Stop(candidate) => {
+                waiters.finish(Failure::Stopping.reply());
+                let mut children = vec![old];
+                children.extend(candidate);
+                return State::Stopping(children);
+            }
+        };
+
+        // Switch: the new gateway is ready, and already accepts from the shared queue.
+        self.status.send_modify(|s| {
+            s.active = Some(info(&new, GatewayState::Ready));
+            s.candidate = None;
+            s.draining = Some(info(&old, GatewayState::Draining));
+        });
+        self.active_probe.send_replace(Some((new.pid, new.probe)));
+        waiters.progress(
+            Stage::Switched,
+            Some(new.pid),
+            format!(
+                "gateway pid {} (version {}) is ready and serving",
+                new.pid,
+                new.version.as_deref().unwrap_or("?")
+            ),
+        );
+
+        // Drain the old one. Inputs keep flowing: a stop waits for the drain to end.
+        waiters.progress(
+            Stage::Draining,
+            Some(old.pid),
+            format!("draining the old gateway pid {}", old.pid),
+        );
+        old.terminate();
+        let drain_end = Instant::now() + self.drain_deadline();
+        let mut stop = None;
+        let stopped = loop {
+            tokio::select! {
+                exited = tokio::time::timeout_at(drain_end, old.exited()) => break match exited {
+                    Ok(status) => Stopped { status, killed: false },
+                    Err(_) => old.wait_or_kill(Duration::ZERO).await,
+                },
+                input = next_input(&mut self.inbox) => match input {
+                    Input::Stop(signal) => {
+                        tracing::info!(signal, "stop requested; it follows the drain under way");
+                        stop = Some(signal);
+                    }
+                    Input::UpdateCheck => self.request_update_check(true),
+                    Input::Restart(waiter) => waiters.join(waiter),
+                },
+            }
+        };
+        let elapsed = requested.elapsed();
+        let message = format!(
+            "handed off from gateway pid {} to pid {} in {}ms; the old one {} with {}",
+            old.pid,
+            new.pid,
+            millis(elapsed),
+            if stopped.killed {
+                "was killed"
+            } else {
+                "exited"
+            },
+            child::describe(stopped.status)
+        );
+        tracing::info!(%message, "handoff done");
+        waiters.progress(Stage::Drained, Some(old.pid), message.clone());
+        self.status.send_modify(|s| s.draining = None);
+        self.record_handoff(true, requested, message);
+        waiters.finish(Body::Restarted(RestartReport {
+            old_pid: Some(old.pid),
+            new_pid: new.pid,
+            version: new.version.clone(),
+            duration_ms: millis(elapsed),
+        }));
+        match stop {
+            Some(_) => State::Stopping(vec![new]),
+            None => State::Running(new),
+        }
+    }
+
+    /// Waits out a crash-restart delay. A restart request cuts it short.
+    async fn backing_off(&mut self, delay: Duration) -> State {
+        self.set_state(SupervisorState::BackingOff);
+        notify::status(&format!(
+            "gateway down; starting a new one in {}",
+            humantime::format_duration(delay)
+        ));
+        let until = Instant::now() + delay;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(until) => return State::Starting,
+                input = next_input(&mut self.inbox) => match input {
+                    Input::Stop(signal) => {
+                        tracing::info!(signal, "stopping");
+                        return State::Stopping(Vec::new());
+                    }
+                    Input::UpdateCheck => self.request_update_check(true),
+                    Input::Restart(waiter) => {
+                        self.start_waiters.join(waiter);
+                        return State::Starting;
+                    }
+                },
+            }
+        }
+    }
+
+    /// Drains every child (SIGTERM, then SIGKILL at the deadline) and reaps them all.
+    async fn stopping(&mut self, mut children: Vec<Gateway>) {
+        self.set_state(SupervisorState::Stopping);
+        notify::stopping();
+        self.active_probe.send_replace(None);
+        for child in &mut children {
+            child.terminate();
+        }
+        let end = Instant::now() + self.drain_deadline();
+        for child in &mut children {
+            let stopped = match tokio::time::timeout_at(end, child.exited()).await {
+                Ok(status) => Stopped {
+                    status,
+                    killed: false,
+                },
+                Err(_) => child.wait_or_kill(Duration::ZERO).await,
+            };
+            tracing::info!(
+                pid = child.pid,
+                status = %child::describe(stopped.status),
+                killed = stopped.killed,
+                "gateway stopped"
+            );
+        }
+        self.status.send_modify(|s| {
+            s.active = None;
+            s.candidate = None;
+            s.draining = None;
+        });
+        self.start_waiters.finish(Failure::Stopping.reply());
+    }
+
+    /// Spawns a gateway and gates it on its readiness. A failed candidate is stopped (and
+    /// reaped) before this returns, so a failure leaves nothing behind.
+    async fn start_candidate(&mut self, waiters: &mut Waiters) -> Gated {
+        let binary = match self.settings.gateway_binary() {
+            Ok(binary) => binary,
+            Err(err) => return Gated::Failed(Failure::Spawn(err.to_string())),
+        };
+        let mut candidate = match Gateway::spawn(&binary, &self.public) {
+            Ok(candidate) => candidate,
+            Err(err) => return Gated::Failed(Failure::Spawn(err.to_string())),
+        };
+        let pid = candidate.pid;
+        tracing::info!(pid, binary = %binary.display(), probe = %candidate.probe, "gateway started");
+        waiters.progress(
+            Stage::CandidateStarted,
+            Some(pid),
+            format!("started {} as pid {pid}", binary.display()),
+        );
+        self.status
+            .send_modify(|s| s.candidate = Some(info(&candidate, GatewayState::Starting)));
+
+        let mut gate = Gate::new(pid, Instant::now(), self.settings.ready_timeout);
+        let mut tick = tokio::time::interval(PROBE_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let outcome = loop {
+            let decision = tokio::select! {
+                status = candidate.exited() => gate.on_exit(child::describe(status)),
+                _ = tick.tick() => {
+                    let verdict = probe::readiness(candidate.probe, pid).await;
+                    gate.on_probe(verdict, Instant::now())
+                }
+                input = next_input(&mut self.inbox) => {
+                    match input {
+                        Input::Stop(signal) => {
+                            tracing::info!(signal, pid, "stopping while a gateway starts");
+                            self.status.send_modify(|s| s.candidate = None);
+                            return Gated::Stop(Some(candidate));
+                        }
+                        Input::UpdateCheck => self.request_update_check(true),
+                        Input::Restart(waiter) => waiters.join(waiter),
+                    }
+                    Decision::Wait
+                }
+            };
+            match decision {
+                Decision::Wait => {}
+                Decision::Ready {
+                    version,
+                    health_only,
+                } => break Ok((version, health_only)),
+                Decision::Fail(failure) => break Err(failure),
+            }
+        };
+        match outcome {
+            Ok((version, health_only)) => {
+                tracing::info!(pid, %version, health_only, "gateway ready");
+                candidate.version = Some(version);
+                candidate.health_only = health_only;
+                Gated::Ready(candidate)
+            }
+            Err(failure) => {
+                tracing::error!(pid, reason = %failure, "gateway did not become ready; stopping it");
+                waiters.progress(Stage::Aborting, Some(pid), failure.to_string());
+                // SIGTERM, not SIGKILL: it may already hold connections from the shared
+                // queue, and a drain answers them instead of resetting them.
+                candidate.stop(self.drain_deadline()).await;
+                self.status.send_modify(|s| s.candidate = None);
+                Gated::Failed(failure)
+            }
+        }
+    }
+
+    fn drain_deadline(&self) -> Duration {
+        self.settings.drain_timeout + DRAIN_GRACE
+    }
+
+    fn set_state(&self, state: SupervisorState) {
+        self.status.send_modify(|s| s.state = state);
+    }
+
+    fn record_error(&self, message: String) {
+        tracing::error!(%message, "gateway failure");
+        notify::status(&message);
+        self.status
+            .send_modify(|s| s.last_error = Some(Event { at: now(), message }));
+    }
+
+    fn record_handoff(&self, ok: bool, requested: Instant, message: String) {
+        self.status.send_modify(|s| {
+            s.last_handoff = Some(HandoffRecord {
+                at: now(),
+                ok,
+                duration_ms: millis(requested.elapsed()),
+                message,
+            })
+        });
+    }
+
+    /// A check asked for by SIGHUP: now when idle, once after the handoff when `busy`.
+    fn request_update_check(&mut self, busy: bool) {
+        match self.updates.request(busy) {
+            Action::CheckNow => self.check_for_update(),
+            Action::Deferred => {
+                tracing::info!("update check requested; it runs once the current handoff ends")
+            }
+            Action::Merged => tracing::info!("update check already pending; request merged"),
+        }
+    }
+
+    fn check_for_update(&mut self) {
+        let result = match update::check() {
+            Ok(()) => "up to date".to_string(),
+            Err(err) => {
+                tracing::warn!(error = %err, "update check requested");
+                err.to_string()
+            }
+        };
+        self.status.send_modify(|s| {
+            s.update.last_check = Some(now());
+            s.update.last_result = Some(result);
+        });
+    }
+}
+
+/// The next input. The inbox cannot close while the supervisor runs (the control server
+/// and the signal task hold senders); if it ever did, nothing more can arrive.
+async fn next_input(inbox: &mut mpsc::UnboundedReceiver<Input>) -> Input {
+    match inbox.recv().await {
+        Some(input) => input,
+        None => std::future::pending().await,
+    }
+}
+
+/// Turns SIGTERM, SIGINT and SIGHUP into inputs. The handlers stay installed for the
+/// life of the process, so a repeated signal never falls back to the default action.
+pub fn forward_signals(inbox: mpsc::UnboundedSender<Input>) -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        loop {
+            let input = tokio::select! {
+                _ = term.recv() => Input::Stop("SIGTERM"),
+                _ = int.recv() => Input::Stop("SIGINT"),
+                _ = hup.recv() => Input::UpdateCheck,
+            };
+            if inbox.send(input).is_err() {
+                return;
+            }
+        }
+    });
+    Ok(())
+}
+
+/// What the control server asks of the supervisor, answered from the published status
+/// and the inbox.
+pub struct Handle {
+    status: watch::Receiver<StatusReport>,
+    inbox: mpsc::UnboundedSender<Input>,
+}
+
+impl Handle {
+    /// A handle reading `status` and sending restart requests to `inbox`.
+    pub fn new(status: watch::Receiver<StatusReport>, inbox: mpsc::UnboundedSender<Input>) -> Self {
+        Self { status, inbox }
+    }
+}
+
+impl Service for Handle {
+    fn status(&self) -> StatusReport {
+        self.status.borrow().clone()
+    }
+
+    fn version(&self) -> VersionReport {
+        let status = self.status.borrow();
+        VersionReport {
+            version: VERSION.to_string(),
+            pid: std::process::id(),
+            gateway: status.active.as_ref().map(|a| GatewayVersion {
+                version: a.version.clone(),
+                pid: a.pid,
+            }),
+        }
+    }
+
+    fn restart(&self) -> mpsc::UnboundedReceiver<Body> {
+        let (waiter, events) = mpsc::unbounded_channel();
+        // If the supervisor is gone the waiter drops with the input, and the connection
+        // reports that the supervisor stopped.
+        let _ = self.inbox.send(Input::Restart(waiter));
+        events
+    }
+}
+
+/// The status before the first gateway starts.
+pub fn initial_status(settings: &Settings) -> StatusReport {
+    StatusReport {
+        supervisor: ProcessInfo {
+            version: VERSION.to_string(),
+            pid: std::process::id(),
+            started_at: now(),
+        },
+        state: SupervisorState::Starting,
+        active: None,
+        candidate: None,
+        draining: None,
+        update: UpdateInfo {
+            mode: settings.update_mode.clone(),
+            channel: settings.update_channel.clone(),
+            last_check: None,
+            last_result: None,
+        },
+        quarantined: Vec::new(),
+        last_error: None,
+        last_handoff: None,
+        crash_restarts: 0,
+    }
+}
+
+fn info(gateway: &Gateway, state: GatewayState) -> GatewayInfo {
+    GatewayInfo {
+        pid: gateway.pid,
+        version: gateway.version.clone(),
+        state,
+        health_only: gateway.health_only,
+        binary: gateway.binary.display().to_string(),
+        started_at: humantime::format_rfc3339_seconds(gateway.started_at).to_string(),
+    }
+}
+
+fn now() -> String {
+    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
