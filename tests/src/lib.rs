@@ -10,6 +10,8 @@
 //! The binaries come from the workspace's target directory, so run the suites with
 //! `cargo nextest run --workspace` (or `cargo test --workspace`), which builds them first.
 
+pub mod supervisor;
+
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
