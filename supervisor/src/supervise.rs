@@ -177,7 +177,11 @@ impl Supervisor {
             gateway.version.as_deref().unwrap_or("?"),
             gateway.pid
         );
-        tracing::info!(pid = gateway.pid, version = ?gateway.version, "gateway serving");
+        tracing::info!(
+            pid = gateway.pid,
+            version = gateway.version.as_deref().unwrap_or("?"),
+            "gateway serving"
+        );
         if self.announced_ready {
             notify::status(&line);
         } else {
