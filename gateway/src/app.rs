@@ -5,12 +5,20 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{Config, ConfigError};
+use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Config, ConfigError, DbTarget};
 use crate::database::{self, StartupError};
+use crate::inbound::Inbound;
+use crate::leader::Elector;
 use crate::listeners::{self, ListenerError, Listeners};
+use crate::outbox::deliver::Deliverer;
+use crate::responder::Builtin;
 use crate::routes;
+use crate::scheduler::{self, Scheduler};
 use crate::serve::{Drained, Server};
-use crate::state::Shared;
+use crate::state::{Pools, Shared};
 
 /// How long closing the pools may take after the drain.
 const POOL_CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -88,6 +96,43 @@ fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
     })
 }
 
+/// Starts the leader election (with the scheduler) and the outbox deliverer.
+fn start_background(
+    config: &Config,
+    db: &DbTarget,
+    pools: &Pools,
+    shared: &Arc<Shared>,
+    tasks: &TaskTracker,
+    stop: &watch::Sender<bool>,
+) {
+    let context = scheduler::Context {
+        pool: pools.owner.clone(),
+        retention: config.retention,
+    };
+    let scheduler = Scheduler::new(context, shared.instance.clone(), config.housekeeping_interval);
+    let elector = Elector::new(db.options.clone(), shared.clone(), scheduler);
+    tasks.spawn(elector.run(stop.subscribe()));
+    let Some(webhook) = &config.reply_webhook else {
+        tracing::warn!(
+            "AIHUMMER_REPLY_WEBHOOK_URL is not set: this gateway delivers no replies; \
+             they wait in the outbox for a gateway that has it"
+        );
+        return;
+    };
+    let deliverer = Deliverer::new(
+        pools.owner.clone(),
+        webhook.clone(),
+        config.outbox_lease,
+        shared.instance.clone(),
+    );
+    match deliverer {
+        Ok(deliverer) => {
+            tasks.spawn(deliverer.run(stop.subscribe()));
+        }
+        Err(err) => tracing::error!(error = %err, "cannot build the webhook client; no replies are delivered"),
+    }
+}
+
 /// Resolves when this process is reparented, i.e. its supervisor died without stopping
 /// it. A supervised gateway must not linger holding the port; `PR_SET_PDEATHSIG` is not
 /// used because it fires when the spawning *thread* exits, which tokio makes unpredictable.
@@ -110,9 +155,15 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), GatewayError> {
     let shared = Arc::new(Shared::new(config.database.is_some()));
+    let inbound = Arc::new(Inbound {
+        shared: shared.clone(),
+        secret: config.inbound_secret.clone(),
+        workspace: config.default_workspace,
+        responder: Box::new(Builtin),
+    });
     let mut sockets = vec![listeners.public];
     sockets.extend(listeners.probe);
-    let (server, addrs) = Server::start(sockets, routes::router(shared.clone()))?;
+    let (server, addrs) = Server::start(sockets, routes::router(shared.clone(), inbound))?;
     tracing::info!(
         version = crate::VERSION,
         pid = shared.pid,
@@ -121,11 +172,20 @@ pub async fn run(
         "aihummer-gateway serving"
     );
 
+    let (stop, _) = watch::channel(false);
+    let background = TaskTracker::new();
     let bring_up = async {
         match &config.database {
             Some(db) => {
-                let pools = database::start(db, config.app_database.as_ref(), &shared).await?;
-                shared.set_ready(pools);
+                let pools = database::start(
+                    db,
+                    config.app_database.as_ref(),
+                    config.default_workspace,
+                    &shared,
+                )
+                .await?;
+                shared.set_ready(pools.clone());
+                start_background(&config, db, &pools, &shared, &background, &stop);
             }
             None => tracing::warn!(
                 "AIHUMMER_DATABASE_URL is not set: health-only mode, /readyz answers 503"
@@ -139,8 +199,19 @@ pub async fn run(
         Err(err) = bring_up => Some(err),
     };
 
+    // Leadership and leases are given up at once, beside the HTTP drain, so another
+    // gateway takes over the scheduler and the outbox without waiting for this one.
     shared.start_draining();
-    match server.drain(config.drain_timeout).await {
+    stop.send_replace(true);
+    background.close();
+    let (drained, background_done) = tokio::join!(
+        server.drain(config.drain_timeout),
+        tokio::time::timeout(config.drain_timeout, background.wait())
+    );
+    if background_done.is_err() {
+        tracing::warn!("background work did not stop within the drain deadline");
+    }
+    match drained {
         Drained::Clean => tracing::info!("drained"),
         Drained::DeadlineReached(open) => tracing::warn!(
             open,

@@ -8,12 +8,20 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::str::FromStr;
 use std::time::Duration;
 
+use reqwest::Url;
 use sqlx::postgres::PgConnectOptions;
+use uuid::Uuid;
 
 /// Listen address when `AIHUMMER_GATEWAY_ADDR` is unset: port 8765 on all interfaces.
 pub const DEFAULT_ADDR: &str = ":8765";
 /// How long a drain may take before the remaining connections are dropped.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a claimed outbox row stays reserved for the gateway delivering it.
+pub const DEFAULT_OUTBOX_LEASE: Duration = Duration::from_secs(30);
+/// How often the leader runs outbox housekeeping.
+pub const DEFAULT_HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(300);
+/// How long delivered replies and answered inbound messages are kept.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// A setting that cannot be used, named so the operator knows what to fix.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +41,22 @@ pub enum ConfigError {
     Duration {
         /// The variable's name.
         var: &'static str,
+        /// What it was set to.
+        value: String,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// `AIHUMMER_DEFAULT_WORKSPACE_ID` is not a UUID.
+    #[error("AIHUMMER_DEFAULT_WORKSPACE_ID={value:?} is not a UUID: {reason}")]
+    Workspace {
+        /// What it was set to.
+        value: String,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// `AIHUMMER_REPLY_WEBHOOK_URL` is not an http(s) URL.
+    #[error("AIHUMMER_REPLY_WEBHOOK_URL={value:?} is not an http:// or https:// URL: {reason}")]
+    Webhook {
         /// What it was set to.
         value: String,
         /// Why it was refused.
@@ -76,6 +100,16 @@ impl fmt::Debug for DbTarget {
     }
 }
 
+/// A secret value: `Debug` never shows it, so it cannot leak through a logged struct.
+#[derive(Clone)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
 /// Everything the gateway reads from its environment.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -87,6 +121,18 @@ pub struct Config {
     pub addr: SocketAddr,
     /// `AIHUMMER_DRAIN_TIMEOUT`: the most a drain may take.
     pub drain_timeout: Duration,
+    /// `AIHUMMER_INBOUND_SECRET`: HMAC key for `POST /v1/inbound/generic`.
+    pub inbound_secret: Option<Secret>,
+    /// `AIHUMMER_DEFAULT_WORKSPACE_ID`: the workspace generic inbound messages belong to.
+    pub default_workspace: Option<Uuid>,
+    /// `AIHUMMER_REPLY_WEBHOOK_URL`: where replies are delivered.
+    pub reply_webhook: Option<Url>,
+    /// `AIHUMMER_OUTBOX_LEASE`: how long a claimed reply stays reserved for its deliverer.
+    pub outbox_lease: Duration,
+    /// `AIHUMMER_HOUSEKEEPING_INTERVAL`: how often the leader runs outbox housekeeping.
+    pub housekeeping_interval: Duration,
+    /// `AIHUMMER_RETENTION`: how long delivered replies and inbound keys are kept.
+    pub retention: Duration,
 }
 
 impl Config {
@@ -99,6 +145,12 @@ impl Config {
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let get = |name: &str| get(name).filter(|v| !v.trim().is_empty());
         let addr_value = get("AIHUMMER_GATEWAY_ADDR").unwrap_or_else(|| DEFAULT_ADDR.into());
+        let duration = |var: &'static str, default: Duration| {
+            get(var)
+                .map(|v| parse_duration(var, &v))
+                .transpose()
+                .map(|d| d.unwrap_or(default))
+        };
         Ok(Self {
             database: get("AIHUMMER_DATABASE_URL")
                 .map(|url| parse_database_url("AIHUMMER_DATABASE_URL", &url))
@@ -111,11 +163,38 @@ impl Config {
                 value: addr_value.clone(),
                 reason,
             })?,
-            drain_timeout: get("AIHUMMER_DRAIN_TIMEOUT")
-                .map(|v| parse_duration("AIHUMMER_DRAIN_TIMEOUT", &v))
-                .transpose()?
-                .unwrap_or(DEFAULT_DRAIN_TIMEOUT),
+            drain_timeout: duration("AIHUMMER_DRAIN_TIMEOUT", DEFAULT_DRAIN_TIMEOUT)?,
+            inbound_secret: get("AIHUMMER_INBOUND_SECRET").map(Secret),
+            default_workspace: get("AIHUMMER_DEFAULT_WORKSPACE_ID")
+                .map(|v| {
+                    Uuid::parse_str(v.trim()).map_err(|err| ConfigError::Workspace {
+                        value: v.clone(),
+                        reason: err.to_string(),
+                    })
+                })
+                .transpose()?,
+            reply_webhook: get("AIHUMMER_REPLY_WEBHOOK_URL")
+                .map(|v| parse_webhook(&v))
+                .transpose()?,
+            outbox_lease: duration("AIHUMMER_OUTBOX_LEASE", DEFAULT_OUTBOX_LEASE)?,
+            housekeeping_interval: duration(
+                "AIHUMMER_HOUSEKEEPING_INTERVAL",
+                DEFAULT_HOUSEKEEPING_INTERVAL,
+            )?,
+            retention: duration("AIHUMMER_RETENTION", DEFAULT_RETENTION)?,
         })
+    }
+}
+
+fn parse_webhook(value: &str) -> Result<Url, ConfigError> {
+    let refuse = |reason: String| ConfigError::Webhook {
+        value: value.to_string(),
+        reason,
+    };
+    let url = Url::parse(value.trim()).map_err(|err| refuse(err.to_string()))?;
+    match url.scheme() {
+        "http" | "https" => Ok(url),
+        other => Err(refuse(format!("scheme {other:?}"))),
     }
 }
 
@@ -235,6 +314,29 @@ mod tests {
         let msg = err.to_string();
         assert!(msg.contains("AIHUMMER_DATABASE_URL"), "{msg}");
         assert!(!msg.contains("hunter2"), "{msg}");
+    }
+
+    #[test]
+    fn a_workspace_that_is_not_a_uuid_is_a_startup_error() {
+        let err = config(&[("AIHUMMER_DEFAULT_WORKSPACE_ID", "default")]).unwrap_err();
+        assert!(err.to_string().contains("AIHUMMER_DEFAULT_WORKSPACE_ID"), "{err}");
+        let id = "7f9c24e5-2f4b-4d47-9d1a-0c6f1f2f0a11";
+        let c = config(&[("AIHUMMER_DEFAULT_WORKSPACE_ID", id)]).unwrap();
+        assert_eq!(c.default_workspace.unwrap().to_string(), id);
+    }
+
+    #[test]
+    fn the_reply_webhook_must_be_http_or_https() {
+        assert!(config(&[("AIHUMMER_REPLY_WEBHOOK_URL", "ftp://x/")]).is_err());
+        assert!(config(&[("AIHUMMER_REPLY_WEBHOOK_URL", "not a url")]).is_err());
+        let c = config(&[("AIHUMMER_REPLY_WEBHOOK_URL", "http://127.0.0.1:9/hook")]).unwrap();
+        assert_eq!(c.reply_webhook.unwrap().path(), "/hook");
+    }
+
+    #[test]
+    fn the_inbound_secret_never_shows_in_debug_output() {
+        let c = config(&[("AIHUMMER_INBOUND_SECRET", "s3cret-value")]).unwrap();
+        assert!(!format!("{c:?}").contains("s3cret-value"));
     }
 
     #[test]

@@ -1,11 +1,13 @@
 //! The startup sequence against PostgreSQL, in strict order: apply migrations on the owner
-//! connection, open the owner pool, open the app pool and check its role. A transient
+//! connection, open the owner pool (and create the default workspace if it is missing),
+//! open the app pool and check its role. A transient
 //! failure (database down, connection lost) is retried with backoff while `/readyz` reports
 //! the reason; a migration conflict or failure, or an unsafe app role, ends startup.
 
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use uuid::Uuid;
 use sqlx::{ConnectOptions, PgPool};
 
 use crate::backoff::Backoff;
@@ -38,13 +40,14 @@ enum Failure {
 pub async fn start(
     owner: &DbTarget,
     app: Option<&DbTarget>,
+    workspace: Option<Uuid>,
     shared: &Shared,
 ) -> Result<Pools, StartupError> {
     tracing::info!(database = %owner, app_database = ?app.map(ToString::to_string), "starting");
     let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(10));
     loop {
         shared.set_phase(Phase::Connecting);
-        match attempt(owner, app, shared).await {
+        match attempt(owner, app, workspace, shared).await {
             Ok(pools) => return Ok(pools),
             Err(Failure::Fatal(err)) => return Err(err),
             Err(Failure::Retry(reason)) => {
@@ -60,6 +63,7 @@ pub async fn start(
 async fn attempt(
     owner: &DbTarget,
     app: Option<&DbTarget>,
+    workspace: Option<Uuid>,
     shared: &Shared,
 ) -> Result<Pools, Failure> {
     migrate::apply(&owner.options, |phase| shared.set_phase(phase))
@@ -69,6 +73,13 @@ async fn attempt(
             false => Failure::Fatal(StartupError::Migration(err)),
         })?;
     let owner_pool = open(owner.options.clone(), false).await?;
+    if let Some(workspace) = workspace {
+        sqlx::query("INSERT INTO workspaces (id, name) VALUES ($1, 'default') ON CONFLICT DO NOTHING")
+            .bind(workspace)
+            .execute(&owner_pool)
+            .await
+            .map_err(|err| Failure::Retry(err.to_string()))?;
+    }
     let app_pool = match app {
         Some(app) => {
             let pool = open(app.options.clone(), true).await?;

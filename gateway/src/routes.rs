@@ -21,14 +21,16 @@ pub const MAX_PING_DELAY: Duration = Duration::from_secs(30);
 const DB_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The router, served on the public and the probe listener alike.
-pub fn router(shared: Arc<Shared>) -> Router {
+pub fn router(shared: Arc<Shared>, inbound: Arc<crate::inbound::Inbound>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/v1/ping", get(ping))
+        .route("/v1/outbox/stats", get(outbox_stats))
+        .with_state(shared)
+        .merge(crate::inbound::routes(inbound))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .with_state(shared)
 }
 
 /// A JSON error response.
@@ -115,6 +117,21 @@ async fn ping(
         tokio::time::sleep(delay).await;
     }
     Json(json!({ "pong": true, "version": VERSION, "pid": shared.pid })).into_response()
+}
+
+/// Outbox counts by state, across all workspaces (counts only, no content).
+async fn outbox_stats(State(shared): State<Arc<Shared>>) -> Response {
+    let Some(pools) = shared.pools() else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "not_ready", shared.phase().reason());
+    };
+    match crate::outbox::store::stats(&pools.owner).await {
+        Ok(stats) => Json(stats).into_response(),
+        Err(err) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "database_error",
+            format!("cannot read the outbox: {err}"),
+        ),
+    }
 }
 
 async fn not_found(method: Method, uri: Uri) -> Response {

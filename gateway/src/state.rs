@@ -80,6 +80,8 @@ pub struct Shared {
     pub full_mode: bool,
     /// This process's id, reported so a supervisor can tell children apart.
     pub pid: u32,
+    /// A name unique to this process's lifetime: lease owner and leader in the database.
+    pub instance: String,
 }
 
 impl Shared {
@@ -97,6 +99,11 @@ impl Shared {
             leader: AtomicBool::new(false),
             full_mode,
             pid: std::process::id(),
+            instance: format!(
+                "{}-{}",
+                std::process::id(),
+                &uuid::Uuid::new_v4().simple().to_string()[..8]
+            ),
         }
     }
 
@@ -138,6 +145,11 @@ impl Shared {
     /// Whether a drain has started.
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Records whether this gateway holds the scheduler's leadership.
+    pub fn set_leader(&self, leader: bool) {
+        self.leader.store(leader, Ordering::SeqCst);
     }
 
     /// Whether this gateway holds the scheduler's leadership.

@@ -1,0 +1,80 @@
+//! Zero-downtime restarts: `aihummer restart` hands off to a new gateway while clients keep
+//! sending requests, and not one of them fails.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+
+use aihummer_tests::TestDb;
+use aihummer_tests::supervisor::{Load, Supervisor, alive};
+use serde_json::Value;
+use tokio::time::Instant;
+
+const RESTARTS: usize = 20;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_restarts_under_steady_load_fail_no_request_and_every_answer_comes_from_a_live_gateway()
+ {
+    let db = TestDb::create().await;
+    let supervisor = Supervisor::start(&[("AIHUMMER_DATABASE_URL", &db.url())]);
+    let first = supervisor.wait_serving(Duration::from_secs(30)).await;
+
+    // 24 workers on keep-alive connections, 8 opening a fresh connection per request.
+    let load = Load::start(&supervisor.url("/v1/ping"), 24, 8, 50_000);
+    let mut gateways = vec![first];
+    // When each gateway was reported gone (the restart that replaced it returned).
+    let mut gone_at: HashMap<u32, Instant> = HashMap::new();
+    let mut durations = Vec::new();
+    for round in 0..RESTARTS {
+        let out = supervisor.cli(&["restart", "--json"]).await;
+        let returned = Instant::now();
+        assert!(
+            out.status.success(),
+            "restart {round} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            supervisor.logs()
+        );
+        let report: Value = serde_json::from_slice(&out.stdout).expect("restart --json output");
+        let old = report["old_pid"].as_u64().expect("old_pid") as u32;
+        let new = report["new_pid"].as_u64().expect("new_pid") as u32;
+        assert_eq!(Some(&old), gateways.last(), "round {round} replaced the active gateway");
+        assert!(!alive(old), "the old gateway {old} is gone when restart returns");
+        assert!(alive(new), "the new gateway {new} runs");
+        gone_at.insert(old, returned);
+        gateways.push(new);
+        durations.push(report["duration_ms"].as_u64().expect("duration_ms"));
+    }
+    let samples = load.stop().await;
+
+    let failures: Vec<_> = samples.iter().filter_map(|s| s.outcome.as_ref().err()).collect();
+    let keep_alive = samples.iter().filter(|s| s.keep_alive).count();
+    let fresh = samples.len() - keep_alive;
+    let known: BTreeSet<u32> = gateways.iter().copied().collect();
+    let mut strangers = Vec::new();
+    let mut after_exit = 0;
+    for sample in &samples {
+        if let Ok(pid) = sample.outcome {
+            if !known.contains(&pid) {
+                strangers.push(pid);
+            }
+            if gone_at.get(&pid).is_some_and(|gone| sample.at > *gone) {
+                after_exit += 1;
+            }
+        }
+    }
+    durations.sort_unstable();
+    println!(
+        "{} requests ({keep_alive} keep-alive, {fresh} fresh connections), {} failed; \
+         handoff ms: median {}, worst {}, all {durations:?}",
+        samples.len(),
+        failures.len(),
+        durations[durations.len() / 2],
+        durations[durations.len() - 1],
+    );
+    assert!(failures.is_empty(), "{} requests failed, e.g. {:?}", failures.len(), &failures[..failures.len().min(5)]);
+    assert!(strangers.is_empty(), "answers from processes the supervisor never ran: {strangers:?}");
+    assert_eq!(after_exit, 0, "answers arrived from a gateway after it was reported gone");
+    assert!(keep_alive > 1000 && fresh > 200, "the load was steady: {keep_alive} keep-alive, {fresh} fresh");
+    // Every gateway but the last served some of the load.
+    let served: BTreeSet<u32> = samples.iter().filter_map(|s| s.outcome.as_ref().ok().copied()).collect();
+    assert!(served.len() > RESTARTS / 2, "answers came from {} gateways", served.len());
+}
