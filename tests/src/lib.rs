@@ -4,6 +4,7 @@
 //! - [`Gateway`]: an `aihummer-gateway` process with its own port and a log file.
 //! - [`Proxy`]: a TCP forwarder to PostgreSQL that a test can cut and restore, to make
 //!   the database unreachable without touching the shared server.
+//! - [`Receiver`]: a webhook receiver recording every delivery, answering from a script.
 //! - [`wait_for`]: every wait polls a real signal (an HTTP answer, a row, an exit) under a
 //!   deadline; nothing sleeps a fixed time hoping something happened.
 //!
@@ -461,4 +462,124 @@ impl RawHttp {
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// One delivery the [`Receiver`] got.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// The `Idempotency-Key` header.
+    pub key: String,
+    /// The JSON body.
+    pub body: Value,
+    /// What the receiver answered.
+    pub status: u16,
+}
+
+#[derive(Default)]
+struct ReceiverState {
+    deliveries: Vec<Delivery>,
+    script: std::collections::VecDeque<u16>,
+}
+
+/// A webhook receiver on loopback: records every POST to `/hook` and answers with the
+/// next status of its script, then 200.
+pub struct Receiver {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    state: std::sync::Arc<std::sync::Mutex<ReceiverState>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Receiver {
+    /// Starts a receiver answering `script` in order, then 200 for ever.
+    pub async fn start(script: &[u16]) -> Receiver {
+        use axum::http::{HeaderMap, StatusCode};
+        let state = std::sync::Arc::new(std::sync::Mutex::new(ReceiverState {
+            deliveries: Vec::new(),
+            script: script.iter().copied().collect(),
+        }));
+        let shared = state.clone();
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |headers: HeaderMap, body: axum::body::Bytes| {
+                let state = shared.clone();
+                async move {
+                    let mut state = state.lock().expect("receiver state");
+                    let status = state.script.pop_front().unwrap_or(200);
+                    let key = headers
+                        .get("idempotency-key")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_string();
+                    let body = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                    state.deliveries.push(Delivery { key, body, status });
+                    StatusCode::from_u16(status).unwrap_or(StatusCode::OK)
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind receiver");
+        let addr = listener.local_addr().expect("receiver addr");
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Receiver { addr, state, task }
+    }
+
+    /// The webhook URL.
+    pub fn url(&self) -> String {
+        format!("http://{}/hook", self.addr)
+    }
+
+    /// Every delivery so far.
+    pub fn deliveries(&self) -> Vec<Delivery> {
+        self.state.lock().expect("receiver state").deliveries.clone()
+    }
+
+    /// The distinct idempotency keys among deliveries answered 2xx.
+    pub fn delivered_keys(&self) -> std::collections::HashSet<String> {
+        self.deliveries()
+            .into_iter()
+            .filter(|d| (200..300).contains(&d.status))
+            .map(|d| d.key)
+            .collect()
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The shared secret the inbound tests sign with.
+pub const INBOUND_SECRET: &str = "test-inbound-secret";
+
+/// Lowercase hex HMAC-SHA256 of `body` under `secret`.
+pub fn sign(secret: &str, body: &[u8]) -> String {
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("hmac key");
+    mac.update(body);
+    hex::encode(mac.finalize().into_bytes())
+}
+
+/// Posts a signed generic inbound message, with `key` as `Idempotency-Key` if given.
+pub async fn post_inbound(
+    client: &reqwest::Client,
+    gateway: &str,
+    body: &Value,
+    key: Option<&str>,
+) -> Result<(u16, Value), reqwest::Error> {
+    let raw = serde_json::to_vec(body).expect("serialize");
+    let mut request = client
+        .post(format!("{gateway}/v1/inbound/generic"))
+        .header("content-type", "application/json")
+        .header("x-aihummer-inbound-secret", sign(INBOUND_SECRET, &raw))
+        .body(raw);
+    if let Some(key) = key {
+        request = request.header("idempotency-key", key);
+    }
+    let response = request.send().await?;
+    let status = response.status().as_u16();
+    let body = response.json().await?;
+    Ok((status, body))
 }
