@@ -1,0 +1,109 @@
+//! Leader election across gateways, and the slot fencing of scheduled work.
+
+use std::str::FromStr;
+use std::time::{Duration, SystemTime};
+
+use aihummer_gateway::{migrate, scheduler};
+use aihummer_tests::{Gateway, TestDb, get_json, http, wait_for};
+use nix::sys::signal::Signal;
+use sqlx::postgres::PgConnectOptions;
+use tokio::time::Instant;
+
+/// The index of the one gateway reporting `leader: true`, once exactly one does.
+async fn sole_leader(gateways: &[&Gateway], deadline: Duration) -> usize {
+    let client = http();
+    wait_for(deadline, "exactly one leader", || async {
+        let mut leaders = Vec::new();
+        for (i, gw) in gateways.iter().enumerate() {
+            if let Some((200, health)) = get_json(&client, &gw.url("/healthz")).await
+                && health["leader"] == true
+            {
+                leaders.push(i);
+            }
+        }
+        (leaders.len() == 1).then(|| leaders[0])
+    })
+    .await
+}
+
+#[tokio::test]
+async fn one_of_three_gateways_leads_and_another_takes_over_after_kill_9_and_after_sigterm() {
+    let db = TestDb::create().await;
+    let url = db.url();
+    let env = [("AIHUMMER_DATABASE_URL", url.as_str()), ("AIHUMMER_HOUSEKEEPING_INTERVAL", "1s")];
+    let mut gws: Vec<Gateway> = (0..3).map(|_| Gateway::start(&env)).collect();
+    for gw in &gws {
+        gw.wait_ready(Duration::from_secs(30)).await;
+    }
+    let first = sole_leader(&gws.iter().collect::<Vec<_>>(), Duration::from_secs(10)).await;
+
+    let mut killed = gws.remove(first);
+    let started = Instant::now();
+    killed.child.start_kill().expect("kill -9 the leader");
+    killed.wait_exit(Duration::from_secs(10)).await;
+    let second = sole_leader(&gws.iter().collect::<Vec<_>>(), Duration::from_secs(10)).await;
+    let after_kill = started.elapsed();
+
+    let mut stopped = gws.remove(second);
+    let started = Instant::now();
+    stopped.signal(Signal::SIGTERM);
+    sole_leader(&gws.iter().collect::<Vec<_>>(), Duration::from_secs(10)).await;
+    let after_term = started.elapsed();
+    assert_eq!(stopped.wait_exit(Duration::from_secs(10)).await.code(), Some(0));
+    assert!(stopped.logs().contains("resigned leadership"), "{}", stopped.logs());
+    println!("leader failover: {after_kill:?} after kill -9, {after_term:?} after SIGTERM");
+    assert!(after_kill < Duration::from_secs(5), "takeover after kill -9 took {after_kill:?}");
+    assert!(after_term < Duration::from_secs(2), "takeover after SIGTERM took {after_term:?}");
+
+    // The scheduler ran under each leader, once per slot.
+    let pool = db.pool().await;
+    wait_for(Duration::from_secs(10), "housekeeping runs under three leaders", || async {
+        let leaders: i64 = sqlx::query_scalar("SELECT count(DISTINCT leader) FROM job_runs")
+            .fetch_one(&pool)
+            .await
+            .ok()?;
+        (leaders == 3).then_some(())
+    })
+    .await;
+    let (runs, slots): (i64, i64) =
+        sqlx::query_as("SELECT count(*), count(DISTINCT (job, slot)) FROM job_runs")
+            .fetch_one(&pool)
+            .await
+            .expect("runs");
+    assert_eq!(runs, slots);
+    let unfinished: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM job_runs WHERE outcome IS NULL AND started_at < now() - interval '5 seconds'",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("unfinished");
+    assert_eq!(unfinished, 0);
+}
+
+#[tokio::test]
+async fn two_leaders_racing_for_the_same_slot_run_it_exactly_once() {
+    let db = TestDb::create().await;
+    let options = PgConnectOptions::from_str(&db.url()).expect("url");
+    migrate::apply(&options, |_| {}).await.expect("migrate");
+    let pool = db.pool().await;
+    let slot = scheduler::slot_of(SystemTime::now(), Duration::from_secs(60));
+    let mut racers = tokio::task::JoinSet::new();
+    for i in 0..8 {
+        let pool = pool.clone();
+        racers.spawn(async move {
+            scheduler::claim_slot(&pool, "race", slot, &format!("leader-{i}"))
+                .await
+                .expect("claim")
+        });
+    }
+    let mut winners = 0;
+    while let Some(won) = racers.join_next().await {
+        winners += usize::from(won.expect("racer"));
+    }
+    assert_eq!(winners, 1);
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM job_runs WHERE job = 'race'")
+        .fetch_one(&pool)
+        .await
+        .expect("rows");
+    assert_eq!(rows, 1);
+}
