@@ -26,7 +26,7 @@ pub struct Supervisor {
     pub child: std::process::Child,
     /// The public address its gateways serve on.
     pub addr: SocketAddr,
-    /// Its control socket.
+    /// Its control socket (in `dir`, unless `env` named another).
     pub socket: PathBuf,
     /// A scratch directory owned by the test (socket, log, scripts).
     pub dir: TempDir,
@@ -44,9 +44,33 @@ impl Supervisor {
 
     /// Like [`Supervisor::start`], in a directory the test prepared (e.g. with scripts).
     pub fn start_in(dir: TempDir, env: &[(&str, &str)]) -> Supervisor {
+        Self::start_with(dir, env, |_| {})
+    }
+
+    /// Like [`Supervisor::start_in`]; `prepare` may adjust the command (e.g. pass a socket
+    /// the way systemd does). An `AIHUMMER_GATEWAY_ADDR` in `env` names the public address.
+    pub fn start_with(
+        dir: TempDir,
+        env: &[(&str, &str)],
+        prepare: impl FnOnce(&mut std::process::Command),
+    ) -> Supervisor {
         let log = dir.path().join("supervisor.log");
-        let socket = dir.path().join("supervisor.sock");
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let socket = env
+            .iter()
+            .find(|(k, _)| *k == "AIHUMMER_SUPERVISOR_SOCKET")
+            .map_or_else(
+                || dir.path().join("supervisor.sock"),
+                |(_, v)| PathBuf::from(v),
+            );
+        let addr: SocketAddr = env
+            .iter()
+            .find(|(k, _)| *k == "AIHUMMER_GATEWAY_ADDR")
+            .map_or_else(
+                || format!("127.0.0.1:{}", free_port()),
+                |(_, v)| v.to_string(),
+            )
+            .parse()
+            .expect("addr");
         let gateway = binary("aihummer-gateway");
         let mut cmd = std::process::Command::new(binary("aihummer"));
         cmd.arg("run")
@@ -61,7 +85,13 @@ impl Supervisor {
             .envs(env.iter().map(|(k, v)| (*k, *v)))
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&log).expect("log file"))
-            .stderr(std::fs::File::options().append(true).open(&log).expect("log file"));
+            .stderr(
+                std::fs::File::options()
+                    .append(true)
+                    .open(&log)
+                    .expect("log file"),
+            );
+        prepare(&mut cmd);
         let child = cmd.spawn().expect("spawn aihummer run");
         Supervisor {
             child,
@@ -103,12 +133,16 @@ impl Supervisor {
 
     /// Waits until a gateway is active and ready with nothing else under way; returns its pid.
     pub async fn wait_serving(&self, deadline: Duration) -> u32 {
-        wait_for(deadline, "the supervisor to serve with a ready gateway", || async {
-            let status = self.status().await?;
-            let ready = status["state"] == "running" && status["active"]["state"] == "ready";
-            let pid = status["active"]["pid"].as_u64()?;
-            ready.then(|| u32::try_from(pid).expect("pid fits u32"))
-        })
+        wait_for(
+            deadline,
+            "the supervisor to serve with a ready gateway",
+            || async {
+                let status = self.status().await?;
+                let ready = status["state"] == "running" && status["active"]["state"] == "ready";
+                let pid = status["active"]["pid"].as_u64()?;
+                ready.then(|| u32::try_from(pid).expect("pid fits u32"))
+            },
+        )
         .await
     }
 
@@ -186,7 +220,11 @@ pub fn children_of(pid: u32) -> Vec<u32> {
         return children;
     };
     for entry in entries.flatten() {
-        let Some(child) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+        let Some(child) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
             continue;
         };
         let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
@@ -227,7 +265,8 @@ pub fn accepted_connections(pid: u32, port: u16) -> usize {
         };
         for line in text.lines().skip(1) {
             let fields: Vec<&str> = line.split_whitespace().collect();
-            let (Some(local), Some(state), Some(inode)) = (fields.get(1), fields.get(3), fields.get(9))
+            let (Some(local), Some(state), Some(inode)) =
+                (fields.get(1), fields.get(3), fields.get(9))
             else {
                 continue;
             };
@@ -255,8 +294,8 @@ pub fn install_script(path: &Path, body: &str) {
 /// One answer (or failure) seen by the load.
 #[derive(Debug, Clone)]
 pub struct Sample {
-    /// When the answer arrived.
-    pub at: Instant,
+    /// When the request was sent.
+    pub sent: Instant,
     /// The pid that answered, or the failure.
     pub outcome: Result<u32, String>,
     /// Whether it came over a keep-alive client (else a fresh connection per request).
@@ -290,9 +329,10 @@ impl Load {
             workers.push(tokio::spawn(async move {
                 let mut samples = Vec::new();
                 while !stop.load(Ordering::Relaxed) && samples.len() < max_per_worker {
+                    let sent = Instant::now();
                     let outcome = ping(&client, &url).await;
                     samples.push(Sample {
-                        at: Instant::now(),
+                        sent,
                         outcome,
                         keep_alive: is_keep_alive,
                     });
@@ -330,4 +370,48 @@ async fn ping(client: &reqwest::Client, url: &str) -> Result<u32, String> {
         .as_u64()
         .and_then(|p| u32::try_from(p).ok())
         .ok_or_else(|| format!("no pid in {body}"))
+}
+
+/// The environment of process `pid`, as `NAME=value` strings.
+pub fn environ(pid: u32) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .unwrap_or_default()
+        .split(|b| *b == 0)
+        .filter(|v| !v.is_empty())
+        .map(|v| String::from_utf8_lossy(v).to_string())
+        .collect()
+}
+
+/// The socket inodes behind the descriptors of process `pid`, by descriptor number.
+pub fn socket_fds(pid: u32) -> Vec<(u32, String)> {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Vec::new();
+    };
+    let mut sockets: Vec<(u32, String)> = fds
+        .flatten()
+        .filter_map(|fd| {
+            let number = fd.file_name().to_str()?.parse().ok()?;
+            let target = std::fs::read_link(fd.path())
+                .ok()?
+                .to_string_lossy()
+                .to_string();
+            let inode = target
+                .strip_prefix("socket:[")?
+                .strip_suffix(']')?
+                .to_string();
+            Some((number, inode))
+        })
+        .collect();
+    sockets.sort();
+    sockets
+}
+
+/// The inode of the unix socket listening at `path`, from `/proc/net/unix`.
+pub fn unix_socket_inode(path: &Path) -> Option<String> {
+    let table = std::fs::read_to_string("/proc/net/unix").ok()?;
+    let path = path.to_str()?;
+    table.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        (fields.last() == Some(&path)).then(|| fields.get(6).map(|s| s.to_string()))?
+    })
 }

@@ -15,8 +15,11 @@ use tokio::time::Instant;
 /// Reads the one reply line the supervisor sends on `stream`.
 async fn reply(stream: impl AsyncRead + Unpin) -> Value {
     let mut line = String::new();
-    let read = tokio::time::timeout(Duration::from_secs(10), BufReader::new(stream).read_line(&mut line));
-    read.await.expect("a reply within 10s").expect("read the reply");
+    let mut reader = BufReader::new(stream);
+    tokio::time::timeout(Duration::from_secs(10), reader.read_line(&mut line))
+        .await
+        .expect("a reply within 10s")
+        .expect("read the reply");
     serde_json::from_str(&line).expect("the reply is JSON")
 }
 
@@ -168,4 +171,18 @@ async fn a_second_supervisor_on_a_live_socket_refuses_to_start_and_a_stale_socke
     let third = Supervisor::start(&[("AIHUMMER_SUPERVISOR_SOCKET", &socket)]);
     third.wait_serving(Duration::from_secs(30)).await;
     status_answers(&third).await;
+}
+
+#[tokio::test]
+async fn sighup_runs_an_update_check_that_reports_no_update_source_yet() {
+    let supervisor = Supervisor::start(&[]);
+    let gateway = supervisor.wait_serving(Duration::from_secs(30)).await;
+    supervisor.signal(nix::sys::signal::Signal::SIGHUP);
+    let result = aihummer_tests::wait_for(Duration::from_secs(5), "the update check to be recorded", || async {
+        let status = supervisor.status().await?;
+        status["update"]["last_result"].as_str().map(str::to_string)
+    })
+    .await;
+    assert!(result.contains("no update source is configured"), "{result}");
+    assert_eq!(supervisor.status().await.expect("status")["active"]["pid"], gateway, "nothing else changed");
 }
