@@ -109,7 +109,11 @@ fn start_background(
         pool: pools.owner.clone(),
         retention: config.retention,
     };
-    let scheduler = Scheduler::new(context, shared.instance.clone(), config.housekeeping_interval);
+    let scheduler = Scheduler::new(
+        context,
+        shared.instance.clone(),
+        config.housekeeping_interval,
+    );
     let elector = Elector::new(db.options.clone(), shared.clone(), scheduler);
     tasks.spawn(elector.run(stop.subscribe()));
     let Some(webhook) = &config.reply_webhook else {
@@ -129,7 +133,9 @@ fn start_background(
         Ok(deliverer) => {
             tasks.spawn(deliverer.run(stop.subscribe()));
         }
-        Err(err) => tracing::error!(error = %err, "cannot build the webhook client; no replies are delivered"),
+        Err(err) => {
+            tracing::error!(error = %err, "cannot build the webhook client; no replies are delivered")
+        }
     }
 }
 

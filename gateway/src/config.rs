@@ -319,7 +319,10 @@ mod tests {
     #[test]
     fn a_workspace_that_is_not_a_uuid_is_a_startup_error() {
         let err = config(&[("AIHUMMER_DEFAULT_WORKSPACE_ID", "default")]).unwrap_err();
-        assert!(err.to_string().contains("AIHUMMER_DEFAULT_WORKSPACE_ID"), "{err}");
+        assert!(
+            err.to_string().contains("AIHUMMER_DEFAULT_WORKSPACE_ID"),
+            "{err}"
+        );
         let id = "7f9c24e5-2f4b-4d47-9d1a-0c6f1f2f0a11";
         let c = config(&[("AIHUMMER_DEFAULT_WORKSPACE_ID", id)]).unwrap();
         assert_eq!(c.default_workspace.unwrap().to_string(), id);

@@ -7,8 +7,8 @@
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use uuid::Uuid;
 use sqlx::{ConnectOptions, PgPool};
+use uuid::Uuid;
 
 use crate::backoff::Backoff;
 use crate::config::DbTarget;
@@ -74,11 +74,13 @@ async fn attempt(
         })?;
     let owner_pool = open(owner.options.clone(), false).await?;
     if let Some(workspace) = workspace {
-        sqlx::query("INSERT INTO workspaces (id, name) VALUES ($1, 'default') ON CONFLICT DO NOTHING")
-            .bind(workspace)
-            .execute(&owner_pool)
-            .await
-            .map_err(|err| Failure::Retry(err.to_string()))?;
+        sqlx::query(
+            "INSERT INTO workspaces (id, name) VALUES ($1, 'default') ON CONFLICT DO NOTHING",
+        )
+        .bind(workspace)
+        .execute(&owner_pool)
+        .await
+        .map_err(|err| Failure::Retry(err.to_string()))?;
     }
     let app_pool = match app {
         Some(app) => {

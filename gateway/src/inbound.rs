@@ -84,7 +84,10 @@ pub fn signature_matches(secret: &[u8], body: &[u8], signature: &str) -> bool {
 pub fn parse(body: &[u8]) -> Result<Message, String> {
     let message: Message =
         serde_json::from_slice(body).map_err(|err| format!("invalid JSON body: {err}"))?;
-    for (field, value) in [("channel", &message.channel), ("external_id", &message.external_id)] {
+    for (field, value) in [
+        ("channel", &message.channel),
+        ("external_id", &message.external_id),
+    ] {
         if value.trim().is_empty() {
             return Err(format!("field `{field}` must not be empty"));
         }
@@ -102,7 +105,9 @@ pub fn idempotency_key(headers: &HeaderMap, message: &Message) -> Result<String,
                 .map_err(|_| "Idempotency-Key must be visible ASCII".to_string())?
                 .trim();
             if key.is_empty() || key.len() > MAX_KEY_LEN {
-                return Err(format!("Idempotency-Key must be 1 to {MAX_KEY_LEN} characters"));
+                return Err(format!(
+                    "Idempotency-Key must be 1 to {MAX_KEY_LEN} characters"
+                ));
             }
             Ok(format!("key:{key}"))
         }
@@ -311,7 +316,10 @@ mod tests {
         assert_ne!(derived, idempotency_key(&headers, &other).unwrap());
         headers.insert("idempotency-key", HeaderValue::from_static("abc"));
         assert_eq!(idempotency_key(&headers, &message).unwrap(), "key:abc");
-        headers.insert("idempotency-key", HeaderValue::from_str(&"k".repeat(300)).unwrap());
+        headers.insert(
+            "idempotency-key",
+            HeaderValue::from_str(&"k".repeat(300)).unwrap(),
+        );
         assert!(idempotency_key(&headers, &message).is_err());
     }
 }

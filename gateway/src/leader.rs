@@ -2,9 +2,9 @@
 //!
 //! ```text
 //!            ┌──────────── follower ─────────────┐
-//!   start ──►│ each tick: connect if needed,     │
-//!            │ pg_try_advisory_lock on that      │
-//!            │ dedicated connection              │
+//!   start ──►│ connect a dedicated connection,   │
+//!            │ wait in pg_advisory_lock's queue  │
+//!            │ (reconnect after a tick on error) │
 //!            └───────┬───────────────────────────┘
 //!           got lock │            ▲ connection check failed: step down at once
 //!                    ▼            │ (dropping the connection ends the session and its lock)
@@ -12,7 +12,7 @@
 //!            │ each tick: check the connection,  │
 //!            │ then run the jobs that are due    │
 //!            └───────┬───────────────────────────┘
-//!               stop │ unlock (checked), close: another gateway takes over on its next tick
+//!               stop │ unlock (checked), close: the next waiter holds the lock at once
 //!                    ▼
 //!                  done
 //! ```
@@ -36,7 +36,8 @@ use crate::state::Shared;
 
 /// Advisory lock key for leadership ("aihmlead" in ASCII).
 pub const LOCK_KEY: i64 = 0x6169_686d_6c65_6164;
-/// How often followers try for the lock and the leader checks its connection.
+/// How often the leader checks its connection, and how long a follower waits before
+/// replacing a failed connection.
 pub const TICK: Duration = Duration::from_millis(500);
 /// How long a connection check or lock attempt may take before it counts as lost.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
@@ -79,35 +80,40 @@ impl Elector {
                     tracing::info!("resigned leadership");
                     return;
                 }
-                TermEnd::Lost(why) => tracing::warn!(reason = %why, "lost leadership; stepping down"),
+                TermEnd::Lost(why) => {
+                    tracing::warn!(reason = %why, "lost leadership; stepping down")
+                }
             }
         }
     }
 
-    /// Tries for the lock each tick; returns the connection holding it, or `None` on stop.
+    /// Waits in the server's queue for the lock on a dedicated connection, so it is ours
+    /// the moment the leader's session releases it; returns that connection, or `None` on
+    /// stop. A failed connection is replaced after a tick.
     async fn follow(&self, stop: &mut watch::Receiver<bool>) -> Option<PgConnection> {
-        let mut conn: Option<PgConnection> = None;
-        let mut tick = tokio::time::interval(TICK);
+        let mut retry = tokio::time::interval(TICK);
         loop {
             tokio::select! {
-                _ = tick.tick() => {}
+                _ = retry.tick() => {}
                 _ = stop.changed() => {}
             }
             if *stop.borrow() {
-                if let Some(conn) = conn {
-                    let _ = conn.close().await;
-                }
                 return None;
             }
-            if conn.is_none() {
-                conn = connect(&self.options).await;
-            }
-            if let Some(c) = conn.as_mut() {
-                match tokio::time::timeout(CHECK_TIMEOUT, try_lock(c)).await {
-                    Ok(Ok(true)) => return conn,
-                    Ok(Ok(false)) => {}
-                    Ok(Err(_)) | Err(_) => conn = None,
+            let Some(mut conn) = connect(&self.options).await else {
+                continue;
+            };
+            // On stop the wait is abandoned by dropping the connection, which leaves the queue.
+            let waited = tokio::select! {
+                locked = lock(&mut conn) => Some(locked),
+                _ = stop.changed() => None,
+            };
+            match waited {
+                Some(Ok(())) => return Some(conn),
+                Some(Err(err)) => {
+                    tracing::debug!(error = %err, "leader election: waiting for the lock failed")
                 }
+                None => return None,
             }
         }
     }
@@ -166,11 +172,12 @@ async fn connect(options: &PgConnectOptions) -> Option<PgConnection> {
 // The election's SQL, as small verbs kept out of the state machine. (`raw_sql` is avoided:
 // its future is not `Send` for every lifetime, which a spawned task requires.)
 
-async fn try_lock(conn: &mut PgConnection) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+async fn lock(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_advisory_lock($1)")
         .bind(LOCK_KEY)
-        .fetch_one(conn)
+        .execute(conn)
         .await
+        .map(drop)
 }
 
 async fn unlock(conn: &mut PgConnection) -> Result<bool, sqlx::Error> {

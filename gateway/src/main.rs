@@ -57,7 +57,10 @@ fn main() -> ExitCode {
 }
 
 fn operator(config: Config, command: Outbox) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("aihummer-gateway: cannot start a runtime: {err}");

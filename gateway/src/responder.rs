@@ -49,6 +49,9 @@ mod tests {
         };
         let first = Builtin.reply(&turn);
         assert_eq!(first, Builtin.reply(&turn));
-        assert!(first.contains("sms") && first.contains("2 words"), "{first}");
+        assert!(
+            first.contains("sms") && first.contains("2 words"),
+            "{first}"
+        );
     }
 }

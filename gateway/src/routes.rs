@@ -122,7 +122,11 @@ async fn ping(
 /// Outbox counts by state, across all workspaces (counts only, no content).
 async fn outbox_stats(State(shared): State<Arc<Shared>>) -> Response {
     let Some(pools) = shared.pools() else {
-        return error(StatusCode::SERVICE_UNAVAILABLE, "not_ready", shared.phase().reason());
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            shared.phase().reason(),
+        );
     };
     match crate::outbox::store::stats(&pools.owner).await {
         Ok(stats) => Json(stats).into_response(),

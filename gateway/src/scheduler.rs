@@ -96,13 +96,21 @@ impl Scheduler {
 
 /// The start of the slot `now` falls in, in milliseconds since the epoch.
 pub fn slot_of(now: SystemTime, every: Duration) -> i64 {
-    let now_ms = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as i64;
+    let now_ms = now
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as i64;
     let every_ms = (every.as_millis() as i64).max(1);
     now_ms - now_ms.rem_euclid(every_ms)
 }
 
 /// Records that `leader` runs `job` in `slot`; `false` when someone already did.
-pub async fn claim_slot(pool: &PgPool, job: &str, slot: i64, leader: &str) -> Result<bool, sqlx::Error> {
+pub async fn claim_slot(
+    pool: &PgPool,
+    job: &str,
+    slot: i64,
+    leader: &str,
+) -> Result<bool, sqlx::Error> {
     let done = sqlx::query(
         "INSERT INTO job_runs (job, slot, leader) VALUES ($1, to_timestamp($2::float8 / 1000), $3)
          ON CONFLICT DO NOTHING",
@@ -115,7 +123,12 @@ pub async fn claim_slot(pool: &PgPool, job: &str, slot: i64, leader: &str) -> Re
     Ok(done.rows_affected() == 1)
 }
 
-async fn finish_slot(pool: &PgPool, job: &str, slot: i64, outcome: &str) -> Result<(), sqlx::Error> {
+async fn finish_slot(
+    pool: &PgPool,
+    job: &str,
+    slot: i64,
+    outcome: &str,
+) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE job_runs SET finished_at = now(), outcome = $3
          WHERE job = $1 AND slot = to_timestamp($2::float8 / 1000)",
@@ -166,7 +179,10 @@ async fn housekeeping(ctx: &Context) -> Result<String, sqlx::Error> {
         "outbox"
     );
     if overdue > 0 {
-        tracing::warn!(overdue, "replies are overdue: is a deliverer running with AIHUMMER_REPLY_WEBHOOK_URL set?");
+        tracing::warn!(
+            overdue,
+            "replies are overdue: is a deliverer running with AIHUMMER_REPLY_WEBHOOK_URL set?"
+        );
     }
     Ok(format!(
         "purged {replies} replies and {messages} messages; {overdue} overdue"

@@ -517,7 +517,9 @@ impl Receiver {
                 }
             }),
         );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind receiver");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind receiver");
         let addr = listener.local_addr().expect("receiver addr");
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
@@ -532,7 +534,11 @@ impl Receiver {
 
     /// Every delivery so far.
     pub fn deliveries(&self) -> Vec<Delivery> {
-        self.state.lock().expect("receiver state").deliveries.clone()
+        self.state
+            .lock()
+            .expect("receiver state")
+            .deliveries
+            .clone()
     }
 
     /// The distinct idempotency keys among deliveries answered 2xx.

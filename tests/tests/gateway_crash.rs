@@ -15,7 +15,8 @@ const WORKSPACE: &str = "9d3c1a7e-5b2f-4c8d-8e1f-2a3b4c5d6e7f";
 const MESSAGES: usize = 1000;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_thousand_messages_across_two_gateways_survive_two_kill_9_restarts_with_one_reply_per_key() {
+async fn a_thousand_messages_across_two_gateways_survive_two_kill_9_restarts_with_one_reply_per_key()
+ {
     let db = TestDb::create().await;
     let receiver = Receiver::start(&[]).await;
     let (url, hook) = (db.url(), receiver.url());
@@ -69,9 +70,11 @@ async fn a_thousand_messages_across_two_gateways_survive_two_kill_9_restarts_wit
 
     for round in 1..=2 {
         let threshold = round * MESSAGES / 3;
-        wait_for(Duration::from_secs(60), "the sender to make progress", || async {
-            (sent.load(Ordering::SeqCst) >= threshold).then_some(())
-        })
+        wait_for(
+            Duration::from_secs(60),
+            "the sender to make progress",
+            || async { (sent.load(Ordering::SeqCst) >= threshold).then_some(()) },
+        )
         .await;
         a.child.start_kill().expect("kill -9");
         a.wait_exit(Duration::from_secs(10)).await;
@@ -82,16 +85,24 @@ async fn a_thousand_messages_across_two_gateways_survive_two_kill_9_restarts_wit
     assert_eq!(accepted.len(), MESSAGES);
 
     let pool = db.pool().await;
-    wait_for(Duration::from_secs(90), "every reply to be delivered", || async {
-        let open: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE status <> 'delivered'")
-            .fetch_one(&pool)
-            .await
-            .ok()?;
-        (open == 0 && receiver.delivered_keys().len() == MESSAGES).then_some(())
-    })
+    wait_for(
+        Duration::from_secs(90),
+        "every reply to be delivered",
+        || async {
+            let open: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM outbox WHERE status <> 'delivered'")
+                    .fetch_one(&pool)
+                    .await
+                    .ok()?;
+            (open == 0 && receiver.delivered_keys().len() == MESSAGES).then_some(())
+        },
+    )
     .await;
 
-    let replies: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox").fetch_one(&pool).await.expect("count");
+    let replies: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
+        .fetch_one(&pool)
+        .await
+        .expect("count");
     let messages: i64 = sqlx::query_scalar("SELECT count(*) FROM inbound_messages")
         .fetch_one(&pool)
         .await
@@ -101,15 +112,25 @@ async fn a_thousand_messages_across_two_gateways_survive_two_kill_9_restarts_wit
     let mut bodies: HashMap<String, HashSet<String>> = HashMap::new();
     let deliveries = receiver.deliveries();
     for delivery in &deliveries {
-        bodies.entry(delivery.key.clone()).or_default().insert(delivery.body.to_string());
+        bodies
+            .entry(delivery.key.clone())
+            .or_default()
+            .insert(delivery.body.to_string());
     }
     assert_eq!(bodies.len(), MESSAGES);
     for (key, seen) in &bodies {
-        assert_eq!(seen.len(), 1, "key {key} carried different replies: {seen:?}");
+        assert_eq!(
+            seen.len(),
+            1,
+            "key {key} carried different replies: {seen:?}"
+        );
     }
     let expected: HashSet<String> = accepted.values().cloned().collect();
     let got: HashSet<String> = bodies.keys().cloned().collect();
-    assert_eq!(got, expected, "delivered keys differ from the replies the gateways promised");
+    assert_eq!(
+        got, expected,
+        "delivered keys differ from the replies the gateways promised"
+    );
     println!(
         "{} deliveries for {MESSAGES} replies ({} repeated after the kills)",
         deliveries.len(),

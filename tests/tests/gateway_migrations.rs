@@ -120,9 +120,11 @@ async fn a_failing_migration_stops_the_gateway_leaves_no_lock_and_the_next_start
     let logs = gw.logs();
     assert!(logs.contains("migration 4 failed"), "{logs}");
     // The server ends the backend a moment after the client goes; the lock must go with it.
-    wait_for(Duration::from_secs(5), "the migration lock to be released", || async {
-        (advisory_locks(&pool).await == 0).then_some(())
-    })
+    wait_for(
+        Duration::from_secs(5),
+        "the migration lock to be released",
+        || async { (advisory_locks(&pool).await == 0).then_some(()) },
+    )
     .await;
     assert_eq!(applied(&pool).await, vec![(1, true), (2, true), (3, true)]);
 
@@ -157,9 +159,11 @@ async fn a_migration_changed_after_it_was_applied_makes_the_gateway_refuse_to_st
         logs.contains("migration 2 was applied with different contents"),
         "{logs}"
     );
-    wait_for(Duration::from_secs(5), "the migration lock to be released", || async {
-        (advisory_locks(&pool).await == 0).then_some(())
-    })
+    wait_for(
+        Duration::from_secs(5),
+        "the migration lock to be released",
+        || async { (advisory_locks(&pool).await == 0).then_some(()) },
+    )
     .await;
 }
 

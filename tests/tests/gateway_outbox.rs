@@ -22,19 +22,25 @@ fn env<'a>(db: &'a str, hook: &'a str) -> Vec<(&'a str, &'a str)> {
 }
 
 async fn count(pool: &PgPool, sql: &str) -> i64 {
-    sqlx::query_scalar(sql).fetch_one(pool).await.expect("count")
+    sqlx::query_scalar(sql)
+        .fetch_one(pool)
+        .await
+        .expect("count")
 }
 
 async fn until_outbox(pool: &PgPool, status: &str, n: i64) {
     let sql = format!("SELECT count(*) FROM outbox WHERE status = '{status}'");
-    wait_for(Duration::from_secs(30), &format!("{n} {status} replies"), || async {
-        (count(pool, &sql).await == n).then_some(())
-    })
+    wait_for(
+        Duration::from_secs(30),
+        &format!("{n} {status} replies"),
+        || async { (count(pool, &sql).await == n).then_some(()) },
+    )
     .await;
 }
 
 #[tokio::test]
-async fn the_same_inbound_sent_five_times_including_concurrently_to_two_gateways_yields_one_reply() {
+async fn the_same_inbound_sent_five_times_including_concurrently_to_two_gateways_yields_one_reply()
+{
     let db = TestDb::create().await;
     let receiver = Receiver::start(&[]).await;
     let (url, hook) = (db.url(), receiver.url());
@@ -45,9 +51,13 @@ async fn the_same_inbound_sent_five_times_including_concurrently_to_two_gateways
     let client = http();
     let message = json!({"channel": "sms", "external_id": "m-1", "text": "hello"});
 
-    let (status, first) = post_inbound(&client, &a.url(""), &message, Some("same")).await.expect("post");
+    let (status, first) = post_inbound(&client, &a.url(""), &message, Some("same"))
+        .await
+        .expect("post");
     assert_eq!(status, 200, "{first}");
-    let (_, again) = post_inbound(&client, &a.url(""), &message, Some("same")).await.expect("post");
+    let (_, again) = post_inbound(&client, &a.url(""), &message, Some("same"))
+        .await
+        .expect("post");
     assert_eq!(again, first);
     let (url_a, url_b) = (a.url(""), b.url(""));
     let (ra, rb, rc) = tokio::join!(
@@ -61,7 +71,10 @@ async fn the_same_inbound_sent_five_times_including_concurrently_to_two_gateways
 
     let pool = db.pool().await;
     until_outbox(&pool, "delivered", 1).await;
-    assert_eq!(count(&pool, "SELECT count(*) FROM inbound_messages").await, 1);
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM inbound_messages").await,
+        1
+    );
     assert_eq!(count(&pool, "SELECT count(*) FROM outbox").await, 1);
     let deliveries = receiver.deliveries();
     assert_eq!(deliveries.len(), 1, "{deliveries:?}");
@@ -78,11 +91,17 @@ async fn without_an_idempotency_key_an_identical_resend_is_still_recognised() {
     gw.wait_ready(Duration::from_secs(30)).await;
     let client = http();
     let message = json!({"channel": "sms", "external_id": "m-2", "text": "hi"});
-    let (_, first) = post_inbound(&client, &gw.url(""), &message, None).await.expect("post");
-    let (_, second) = post_inbound(&client, &gw.url(""), &message, None).await.expect("post");
+    let (_, first) = post_inbound(&client, &gw.url(""), &message, None)
+        .await
+        .expect("post");
+    let (_, second) = post_inbound(&client, &gw.url(""), &message, None)
+        .await
+        .expect("post");
     assert_eq!(first, second);
     let other = json!({"channel": "sms", "external_id": "m-3", "text": "hi"});
-    let (_, third) = post_inbound(&client, &gw.url(""), &other, None).await.expect("post");
+    let (_, third) = post_inbound(&client, &gw.url(""), &other, None)
+        .await
+        .expect("post");
     assert_ne!(third["reply_id"], first["reply_id"]);
     let pool = db.pool().await;
     until_outbox(&pool, "delivered", 2).await;
@@ -95,13 +114,18 @@ async fn a_receiver_answering_500_then_200_gets_the_reply_again_with_the_same_ke
     let gw = Gateway::start(&env(&db.url(), &receiver.url()));
     gw.wait_ready(Duration::from_secs(30)).await;
     let message = json!({"channel": "chat", "external_id": "x", "text": "retry me"});
-    let (status, result) = post_inbound(&http(), &gw.url(""), &message, Some("k500")).await.expect("post");
+    let (status, result) = post_inbound(&http(), &gw.url(""), &message, Some("k500"))
+        .await
+        .expect("post");
     assert_eq!(status, 200);
 
     let pool = db.pool().await;
     until_outbox(&pool, "delivered", 1).await;
     let deliveries = receiver.deliveries();
-    assert_eq!(deliveries.iter().map(|d| d.status).collect::<Vec<_>>(), [500, 200]);
+    assert_eq!(
+        deliveries.iter().map(|d| d.status).collect::<Vec<_>>(),
+        [500, 200]
+    );
     let key = result["reply_id"].as_str().unwrap();
     assert!(deliveries.iter().all(|d| d.key == key), "{deliveries:?}");
     assert_eq!(deliveries[0].body, deliveries[1].body);
@@ -119,7 +143,9 @@ async fn a_receiver_answering_400_dead_letters_the_reply_and_a_requeue_delivers_
     let gw = Gateway::start(&env(&db.url(), &receiver.url()));
     gw.wait_ready(Duration::from_secs(30)).await;
     let message = json!({"channel": "chat", "external_id": "y", "text": "refused"});
-    post_inbound(&http(), &gw.url(""), &message, Some("k400")).await.expect("post");
+    post_inbound(&http(), &gw.url(""), &message, Some("k400"))
+        .await
+        .expect("post");
 
     let pool = db.pool().await;
     until_outbox(&pool, "dead", 1).await;
@@ -128,7 +154,9 @@ async fn a_receiver_answering_400_dead_letters_the_reply_and_a_requeue_delivers_
         .await
         .expect("reason");
     assert!(reason.contains("HTTP 400"), "{reason}");
-    let (_, stats) = get_json(&http(), &gw.url("/v1/outbox/stats")).await.expect("stats");
+    let (_, stats) = get_json(&http(), &gw.url("/v1/outbox/stats"))
+        .await
+        .expect("stats");
     assert_eq!(stats["dead"], 1);
 
     let out = std::process::Command::new(binary("aihummer-gateway"))
@@ -136,12 +164,19 @@ async fn a_receiver_answering_400_dead_letters_the_reply_and_a_requeue_delivers_
         .env("AIHUMMER_DATABASE_URL", db.url())
         .output()
         .expect("run requeue");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("requeued 1"));
 
     until_outbox(&pool, "delivered", 1).await;
     let deliveries = receiver.deliveries();
-    assert_eq!(deliveries.iter().map(|d| d.status).collect::<Vec<_>>(), [400, 200]);
+    assert_eq!(
+        deliveries.iter().map(|d| d.status).collect::<Vec<_>>(),
+        [400, 200]
+    );
     assert_eq!(deliveries[0].key, deliveries[1].key);
 }
 
@@ -163,24 +198,50 @@ async fn bad_input_gets_the_documented_errors_and_writes_nothing() {
             let response = request.send().await.expect("answer");
             let status = response.status().as_u16();
             let body: serde_json::Value = response.json().await.expect("JSON error");
-            (status, body["error"]["code"].as_str().unwrap_or_default().to_string())
+            (
+                status,
+                body["error"]["code"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            )
         }
     };
     let cases = [
         (post(good.clone(), None).await, (401, "missing_signature")),
-        (post(good.clone(), Some(sign("wrong", &good))).await, (401, "bad_signature")),
-        (post(good.clone(), Some("not-hex".into())).await, (401, "bad_signature")),
-        (post(b"{nope".to_vec(), Some(sign(INBOUND_SECRET, b"{nope"))).await, (422, "bad_message")),
         (
-            post(br#"{"channel":"sms","text":"x"}"#.to_vec(), Some(sign(INBOUND_SECRET, br#"{"channel":"sms","text":"x"}"#))).await,
+            post(good.clone(), Some(sign("wrong", &good))).await,
+            (401, "bad_signature"),
+        ),
+        (
+            post(good.clone(), Some("not-hex".into())).await,
+            (401, "bad_signature"),
+        ),
+        (
+            post(b"{nope".to_vec(), Some(sign(INBOUND_SECRET, b"{nope"))).await,
+            (422, "bad_message"),
+        ),
+        (
+            post(
+                br#"{"channel":"sms","text":"x"}"#.to_vec(),
+                Some(sign(INBOUND_SECRET, br#"{"channel":"sms","text":"x"}"#)),
+            )
+            .await,
             (422, "bad_message"),
         ),
     ];
     for (got, (status, code)) in cases {
         assert_eq!(got, (status, code.to_string()));
     }
-    let huge = format!(r#"{{"channel":"sms","external_id":"1","text":"{}"}}"#, "x".repeat(200_000));
-    let (status, code) = post(huge.clone().into_bytes(), Some(sign(INBOUND_SECRET, huge.as_bytes()))).await;
+    let huge = format!(
+        r#"{{"channel":"sms","external_id":"1","text":"{}"}}"#,
+        "x".repeat(200_000)
+    );
+    let (status, code) = post(
+        huge.clone().into_bytes(),
+        Some(sign(INBOUND_SECRET, huge.as_bytes())),
+    )
+    .await;
     assert_eq!((status, code.as_str()), (413, "body_too_large"));
 
     let without_workspace = Gateway::start(&[
@@ -200,7 +261,10 @@ async fn bad_input_gets_the_documented_errors_and_writes_nothing() {
     assert_eq!(body["error"]["code"], "no_workspace");
 
     let pool = db.pool().await;
-    assert_eq!(count(&pool, "SELECT count(*) FROM inbound_messages").await, 0);
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM inbound_messages").await,
+        0
+    );
     assert_eq!(count(&pool, "SELECT count(*) FROM outbox").await, 0);
     assert!(receiver.deliveries().is_empty());
 }
@@ -219,12 +283,16 @@ async fn replies_written_through_the_app_role_stay_invisible_to_another_workspac
     let gw = Gateway::start(&vars);
     gw.wait_ready(Duration::from_secs(30)).await;
     let message = json!({"channel": "sms", "external_id": "rls", "text": "private"});
-    let (status, _) = post_inbound(&http(), &gw.url(""), &message, Some("rls")).await.expect("post");
+    let (status, _) = post_inbound(&http(), &gw.url(""), &message, Some("rls"))
+        .await
+        .expect("post");
     assert_eq!(status, 200);
 
     let app = sqlx::PgPool::connect(&app_url).await.expect("app pool");
     let other = uuid::Uuid::new_v4();
-    let mut tx = aihummer_gateway::tenant::begin(&app, other).await.expect("tx");
+    let mut tx = aihummer_gateway::tenant::begin(&app, other)
+        .await
+        .expect("tx");
     let seen: i64 = sqlx::query_scalar("SELECT count(*) FROM inbound_messages")
         .fetch_one(&mut *tx)
         .await
@@ -235,7 +303,9 @@ async fn replies_written_through_the_app_role_stay_invisible_to_another_workspac
         .expect("select");
     assert_eq!((seen, replies), (0, 0));
     drop(tx);
-    let mut tx = aihummer_gateway::tenant::begin(&app, WORKSPACE.parse().unwrap()).await.expect("tx");
+    let mut tx = aihummer_gateway::tenant::begin(&app, WORKSPACE.parse().unwrap())
+        .await
+        .expect("tx");
     let seen: i64 = sqlx::query_scalar("SELECT count(*) FROM inbound_messages")
         .fetch_one(&mut *tx)
         .await

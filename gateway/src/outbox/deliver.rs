@@ -87,7 +87,9 @@ impl Deliverer {
         match store::release(&this.pool, &this.owner).await {
             Ok(0) => {}
             Ok(released) => tracing::info!(released, "released outbox leases"),
-            Err(err) => tracing::warn!(error = %err, "releasing outbox leases failed; they expire by themselves"),
+            Err(err) => {
+                tracing::warn!(error = %err, "releasing outbox leases failed; they expire by themselves")
+            }
         }
     }
 

@@ -51,7 +51,9 @@ pub fn judge(attempt: &Attempt, attempts: i32) -> Verdict {
 /// in lockstep.
 pub fn retry_delay(attempts: i32, jitter: f64) -> Duration {
     let doublings = attempts.saturating_sub(1).clamp(0, 20) as u32;
-    let base = FIRST_RETRY.saturating_mul(1 << doublings).min(LONGEST_RETRY);
+    let base = FIRST_RETRY
+        .saturating_mul(1 << doublings)
+        .min(LONGEST_RETRY);
     base.mul_f64(0.8 + 0.4 * jitter.clamp(0.0, 1.0))
 }
 
@@ -77,7 +79,10 @@ mod tests {
             Attempt::Status(503),
             Attempt::Transport("connection refused".into()),
         ] {
-            assert!(matches!(judge(&attempt, 1), Verdict::Retry(_)), "{attempt:?}");
+            assert!(
+                matches!(judge(&attempt, 1), Verdict::Retry(_)),
+                "{attempt:?}"
+            );
             assert!(
                 matches!(judge(&attempt, MAX_ATTEMPTS), Verdict::Dead(r) if r.contains("gave up")),
                 "{attempt:?}"
