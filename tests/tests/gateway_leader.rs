@@ -128,3 +128,35 @@ async fn two_leaders_racing_for_the_same_slot_run_it_exactly_once() {
         .expect("rows");
     assert_eq!(rows, 1);
 }
+
+#[tokio::test]
+async fn a_leader_that_loses_its_database_connection_steps_down_and_another_takes_over() {
+    let db = TestDb::create().await;
+    let mut proxy = aihummer_tests::Proxy::new();
+    proxy.start().await;
+    let through_proxy = proxy.url(&db);
+    let direct = db.url();
+    let cut_off = Gateway::start(&[("AIHUMMER_DATABASE_URL", &through_proxy)]);
+    cut_off.wait_ready(Duration::from_secs(30)).await;
+    let client = http();
+    wait_for(
+        Duration::from_secs(10),
+        "the first gateway to lead",
+        || async {
+            let (_, health) = get_json(&client, &cut_off.url("/healthz")).await?;
+            (health["leader"] == true).then_some(())
+        },
+    )
+    .await;
+    let other = Gateway::start(&[("AIHUMMER_DATABASE_URL", &direct)]);
+    other.wait_ready(Duration::from_secs(30)).await;
+
+    proxy.stop().await;
+    let index = sole_leader(&[&cut_off, &other], Duration::from_secs(10)).await;
+    assert_eq!(index, 1, "the gateway that lost its database still leads");
+    assert!(
+        cut_off.logs().contains("lost leadership"),
+        "{}",
+        cut_off.logs()
+    );
+}
