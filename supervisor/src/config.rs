@@ -99,7 +99,7 @@ impl Settings {
                 value: addr_value.clone(),
                 reason,
             })?,
-            socket: socket_path(&get, uid),
+            socket: socket_path(get, uid),
             state_dir: get("AIHUMMER_STATE_DIR").map(PathBuf::from),
             gateway_bin: get("AIHUMMER_GATEWAY_BIN").map(PathBuf::from),
             exe_dir,

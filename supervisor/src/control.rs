@@ -83,7 +83,7 @@ pub enum Body {
     /// A step of a long operation.
     Progress(Progress),
     /// The answer to [`Command::Status`].
-    Status(StatusReport),
+    Status(Box<StatusReport>),
     /// The answer to [`Command::Version`].
     Version(VersionReport),
     /// A successful [`Command::Restart`].
@@ -448,7 +448,7 @@ pub async fn serve_connection<S: Service + ?Sized>(
     };
     match request.command {
         Command::Status => {
-            let _ = write_message(&mut writer, Body::Status(service.status())).await;
+            let _ = write_message(&mut writer, Body::Status(Box::new(service.status()))).await;
         }
         Command::Version => {
             let _ = write_message(&mut writer, Body::Version(service.version())).await;
@@ -781,7 +781,7 @@ mod tests {
         let (client, server) = UnixStream::pair().unwrap();
         tokio::spawn(async move { serve_connection(server, Some(1000), ME, &Fake).await });
         let body = call(client, Command::Status, |_| {}).await.unwrap();
-        assert_eq!(body, Body::Status(Fake.status()));
+        assert_eq!(body, Body::Status(Box::new(Fake.status())));
     }
 
     #[tokio::test]

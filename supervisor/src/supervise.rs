@@ -57,6 +57,10 @@ pub enum Input {
 }
 
 /// The state a state function hands over to the next.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one value exists at a time and moves once per state change"
+)]
 enum State {
     Starting,
     Running(Gateway),

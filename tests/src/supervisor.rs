@@ -2,13 +2,13 @@
 //! socket and log; the `aihummer` CLI pointed at it; process facts read from `/proc`; and a
 //! steady HTTP load that counts every answer and every failure.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill};
@@ -307,6 +307,7 @@ pub struct Sample {
 /// requests or when [`Load::stop`] is called, whichever comes first.
 pub struct Load {
     stop: Arc<AtomicBool>,
+    served: Arc<Mutex<HashMap<u32, usize>>>,
     workers: Vec<JoinHandle<Vec<Sample>>>,
 }
 
@@ -314,6 +315,7 @@ impl Load {
     /// Starts `keep_alive` + `fresh` workers against `url`.
     pub fn start(url: &str, keep_alive: usize, fresh: usize, max_per_worker: usize) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
+        let served = Arc::new(Mutex::new(HashMap::new()));
         let mut workers = Vec::new();
         for index in 0..keep_alive + fresh {
             let is_keep_alive = index < keep_alive;
@@ -326,11 +328,15 @@ impl Load {
             let client = builder.build().expect("http client");
             let url = url.to_string();
             let stop = stop.clone();
+            let served = served.clone();
             workers.push(tokio::spawn(async move {
                 let mut samples = Vec::new();
                 while !stop.load(Ordering::Relaxed) && samples.len() < max_per_worker {
                     let sent = Instant::now();
                     let outcome = ping(&client, &url).await;
+                    if let (Ok(pid), Ok(mut served)) = (&outcome, served.lock()) {
+                        *served.entry(*pid).or_default() += 1;
+                    }
                     samples.push(Sample {
                         sent,
                         outcome,
@@ -345,7 +351,19 @@ impl Load {
                 samples
             }));
         }
-        Load { stop, workers }
+        Load {
+            stop,
+            served,
+            workers,
+        }
+    }
+
+    /// How many answers came from `pid` so far.
+    pub fn served_by(&self, pid: u32) -> usize {
+        self.served
+            .lock()
+            .map(|served| served.get(&pid).copied().unwrap_or(0))
+            .unwrap_or(0)
     }
 
     /// Stops every worker and returns all samples.
@@ -414,4 +432,11 @@ pub fn unix_socket_inode(path: &Path) -> Option<String> {
         let fields: Vec<&str> = line.split_whitespace().collect();
         (fields.last() == Some(&path)).then(|| fields.get(6).map(|s| s.to_string()))?
     })
+}
+
+/// The resident memory of process `pid` in KiB (`VmRSS` in `/proc/<pid>/status`).
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }

@@ -25,7 +25,11 @@ async fn reply(stream: impl AsyncRead + Unpin) -> Value {
 
 async fn status_answers(supervisor: &Supervisor) {
     let out = supervisor.cli(&["status", "--json"]).await;
-    assert!(out.status.success(), "status fails: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "status fails: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[tokio::test]
@@ -35,14 +39,25 @@ async fn garbage_a_huge_line_and_a_silent_client_get_errors_while_other_clients_
     supervisor.wait_serving(Duration::from_secs(30)).await;
 
     // A client that connects and sends nothing holds its connection open meanwhile.
-    let silent = UnixStream::connect(&supervisor.socket).await.expect("connect");
+    let silent = UnixStream::connect(&supervisor.socket)
+        .await
+        .expect("connect");
     let silent_since = Instant::now();
     // And one that sends half a request and stops.
-    let mut half = UnixStream::connect(&supervisor.socket).await.expect("connect");
-    half.write_all(b"{\"v\":1,\"cmd\":\"sta").await.expect("write");
+    let mut half = UnixStream::connect(&supervisor.socket)
+        .await
+        .expect("connect");
+    half.write_all(b"{\"v\":1,\"cmd\":\"sta")
+        .await
+        .expect("write");
 
-    let mut garbage = UnixStream::connect(&supervisor.socket).await.expect("connect");
-    garbage.write_all(b"\x00\xffnot json at all\n").await.expect("write");
+    let mut garbage = UnixStream::connect(&supervisor.socket)
+        .await
+        .expect("connect");
+    garbage
+        .write_all(b"\x00\xffnot json at all\n")
+        .await
+        .expect("write");
     let answer = reply(garbage).await;
     assert_eq!(answer["type"], "error");
     assert_eq!(answer["code"], "bad_request");
@@ -67,21 +82,35 @@ async fn garbage_a_huge_line_and_a_silent_client_get_errors_while_other_clients_
     status_answers(&supervisor).await;
     let out = supervisor.cli(&["version", "--json"]).await;
     assert!(out.status.success());
-    assert!(started.elapsed() < Duration::from_secs(3), "served promptly: {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "served promptly: {:?}",
+        started.elapsed()
+    );
 
     let answer = reply(silent).await;
     assert_eq!(answer["code"], "timeout");
-    assert!(silent_since.elapsed() >= Duration::from_secs(4), "the read timeout applies");
+    assert!(
+        silent_since.elapsed() >= Duration::from_secs(4),
+        "the read timeout applies"
+    );
     let answer = reply(half).await;
     assert_eq!(answer["code"], "timeout");
 
     // An old or new protocol version is named, not guessed at.
-    let mut future = UnixStream::connect(&supervisor.socket).await.expect("connect");
-    future.write_all(b"{\"v\":9,\"cmd\":\"teleport\"}\n").await.expect("write");
+    let mut future = UnixStream::connect(&supervisor.socket)
+        .await
+        .expect("connect");
+    future
+        .write_all(b"{\"v\":9,\"cmd\":\"teleport\"}\n")
+        .await
+        .expect("write");
     assert_eq!(reply(future).await["code"], "unsupported_version");
 
     status_answers(&supervisor).await;
-    let (code, body) = get_json(&http(), &supervisor.url("/healthz")).await.expect("healthz");
+    let (code, body) = get_json(&http(), &supervisor.url("/healthz"))
+        .await
+        .expect("healthz");
     assert_eq!((code, body["mode"].as_str()), (200, Some("health-only")));
 }
 
@@ -114,7 +143,10 @@ async fn a_client_of_another_uid_is_refused_and_the_supervisor_keeps_serving() {
     .expect("blocking task");
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("permission denied: uid 65534 may not control this supervisor"), "{stderr}");
+    assert!(
+        stderr.contains("permission denied: uid 65534 may not control this supervisor"),
+        "{stderr}"
+    );
     assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
     assert!(out.stdout.is_empty());
 
@@ -128,7 +160,10 @@ async fn the_cli_without_a_supervisor_says_so_with_its_own_exit_code() {
     let out = cli(&socket, &["status"]).await;
     assert_eq!(out.status.code(), Some(3));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.starts_with("aihummer: no supervisor is running at"), "{stderr}");
+    assert!(
+        stderr.starts_with("aihummer: no supervisor is running at"),
+        "{stderr}"
+    );
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     assert_eq!(cli(&socket, &["restart"]).await.status.code(), Some(3));
 
@@ -136,7 +171,10 @@ async fn the_cli_without_a_supervisor_says_so_with_its_own_exit_code() {
     let out = cli(&socket, &["version", "--json"]).await;
     assert!(out.status.success());
     let doc: Value = serde_json::from_slice(&out.stdout).expect("json");
-    assert!(doc["version"].is_string() && doc["supervisor"].is_null(), "{doc}");
+    assert!(
+        doc["version"].is_string() && doc["supervisor"].is_null(),
+        "{doc}"
+    );
 }
 
 #[tokio::test]
@@ -149,7 +187,13 @@ async fn version_reports_the_cli_the_supervisor_and_the_serving_gateway() {
     assert_eq!(doc["gateway"]["pid"], gateway);
     assert_eq!(doc["gateway"]["version"], doc["version"]);
     let human = String::from_utf8_lossy(&supervisor.cli(&["version"]).await.stdout).to_string();
-    assert!(human.contains(&format!("gateway: {} (pid {gateway})", doc["version"].as_str().unwrap_or_default())), "{human}");
+    assert!(
+        human.contains(&format!(
+            "gateway: {} (pid {gateway})",
+            doc["version"].as_str().unwrap_or_default()
+        )),
+        "{human}"
+    );
 }
 
 #[tokio::test]
@@ -160,7 +204,14 @@ async fn a_second_supervisor_on_a_live_socket_refuses_to_start_and_a_stale_socke
     let mut second = Supervisor::start(&[("AIHUMMER_SUPERVISOR_SOCKET", &socket)]);
     let exit = second.wait_exit(Duration::from_secs(10)).await;
     assert_eq!(exit.code(), Some(1));
-    assert!(second.logs().contains(&format!("another supervisor (pid {}) is already running", first.pid())), "{}", second.logs());
+    assert!(
+        second.logs().contains(&format!(
+            "another supervisor (pid {}) is already running",
+            first.pid()
+        )),
+        "{}",
+        second.logs()
+    );
     status_answers(&first).await;
 
     // A supervisor that died without cleaning up leaves its socket file; the next one
@@ -178,11 +229,22 @@ async fn sighup_runs_an_update_check_that_reports_no_update_source_yet() {
     let supervisor = Supervisor::start(&[]);
     let gateway = supervisor.wait_serving(Duration::from_secs(30)).await;
     supervisor.signal(nix::sys::signal::Signal::SIGHUP);
-    let result = aihummer_tests::wait_for(Duration::from_secs(5), "the update check to be recorded", || async {
-        let status = supervisor.status().await?;
-        status["update"]["last_result"].as_str().map(str::to_string)
-    })
+    let result = aihummer_tests::wait_for(
+        Duration::from_secs(5),
+        "the update check to be recorded",
+        || async {
+            let status = supervisor.status().await?;
+            status["update"]["last_result"].as_str().map(str::to_string)
+        },
+    )
     .await;
-    assert!(result.contains("no update source is configured"), "{result}");
-    assert_eq!(supervisor.status().await.expect("status")["active"]["pid"], gateway, "nothing else changed");
+    assert!(
+        result.contains("no update source is configured"),
+        "{result}"
+    );
+    assert_eq!(
+        supervisor.status().await.expect("status")["active"]["pid"],
+        gateway,
+        "nothing else changed"
+    );
 }

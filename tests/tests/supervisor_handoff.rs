@@ -4,8 +4,8 @@
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
-use aihummer_tests::TestDb;
-use aihummer_tests::supervisor::{Load, Supervisor, alive};
+use aihummer_tests::supervisor::{Load, Supervisor, alive, rss_kib};
+use aihummer_tests::{TestDb, wait_for};
 use serde_json::Value;
 use tokio::time::Instant;
 
@@ -17,6 +17,7 @@ async fn twenty_restarts_under_steady_load_fail_no_request_and_every_answer_come
     let db = TestDb::create().await;
     let supervisor = Supervisor::start(&[("AIHUMMER_DATABASE_URL", &db.url())]);
     let first = supervisor.wait_serving(Duration::from_secs(30)).await;
+    let idle_rss = rss_kib(supervisor.pid()).expect("supervisor VmRSS");
 
     // 24 workers on keep-alive connections, 8 opening a fresh connection per request.
     let load = Load::start(&supervisor.url("/v1/ping"), 24, 8, 50_000);
@@ -25,6 +26,14 @@ async fn twenty_restarts_under_steady_load_fail_no_request_and_every_answer_come
     let mut gone_at: HashMap<u32, Instant> = HashMap::new();
     let mut durations = Vec::new();
     for round in 0..RESTARTS {
+        // Each gateway takes a share of the load before it is replaced.
+        let current = *gateways.last().expect("a gateway");
+        wait_for(
+            Duration::from_secs(10),
+            "the active gateway to serve the load",
+            || async { (load.served_by(current) >= 200).then_some(()) },
+        )
+        .await;
         let out = supervisor.cli(&["restart", "--json"]).await;
         let returned = Instant::now();
         assert!(
@@ -36,8 +45,15 @@ async fn twenty_restarts_under_steady_load_fail_no_request_and_every_answer_come
         let report: Value = serde_json::from_slice(&out.stdout).expect("restart --json output");
         let old = report["old_pid"].as_u64().expect("old_pid") as u32;
         let new = report["new_pid"].as_u64().expect("new_pid") as u32;
-        assert_eq!(Some(&old), gateways.last(), "round {round} replaced the active gateway");
-        assert!(!alive(old), "the old gateway {old} is gone when restart returns");
+        assert_eq!(
+            Some(&old),
+            gateways.last(),
+            "round {round} replaced the active gateway"
+        );
+        assert!(
+            !alive(old),
+            "the old gateway {old} is gone when restart returns"
+        );
         assert!(alive(new), "the new gateway {new} runs");
         gone_at.insert(old, returned);
         gateways.push(new);
@@ -45,7 +61,10 @@ async fn twenty_restarts_under_steady_load_fail_no_request_and_every_answer_come
     }
     let samples = load.stop().await;
 
-    let failures: Vec<_> = samples.iter().filter_map(|s| s.outcome.as_ref().err()).collect();
+    let failures: Vec<_> = samples
+        .iter()
+        .filter_map(|s| s.outcome.as_ref().err())
+        .collect();
     let keep_alive = samples.iter().filter(|s| s.keep_alive).count();
     let fresh = samples.len() - keep_alive;
     let known: BTreeSet<u32> = gateways.iter().copied().collect();
@@ -64,17 +83,39 @@ async fn twenty_restarts_under_steady_load_fail_no_request_and_every_answer_come
     durations.sort_unstable();
     println!(
         "{} requests ({keep_alive} keep-alive, {fresh} fresh connections), {} failed; \
-         handoff ms: median {}, worst {}, all {durations:?}",
+         handoff ms: median {}, worst {}, all {durations:?}; supervisor VmRSS idle {idle_rss} KiB, \
+         after the run {} KiB",
         samples.len(),
         failures.len(),
         durations[durations.len() / 2],
         durations[durations.len() - 1],
+        rss_kib(supervisor.pid()).unwrap_or_default(),
     );
-    assert!(failures.is_empty(), "{} requests failed, e.g. {:?}", failures.len(), &failures[..failures.len().min(5)]);
-    assert!(strangers.is_empty(), "answers from processes the supervisor never ran: {strangers:?}");
-    assert_eq!(after_exit, 0, "requests sent after a gateway was reported gone were answered by it");
-    assert!(keep_alive > 1000 && fresh > 200, "the load was steady: {keep_alive} keep-alive, {fresh} fresh");
-    // Every gateway but the last served some of the load.
-    let served: BTreeSet<u32> = samples.iter().filter_map(|s| s.outcome.as_ref().ok().copied()).collect();
-    assert!(served.len() > RESTARTS / 2, "answers came from {} gateways", served.len());
+    assert!(
+        failures.is_empty(),
+        "{} requests failed, e.g. {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert!(
+        strangers.is_empty(),
+        "answers from processes the supervisor never ran: {strangers:?}"
+    );
+    assert_eq!(
+        after_exit, 0,
+        "requests sent after a gateway was reported gone were answered by it"
+    );
+    assert!(
+        keep_alive > 1000 && fresh > 200,
+        "the load was steady: {keep_alive} keep-alive, {fresh} fresh"
+    );
+    let served: BTreeSet<u32> = samples
+        .iter()
+        .filter_map(|s| s.outcome.as_ref().ok().copied())
+        .collect();
+    assert!(
+        served.len() > RESTARTS,
+        "every gateway served: answers came from {} gateways",
+        served.len()
+    );
 }

@@ -28,19 +28,27 @@ async fn sigterm_lets_a_slow_request_finish_then_exits_zero_leaving_no_gateway()
     // Signal only once the gateway holds the connection: one still in the listen queue
     // would be lost with the supervisor's socket, which is not what this test is about.
     let port = supervisor.addr.port();
-    wait_for(Duration::from_secs(5), "the gateway to accept the slow request", || async {
-        (accepted_connections(gateway, port) > 0).then_some(())
-    })
+    wait_for(
+        Duration::from_secs(5),
+        "the gateway to accept the slow request",
+        || async { (accepted_connections(gateway, port) > 0).then_some(()) },
+    )
     .await;
     supervisor.signal(Signal::SIGTERM);
 
-    let (status, body) = slow.await.expect("request task").expect("the slow request completes");
+    let (status, body) = slow
+        .await
+        .expect("request task")
+        .expect("the slow request completes");
     assert_eq!(status, 200);
     assert_eq!(body["pid"], gateway);
     let exit = supervisor.wait_exit(Duration::from_secs(15)).await;
     assert_eq!(exit.code(), Some(0), "log:\n{}", supervisor.logs());
     assert!(!alive(gateway), "the gateway is gone");
-    assert!(!supervisor.socket.exists(), "the control socket file is removed");
+    assert!(
+        !supervisor.socket.exists(),
+        "the control socket file is removed"
+    );
 }
 
 #[tokio::test]
@@ -49,8 +57,10 @@ async fn a_supervisor_killed_outright_leaves_no_gateway_behind() {
     let gateway = supervisor.wait_serving(Duration::from_secs(30)).await;
     supervisor.signal(Signal::SIGKILL);
     supervisor.wait_exit(Duration::from_secs(5)).await;
-    wait_for(Duration::from_secs(10), "the orphaned gateway to exit", || async {
-        (!alive(gateway)).then_some(())
-    })
+    wait_for(
+        Duration::from_secs(10),
+        "the orphaned gateway to exit",
+        || async { (!alive(gateway)).then_some(()) },
+    )
     .await;
 }

@@ -13,13 +13,16 @@ use tokio::net::UnixDatagram;
 /// Collects every datagram the supervisor sends to its `NOTIFY_SOCKET`.
 async fn notifications(socket: &UnixDatagram, seen: &mut String) {
     let mut buf = [0u8; 4096];
-    while let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(10), socket.recv(&mut buf)).await {
+    while let Ok(Ok(n)) =
+        tokio::time::timeout(Duration::from_millis(10), socket.recv(&mut buf)).await
+    {
         seen.push_str(&String::from_utf8_lossy(&buf[..n]));
     }
 }
 
 #[tokio::test]
-async fn under_systemd_the_supervisor_notifies_ready_pets_the_watchdog_and_children_inherit_neither() {
+async fn under_systemd_the_supervisor_notifies_ready_pets_the_watchdog_and_children_inherit_neither()
+ {
     let dir = tempfile::tempdir().expect("tempdir");
     let notify_path = dir.path().join("notify.sock");
     let notify = UnixDatagram::bind(&notify_path).expect("bind notify socket");
@@ -43,21 +46,38 @@ async fn under_systemd_the_supervisor_notifies_ready_pets_the_watchdog_and_child
         if ready && seen.matches("WATCHDOG=1").count() >= 2 {
             break;
         }
-        assert!(tokio::time::Instant::now() < end, "READY=1 and two WATCHDOG=1 within 10s; got {seen:?}");
+        assert!(
+            tokio::time::Instant::now() < end,
+            "READY=1 and two WATCHDOG=1 within 10s; got {seen:?}"
+        );
     }
 
     let env = environ(gateway);
     assert!(env.contains(&"LISTEN_FDS=2".to_string()), "{env:?}");
-    assert!(env.contains(&"LISTEN_FDNAMES=public:probe".to_string()), "{env:?}");
-    for private in ["NOTIFY_SOCKET=", "WATCHDOG_USEC=", "WATCHDOG_PID=", "LISTEN_PID="] {
-        assert!(!env.iter().any(|v| v.starts_with(private)), "the gateway inherited {private}: {env:?}");
+    assert!(
+        env.contains(&"LISTEN_FDNAMES=public:probe".to_string()),
+        "{env:?}"
+    );
+    for private in [
+        "NOTIFY_SOCKET=",
+        "WATCHDOG_USEC=",
+        "WATCHDOG_PID=",
+        "LISTEN_PID=",
+    ] {
+        assert!(
+            !env.iter().any(|v| v.starts_with(private)),
+            "the gateway inherited {private}: {env:?}"
+        );
     }
     // Fds 3 and 4 are its sockets; the control socket is not among its descriptors.
     let fds = socket_fds(gateway);
     let numbers: Vec<u32> = fds.iter().map(|(n, _)| *n).collect();
     assert!(numbers.contains(&3) && numbers.contains(&4), "{fds:?}");
     let control = unix_socket_inode(&supervisor.socket).expect("the control socket is listed");
-    assert!(fds.iter().all(|(_, inode)| *inode != control), "the gateway holds the control socket: {fds:?}");
+    assert!(
+        fds.iter().all(|(_, inode)| *inode != control),
+        "the gateway holds the control socket: {fds:?}"
+    );
 }
 
 #[tokio::test]
@@ -69,7 +89,11 @@ async fn a_socket_passed_by_systemd_is_the_one_the_gateways_serve_on() {
     let unused = format!("127.0.0.1:{}", aihummer_tests::free_port());
     let supervisor = Supervisor::start_with(
         dir,
-        &[("LISTEN_FDS", "1"), ("LISTEN_FDNAMES", "web"), ("AIHUMMER_GATEWAY_ADDR", &unused)],
+        &[
+            ("LISTEN_FDS", "1"),
+            ("LISTEN_FDNAMES", "web"),
+            ("AIHUMMER_GATEWAY_ADDR", &unused),
+        ],
         |cmd| {
             cmd.fd_mappings(vec![FdMapping {
                 parent_fd: OwnedFd::from(listener),
@@ -79,12 +103,25 @@ async fn a_socket_passed_by_systemd_is_the_one_the_gateways_serve_on() {
         },
     );
     let gateway = supervisor.wait_serving(Duration::from_secs(30)).await;
-    let (code, body) = get_json(&http(), &format!("http://{addr}/v1/ping")).await.expect("ping on the passed socket");
-    assert_eq!((code, body["pid"].as_u64()), (200, Some(u64::from(gateway))));
-    assert!(get_json(&http(), &format!("http://{unused}/v1/ping")).await.is_none(), "nothing binds the variable's port");
+    let (code, body) = get_json(&http(), &format!("http://{addr}/v1/ping"))
+        .await
+        .expect("ping on the passed socket");
+    assert_eq!(
+        (code, body["pid"].as_u64()),
+        (200, Some(u64::from(gateway)))
+    );
+    assert!(
+        get_json(&http(), &format!("http://{unused}/v1/ping"))
+            .await
+            .is_none(),
+        "nothing binds the variable's port"
+    );
 
     // The gateway's sockets are described afresh, not passed on from systemd's.
     let env = environ(gateway);
     assert!(env.contains(&"LISTEN_FDS=2".to_string()), "{env:?}");
-    assert!(env.contains(&"LISTEN_FDNAMES=public:probe".to_string()), "{env:?}");
+    assert!(
+        env.contains(&"LISTEN_FDNAMES=public:probe".to_string()),
+        "{env:?}"
+    );
 }
