@@ -27,6 +27,8 @@
 //! `0` success; `1` the operation failed (the reason is printed on one line); `2` bad
 //! usage; [`EXIT_NO_SUPERVISOR`] when no supervisor answers at the control socket.
 
+#![warn(missing_docs)]
+
 pub mod app;
 pub mod backoff;
 pub mod child;

@@ -41,28 +41,31 @@ enum Cmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command {
+    match cli.command {
         Cmd::Run => {
             // SAFETY: nothing has started a thread yet: clap and the code above are
             // single-threaded, and the tokio runtime is built inside `app::run`, after this.
             let inherited = unsafe { fds::take_inherited_listener() };
             logging::init();
-            app::run(inherited).context("aihummer supervisor stopped")
-        }
-        command => client(command),
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            let code = err
-                .downcast_ref::<ClientError>()
-                .map_or(1, ClientError::exit_code);
-            if code == 1 && err.downcast_ref::<ClientError>().is_none() {
-                tracing::error!(error = format!("{err:#}"), "aihummer failed");
+            match app::run(inherited) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    // The log is the supervisor's voice (journald under systemd).
+                    tracing::error!(error = %err, "aihummer supervisor stopped");
+                    ExitCode::FAILURE
+                }
             }
-            eprintln!("aihummer: {err:#}");
-            ExitCode::from(code)
         }
+        command => match client(command) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("aihummer: {err:#}");
+                let code = err
+                    .downcast_ref::<ClientError>()
+                    .map_or(1, ClientError::exit_code);
+                ExitCode::from(code)
+            }
+        },
     }
 }
 

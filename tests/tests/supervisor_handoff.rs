@@ -4,7 +4,9 @@
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
-use aihummer_tests::supervisor::{Load, Supervisor, alive, rss_kib};
+use aihummer_tests::supervisor::{
+    Load, Supervisor, alive, children_of, cli, install_script, rss_kib,
+};
 use aihummer_tests::{TestDb, wait_for};
 use serde_json::Value;
 use tokio::time::Instant;
@@ -117,5 +119,65 @@ async fn twenty_restarts_under_steady_load_fail_no_request_and_every_answer_come
         served.len() > RESTARTS,
         "every gateway served: answers came from {} gateways",
         served.len()
+    );
+}
+
+#[tokio::test]
+async fn a_restart_asked_for_during_a_handoff_joins_it_instead_of_starting_a_second_candidate() {
+    let db = TestDb::create().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let script = dir.path().join("gateway");
+    let real = aihummer_tests::binary("aihummer-gateway");
+    install_script(&script, &format!("exec {} \"$@\"", real.display()));
+    let supervisor = Supervisor::start_in(
+        dir,
+        &[
+            ("AIHUMMER_DATABASE_URL", &db.url()),
+            ("AIHUMMER_GATEWAY_BIN", script.to_str().expect("utf-8 path")),
+        ],
+    );
+    let old = supervisor.wait_serving(Duration::from_secs(30)).await;
+    // The next candidate takes a second before it starts, so the handoff lasts long
+    // enough for a second request to arrive while it runs.
+    install_script(&script, &format!("sleep 1; exec {} \"$@\"", real.display()));
+
+    let socket = supervisor.socket.clone();
+    let first = tokio::spawn(async move { cli(&socket, &["restart", "--json"]).await });
+    wait_for(
+        Duration::from_secs(5),
+        "the handoff to be under way",
+        || async {
+            let status = supervisor.status().await?;
+            (status["state"] == "handing_off").then_some(())
+        },
+    )
+    .await;
+    let second = supervisor.cli(&["restart"]).await;
+    let first = first.await.expect("first restart task");
+
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert!(
+        second.status.success(),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    let report: Value = serde_json::from_slice(&first.stdout).expect("restart --json output");
+    let new = report["new_pid"].as_u64().expect("new_pid") as u32;
+    assert_eq!(report["old_pid"], old);
+    let progress = String::from_utf8_lossy(&second.stderr);
+    assert!(progress.contains("already under way"), "{progress}");
+    let summary = String::from_utf8_lossy(&second.stdout);
+    assert!(
+        summary.contains(&format!("gateway pid {new}")),
+        "the same handoff's result: {summary}"
+    );
+    assert_eq!(
+        children_of(supervisor.pid()),
+        vec![new],
+        "one candidate was started, not two"
     );
 }
