@@ -12,24 +12,25 @@ db=aihummer_bench_startup
 
 now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
 
-# Starts the gateway, prints milliseconds until /readyz answers 200, leaves it running.
+# Starts the gateway and sets $pid and $elapsed (milliseconds until /readyz answers 200).
+# No command substitution here: the gateway would hold its output pipe open.
 start_and_time() {
     local t0
     t0=$(now_ms)
     AIHUMMER_DATABASE_URL="$server/$db" AIHUMMER_GATEWAY_ADDR="127.0.0.1:$port" AIHUMMER_LOG=warn \
-        "$bin" 2>/dev/null &
+        "$bin" >/dev/null 2>&1 &
     pid=$!
     until curl -fs "http://127.0.0.1:$port/readyz" >/dev/null 2>&1; do sleep 0.002; done
-    echo $(( $(now_ms) - t0 ))
+    elapsed=$(( $(now_ms) - t0 ))
 }
 
 stop() { kill -TERM "$pid"; wait "$pid" || true; }
 
 fresh=(); warm=()
 for _ in $(seq "$runs"); do
-    psql -q -d "$server/postgres" -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "CREATE DATABASE $db"
-    fresh+=("$(start_and_time)"); stop
-    warm+=("$(start_and_time)")
+    psql -q -d "$server/postgres" -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "CREATE DATABASE $db" 2>/dev/null
+    start_and_time; fresh+=("$elapsed"); stop
+    start_and_time; warm+=("$elapsed")
     sleep 2
     rss=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")
     stop
