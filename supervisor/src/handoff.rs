@@ -44,6 +44,16 @@ pub enum Failure {
         /// The last reason its probe gave.
         reason: String,
     },
+    /// The candidate is ready but reports another version than the one staged for it.
+    #[error("the new gateway (pid {pid}) reports version {reported}, expected {expected}")]
+    WrongVersion {
+        /// Its pid.
+        pid: u32,
+        /// The version it was started for.
+        expected: String,
+        /// The version it reported.
+        reported: String,
+    },
     /// The supervisor was asked to stop while the candidate started.
     #[error("the supervisor is stopping")]
     Stopping,
@@ -83,6 +93,7 @@ pub enum Decision {
 #[derive(Debug, Clone)]
 pub struct Gate {
     pid: u32,
+    expected_version: Option<String>,
     timeout: Duration,
     deadline: Instant,
     last_reason: String,
@@ -93,10 +104,18 @@ impl Gate {
     pub fn new(pid: u32, now: Instant, timeout: Duration) -> Self {
         Self {
             pid,
+            expected_version: None,
             timeout,
             deadline: now + timeout,
             last_reason: "no probe answered yet".into(),
         }
+    }
+
+    /// Also requires the candidate to report `version` (an update hands off to a known
+    /// version; a restart takes whatever is installed).
+    pub fn expecting_version(mut self, version: impl Into<String>) -> Self {
+        self.expected_version = Some(version.into());
+        self
     }
 
     /// The last reason the candidate gave for not being ready.
@@ -107,6 +126,19 @@ impl Gate {
     /// A probe verdict arrived at `now`.
     pub fn on_probe(&mut self, verdict: Verdict, now: Instant) -> Decision {
         match verdict {
+            Verdict::Ready { version, .. }
+                if self
+                    .expected_version
+                    .as_ref()
+                    .is_some_and(|expected| *expected != version) =>
+            {
+                // A process that answers as another version will not change its mind.
+                Decision::Fail(Failure::WrongVersion {
+                    pid: self.pid,
+                    expected: self.expected_version.clone().unwrap_or_default(),
+                    reported: version,
+                })
+            }
             Verdict::Ready {
                 version,
                 health_only,
@@ -207,6 +239,28 @@ mod tests {
         assert!(
             matches!(gate.on_probe(ready, now), Decision::Ready { version, .. } if version == "1.0.0")
         );
+    }
+
+    #[test]
+    fn a_candidate_reporting_another_version_than_expected_fails_at_once() {
+        let now = Instant::now();
+        let mut gate = Gate::new(9, now, TIMEOUT).expecting_version("1.1.0");
+        let wrong = Verdict::Ready {
+            version: "1.0.0".into(),
+            health_only: false,
+        };
+        let Decision::Fail(failure) = gate.on_probe(wrong, now) else {
+            panic!("a wrong version should fail the gate");
+        };
+        assert_eq!(
+            failure.to_string(),
+            "the new gateway (pid 9) reports version 1.0.0, expected 1.1.0"
+        );
+        let right = Verdict::Ready {
+            version: "1.1.0".into(),
+            health_only: false,
+        };
+        assert!(matches!(gate.on_probe(right, now), Decision::Ready { .. }));
     }
 
     #[test]
