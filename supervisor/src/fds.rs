@@ -70,7 +70,17 @@ pub unsafe fn take_inherited_listener() -> Result<Option<TcpListener>, FdError> 
 /// Binds the public listener. It is never accepted on here: children accept on their
 /// duplicates, and this descriptor only keeps the queue alive between children.
 pub fn bind_public(addr: SocketAddr) -> Result<TcpListener, FdError> {
-    TcpListener::bind(addr).map_err(|source| FdError::Bind { addr, source })
+    let listener = TcpListener::bind(addr).map_err(|source| FdError::Bind { addr, source })?;
+    // std listens with a backlog of 128. Between a crash and the next child that queue is
+    // all clients have, so raise it to the system's maximum: Linux applies a repeated
+    // listen() to a socket that already listens.
+    nix::sys::socket::listen(&listener, nix::sys::socket::Backlog::MAXCONN).map_err(|errno| {
+        FdError::Bind {
+            addr,
+            source: errno.into(),
+        }
+    })?;
+    Ok(listener)
 }
 
 /// The descriptors one child inherits, and where its probe listener answers.
