@@ -62,12 +62,13 @@ impl Deliverer {
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
         let this = Arc::new(self);
         let mut listener = this.listen().await;
-        let mut failures = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
+        let fresh_backoff = || Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
+        let mut failures = fresh_backoff();
         while !*stop.borrow() {
             match store::claim(&this.pool, &this.owner, BATCH, this.lease).await {
                 Ok(batch) if batch.is_empty() => this.wait(&mut listener, &mut stop).await,
                 Ok(batch) => {
-                    failures = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
+                    failures = fresh_backoff();
                     let mut round = JoinSet::new();
                     for row in batch {
                         round.spawn(this.clone().deliver(row));
