@@ -3,17 +3,39 @@
 
 use std::time::Duration;
 
-use aihummer_tests::supervisor::{Supervisor, alive, send};
-use aihummer_tests::{TestDb, http, wait_for};
+use aihummer_tests::supervisor::{Supervisor, alive, install_script, send};
+use aihummer_tests::{TestDb, binary, get_json, http, wait_for};
 use nix::sys::signal::Signal;
 use tokio::time::Instant;
+
+/// How long the replacement gateway takes before it even starts, so that the requests
+/// below certainly arrive while no gateway runs.
+const SLOW_START: Duration = Duration::from_secs(1);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_gateway_is_replaced_within_the_backoff_and_requests_meanwhile_wait_instead_of_failing()
  {
     let db = TestDb::create().await;
-    let supervisor = Supervisor::start(&[("AIHUMMER_DATABASE_URL", &db.url())]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let script = dir.path().join("gateway");
+    let real = binary("aihummer-gateway");
+    install_script(&script, &format!("exec {} \"$@\"", real.display()));
+    let supervisor = Supervisor::start_in(
+        dir,
+        &[
+            ("AIHUMMER_DATABASE_URL", &db.url()),
+            ("AIHUMMER_GATEWAY_BIN", script.to_str().expect("utf-8 path")),
+        ],
+    );
     let old = supervisor.wait_serving(Duration::from_secs(30)).await;
+    install_script(
+        &script,
+        &format!(
+            "sleep {}; exec {} \"$@\"",
+            SLOW_START.as_secs(),
+            real.display()
+        ),
+    );
 
     send(old, Signal::SIGKILL);
     let killed = Instant::now();
@@ -23,7 +45,7 @@ async fn a_killed_gateway_is_replaced_within_the_backoff_and_requests_meanwhile_
         || async { (!alive(old)).then_some(()) },
     )
     .await;
-    // Requests sent right after the kill, each on a fresh connection.
+    // Requests sent while no gateway runs, each on a fresh connection.
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(0)
         .timeout(Duration::from_secs(15))
@@ -43,14 +65,17 @@ async fn a_killed_gateway_is_replaced_within_the_backoff_and_requests_meanwhile_
             Ok::<_, String>((body["pid"].as_u64(), Instant::now()))
         }));
     }
+    let sent = Instant::now();
     let mut answered_by = Vec::new();
+    let mut first = None::<Instant>;
     let mut last = killed;
     for request in requests {
         let (pid, at) = request
             .await
             .expect("request task")
-            .expect("a request made during the restart succeeds");
+            .expect("a request made while no gateway runs succeeds");
         answered_by.push(pid.expect("pid"));
+        first = Some(first.map_or(at, |f| f.min(at)));
         last = last.max(at);
     }
     let new = answered_by[0] as u32;
@@ -59,10 +84,20 @@ async fn a_killed_gateway_is_replaced_within_the_backoff_and_requests_meanwhile_
         answered_by.iter().all(|p| *p == u64::from(new)),
         "{answered_by:?}"
     );
-    // The first restart waits 100ms; startup adds a little. Well within a few seconds.
-    let waited = last - killed;
-    println!("requests sent after the kill were answered within {waited:?}");
-    assert!(waited < Duration::from_secs(5), "{waited:?}");
+    let waited = first.expect("answers") - sent;
+    assert!(
+        waited >= SLOW_START / 2,
+        "the requests waited in the queue: {waited:?}"
+    );
+    // Backoff (100ms) plus the slow start plus the gateway's own start.
+    let recovered = last - killed;
+    println!(
+        "requests sent after the kill waited {waited:?}; all answered {recovered:?} after the kill"
+    );
+    assert!(
+        recovered < SLOW_START + Duration::from_secs(4),
+        "{recovered:?}"
+    );
 
     let serving = supervisor.wait_serving(Duration::from_secs(10)).await;
     assert_eq!(serving, new);
@@ -75,8 +110,7 @@ async fn a_killed_gateway_is_replaced_within_the_backoff_and_requests_meanwhile_
         reason.contains(&format!("gateway pid {old} exited with signal 9")),
         "{reason}"
     );
-    // Normal requests keep working.
-    let (code, _) = aihummer_tests::get_json(&http(), &supervisor.url("/v1/ping"))
+    let (code, _) = get_json(&http(), &supervisor.url("/v1/ping"))
         .await
         .expect("ping");
     assert_eq!(code, 200);
