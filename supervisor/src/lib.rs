@@ -19,6 +19,13 @@
 //! - [`cli`]: the `status`, `version` and `restart` clients.
 //! - [`notify`]: systemd notifications (`READY=1`, `STATUS=`, `WATCHDOG=1`).
 //! - [`update`]: where an update check enters; no update source exists yet.
+//! - [`manifest`]: a channel's `latest.json` parsed into a typed manifest; artifact URLs.
+//! - [`decide`]: the update decision (channels, SemVer, downgrade floor, quarantine), pure.
+//! - [`signature`]: minisign verification of `latest.json` against the pinned key.
+//! - [`fetch`]: the release CDN over HTTPS or `file://`: manifest and artifact downloads.
+//! - [`stage`]: a downloaded or bootstrap gateway verified into `versions/<version>/`.
+//! - [`install`]: the install dir: `current`/`previous` links, pruning, `state.json`.
+//! - [`publish`]: the publisher side, writing the CDN layout (`aihummer-publish`).
 //! - [`logging`]: `tracing` output, human on a terminal, JSON otherwise.
 //! - [`app`]: wires the parts together for `aihummer run`.
 //!
@@ -35,11 +42,18 @@ pub mod child;
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod decide;
 pub mod fds;
+pub mod fetch;
 pub mod handoff;
+pub mod install;
 pub mod logging;
+pub mod manifest;
 pub mod notify;
 pub mod probe;
+pub mod publish;
+pub mod signature;
+pub mod stage;
 pub mod supervise;
 pub mod update;
 

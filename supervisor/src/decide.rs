@@ -1,0 +1,523 @@
+//! The update decision: given what runs, what the CDN offers and what this install has
+//! learnt, is there a version to install? Pure; the clock is an argument.
+//!
+//! # Rules, in the order they are checked
+//!
+//! 1. The manifest's `channel` must be the channel this supervisor tracks (a mirror that
+//!    serves `beta`'s manifest under `stable/` is refused, not obeyed).
+//! 2. A manifest whose `expires` is past is refused: it may be a replayed old one.
+//! 3. Same version as the running one (by SemVer precedence, build metadata ignored):
+//!    up to date.
+//! 4. An explicit request (`aihummer update --version X`) must name the version offered.
+//! 5. A version below the running one is refused: the updater never downgrades by itself
+//!    (`aihummer rollback` is the way back).
+//! 6. A version below the highest version this install has ever trusted is refused, so a
+//!    CDN (or an attacker replaying an old, validly signed manifest) cannot walk an install
+//!    back down after a rollback either.
+//! 7. Prereleases: `stable` carries none, so a prerelease offered on `stable` is refused;
+//!    `beta`, `alfa` and `dev` carry prereleases and releases alike.
+//! 8. A running version below the manifest's `min_version` is refused: it must step
+//!    through an intermediate release first.
+//! 9. A quarantined version (one that failed its handoff or crash-looped) is refused,
+//!    unless the operator asked for exactly that version.
+//!
+//! Otherwise the offered version is the update.
+
+use std::cmp::Ordering;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+use std::time::SystemTime;
+
+use semver::Version;
+use time::OffsetDateTime;
+
+use crate::manifest::{Manifest, rfc3339};
+
+/// A release channel (`AIHUMMER_UPDATE_CHANNEL`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Channel {
+    /// Releases only.
+    Stable,
+    /// Release candidates and releases.
+    Beta,
+    /// Early previews and releases.
+    Alfa,
+    /// Every build and releases.
+    Dev,
+}
+
+/// A channel name that is not one of the four.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("AIHUMMER_UPDATE_CHANNEL={0:?} is not a channel; expected stable, beta, alfa or dev")]
+pub struct UnknownChannel(pub String);
+
+impl Channel {
+    /// The name used in URLs and manifests.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Channel::Stable => "stable",
+            Channel::Beta => "beta",
+            Channel::Alfa => "alfa",
+            Channel::Dev => "dev",
+        }
+    }
+
+    /// Whether versions with a prerelease part (`1.5.0-rc.1`) may be installed from it.
+    pub fn carries_prereleases(self) -> bool {
+        !matches!(self, Channel::Stable)
+    }
+}
+
+impl FromStr for Channel {
+    type Err = UnknownChannel;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "stable" => Ok(Channel::Stable),
+            "beta" => Ok(Channel::Beta),
+            "alfa" => Ok(Channel::Alfa),
+            "dev" => Ok(Channel::Dev),
+            other => Err(UnknownChannel(other.to_string())),
+        }
+    }
+}
+
+impl fmt::Display for Channel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Everything the decision looks at.
+#[derive(Debug, Clone, Copy)]
+pub struct Inputs<'a> {
+    /// The version of the gateway serving now.
+    pub running: &'a Version,
+    /// The verified, parsed manifest.
+    pub manifest: &'a Manifest,
+    /// The channel this supervisor tracks.
+    pub channel: Channel,
+    /// The highest version this install has trusted (persisted in the state file).
+    pub highest_trusted: Option<&'a Version>,
+    /// Quarantined versions (as written, e.g. `1.1.0`) and why.
+    pub quarantined: &'a BTreeMap<String, String>,
+    /// A version the operator asked for explicitly.
+    pub requested: Option<&'a Version>,
+    /// The current time.
+    pub now: SystemTime,
+}
+
+/// The outcome of a check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// The offered version is the running one.
+    UpToDate,
+    /// Install this version.
+    Update(Version),
+    /// The manifest cannot be acted upon; the reason says why.
+    Refused(Refusal),
+}
+
+/// Why an offered version is not installed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// The manifest was published for another channel.
+    #[error("the manifest is for channel {found:?}, but this supervisor tracks {expected}")]
+    WrongChannel {
+        /// The tracked channel.
+        expected: Channel,
+        /// The manifest's `channel`.
+        found: String,
+    },
+    /// `expires` is in the past.
+    #[error("the manifest for {version} expired at {expires}")]
+    Expired {
+        /// The offered version.
+        version: Version,
+        /// Its `expires`, RFC 3339.
+        expires: String,
+    },
+    /// The operator asked for a version the channel does not offer.
+    #[error("version {requested} was requested, but the channel offers {offered}")]
+    NotOffered {
+        /// What was asked for.
+        requested: Version,
+        /// What the manifest offers.
+        offered: Version,
+    },
+    /// The offered version is older than the running one.
+    #[error("the channel offers {offered}, older than the running {running}; not downgrading")]
+    OlderThanRunning {
+        /// What the manifest offers.
+        offered: Version,
+        /// What runs.
+        running: Version,
+    },
+    /// The offered version is below one this install already trusted.
+    #[error(
+        "the channel offers {offered}, below {highest}, the highest version already trusted; not downgrading"
+    )]
+    BelowHighestTrusted {
+        /// What the manifest offers.
+        offered: Version,
+        /// The persisted highest trusted version.
+        highest: Version,
+    },
+    /// A prerelease on a channel that carries none.
+    #[error("{version} is a prerelease, and channel {channel} carries no prereleases")]
+    Prerelease {
+        /// What the manifest offers.
+        version: Version,
+        /// The tracked channel.
+        channel: Channel,
+    },
+    /// The running version is too old to jump straight to the offered one.
+    #[error("{offered} requires at least {min_version} to be running first; {running} runs")]
+    BelowMinVersion {
+        /// What the manifest offers.
+        offered: Version,
+        /// The manifest's `min_version`.
+        min_version: Version,
+        /// What runs.
+        running: Version,
+    },
+    /// The version failed before and was quarantined.
+    #[error("{version} is quarantined ({reason}); ask for it explicitly to try it again")]
+    Quarantined {
+        /// What the manifest offers.
+        version: Version,
+        /// Why it was quarantined.
+        reason: String,
+    },
+}
+
+/// Decides what to do with a manifest. See the module doc for the rules.
+pub fn decide(inputs: Inputs<'_>) -> Decision {
+    match check(inputs) {
+        Ok(Some(version)) => Decision::Update(version),
+        Ok(None) => Decision::UpToDate,
+        Err(refusal) => Decision::Refused(refusal),
+    }
+}
+
+fn check(i: Inputs<'_>) -> Result<Option<Version>, Refusal> {
+    let m = i.manifest;
+    let offered = &m.version;
+    if m.channel != i.channel.as_str() {
+        return Err(Refusal::WrongChannel {
+            expected: i.channel,
+            found: m.channel.clone(),
+        });
+    }
+    if let Some(expires) = m.expires
+        && expires <= OffsetDateTime::from(i.now)
+    {
+        return Err(Refusal::Expired {
+            version: offered.clone(),
+            expires: rfc3339(expires),
+        });
+    }
+    if let Some(requested) = i.requested
+        && requested.cmp_precedence(offered) != Ordering::Equal
+    {
+        return Err(Refusal::NotOffered {
+            requested: requested.clone(),
+            offered: offered.clone(),
+        });
+    }
+    match offered.cmp_precedence(i.running) {
+        Ordering::Equal => return Ok(None),
+        Ordering::Less => {
+            return Err(Refusal::OlderThanRunning {
+                offered: offered.clone(),
+                running: i.running.clone(),
+            });
+        }
+        Ordering::Greater => {}
+    }
+    if let Some(highest) = i.highest_trusted
+        && offered.cmp_precedence(highest) == Ordering::Less
+    {
+        return Err(Refusal::BelowHighestTrusted {
+            offered: offered.clone(),
+            highest: highest.clone(),
+        });
+    }
+    if !offered.pre.is_empty() && !i.channel.carries_prereleases() {
+        return Err(Refusal::Prerelease {
+            version: offered.clone(),
+            channel: i.channel,
+        });
+    }
+    if let Some(min) = &m.min_version
+        && i.running.cmp_precedence(min) == Ordering::Less
+    {
+        return Err(Refusal::BelowMinVersion {
+            offered: offered.clone(),
+            min_version: min.clone(),
+            running: i.running.clone(),
+        });
+    }
+    if i.requested.is_none()
+        && let Some(reason) = i.quarantined.get(&offered.to_string())
+    {
+        return Err(Refusal::Quarantined {
+            version: offered.clone(),
+            reason: reason.clone(),
+        });
+    }
+    Ok(Some(offered.clone()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::time::Duration;
+
+    fn v(s: &str) -> Version {
+        Version::parse(s).unwrap()
+    }
+
+    fn manifest(version: &str) -> Manifest {
+        Manifest {
+            schema: 1,
+            channel: "stable".into(),
+            version: v(version),
+            published_at: OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap(),
+            expires: None,
+            min_version: None,
+            notes_url: None,
+            artifacts: BTreeMap::new(),
+        }
+    }
+
+    fn now() -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000)
+    }
+
+    struct Case {
+        running: Version,
+        manifest: Manifest,
+        channel: Channel,
+        highest: Option<Version>,
+        quarantined: BTreeMap<String, String>,
+        requested: Option<Version>,
+    }
+
+    impl Case {
+        fn new(running: &str, offered: &str) -> Self {
+            Case {
+                running: v(running),
+                manifest: manifest(offered),
+                channel: Channel::Stable,
+                highest: None,
+                quarantined: BTreeMap::new(),
+                requested: None,
+            }
+        }
+
+        fn decide(&self) -> Decision {
+            decide(Inputs {
+                running: &self.running,
+                manifest: &self.manifest,
+                channel: self.channel,
+                highest_trusted: self.highest.as_ref(),
+                quarantined: &self.quarantined,
+                requested: self.requested.as_ref(),
+                now: now(),
+            })
+        }
+    }
+
+    #[test]
+    fn a_newer_version_is_an_update() {
+        assert_eq!(
+            Case::new("1.0.0", "1.1.0").decide(),
+            Decision::Update(v("1.1.0"))
+        );
+    }
+
+    #[test]
+    fn the_same_version_is_up_to_date_even_with_other_build_metadata() {
+        assert_eq!(Case::new("1.0.0", "1.0.0").decide(), Decision::UpToDate);
+        assert_eq!(Case::new("1.0.0", "1.0.0+b7").decide(), Decision::UpToDate);
+    }
+
+    #[test]
+    fn an_older_version_is_refused() {
+        assert!(matches!(
+            Case::new("1.1.0", "1.0.0").decide(),
+            Decision::Refused(Refusal::OlderThanRunning { .. })
+        ));
+    }
+
+    #[test]
+    fn a_version_below_the_highest_trusted_is_refused() {
+        let mut c = Case::new("1.0.0", "1.1.0");
+        c.highest = Some(v("1.2.0"));
+        let Decision::Refused(r) = c.decide() else {
+            panic!()
+        };
+        assert_eq!(
+            r.to_string(),
+            "the channel offers 1.1.0, below 1.2.0, the highest version already trusted; not downgrading"
+        );
+    }
+
+    #[test]
+    fn stable_refuses_prereleases_and_other_channels_take_them() {
+        let mut c = Case::new("1.0.0", "1.1.0-rc.1");
+        assert!(matches!(
+            c.decide(),
+            Decision::Refused(Refusal::Prerelease { .. })
+        ));
+        for channel in [Channel::Beta, Channel::Alfa, Channel::Dev] {
+            c.channel = channel;
+            c.manifest.channel = channel.as_str().into();
+            assert_eq!(c.decide(), Decision::Update(v("1.1.0-rc.1")));
+        }
+    }
+
+    #[test]
+    fn a_manifest_for_another_channel_is_refused() {
+        let mut c = Case::new("1.0.0", "1.1.0");
+        c.manifest.channel = "beta".into();
+        assert!(matches!(
+            c.decide(),
+            Decision::Refused(Refusal::WrongChannel { .. })
+        ));
+    }
+
+    #[test]
+    fn an_expired_manifest_is_refused() {
+        let mut c = Case::new("1.0.0", "1.1.0");
+        c.manifest.expires = Some(OffsetDateTime::from(now() - Duration::from_secs(1)));
+        let Decision::Refused(r) = c.decide() else {
+            panic!()
+        };
+        assert!(
+            r.to_string()
+                .starts_with("the manifest for 1.1.0 expired at 2027-01-15T")
+        );
+        c.manifest.expires = Some(OffsetDateTime::from(now() + Duration::from_secs(60)));
+        assert_eq!(c.decide(), Decision::Update(v("1.1.0")));
+    }
+
+    #[test]
+    fn a_running_version_below_min_version_is_refused() {
+        let mut c = Case::new("1.0.0", "2.0.0");
+        c.manifest.min_version = Some(v("1.5.0"));
+        assert!(matches!(
+            c.decide(),
+            Decision::Refused(Refusal::BelowMinVersion { .. })
+        ));
+        c.running = v("1.5.0");
+        assert_eq!(c.decide(), Decision::Update(v("2.0.0")));
+    }
+
+    #[test]
+    fn a_quarantined_version_is_refused_unless_asked_for() {
+        let mut c = Case::new("1.0.0", "1.1.0");
+        c.quarantined
+            .insert("1.1.0".into(), "never became ready".into());
+        let Decision::Refused(r) = c.decide() else {
+            panic!()
+        };
+        assert_eq!(
+            r.to_string(),
+            "1.1.0 is quarantined (never became ready); ask for it explicitly to try it again"
+        );
+        c.requested = Some(v("1.1.0"));
+        assert_eq!(c.decide(), Decision::Update(v("1.1.0")));
+    }
+
+    #[test]
+    fn a_request_for_a_version_not_offered_is_refused() {
+        let mut c = Case::new("1.0.0", "1.1.0");
+        c.requested = Some(v("1.2.0"));
+        assert!(matches!(
+            c.decide(),
+            Decision::Refused(Refusal::NotOffered { .. })
+        ));
+    }
+
+    #[test]
+    fn channels_parse_and_unknown_ones_are_named() {
+        assert_eq!("beta".parse::<Channel>(), Ok(Channel::Beta));
+        assert_eq!(
+            "nightly".parse::<Channel>().unwrap_err().to_string(),
+            "AIHUMMER_UPDATE_CHANNEL=\"nightly\" is not a channel; expected stable, beta, alfa or dev"
+        );
+    }
+
+    fn arb_version() -> impl Strategy<Value = Version> {
+        (
+            0u64..4,
+            0u64..4,
+            0u64..4,
+            proptest::option::of("(rc|beta)\\.[0-3]"),
+        )
+            .prop_map(|(a, b, c, pre)| {
+                let mut v = Version::new(a, b, c);
+                if let Some(pre) = pre {
+                    v.pre = semver::Prerelease::new(&pre).unwrap();
+                }
+                v
+            })
+    }
+
+    fn arb_channel() -> impl Strategy<Value = Channel> {
+        prop_oneof![
+            Just(Channel::Stable),
+            Just(Channel::Beta),
+            Just(Channel::Alfa),
+            Just(Channel::Dev)
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn never_picks_a_version_not_above_running_or_below_highest_trusted_or_quarantined_unasked(
+            running in arb_version(),
+            offered in arb_version(),
+            min_version in proptest::option::of(arb_version()),
+            highest in proptest::option::of(arb_version()),
+            channel in arb_channel(),
+            manifest_channel in arb_channel(),
+            quarantine_it in any::<bool>(),
+            request in proptest::option::of(arb_version()),
+            expires_in in proptest::option::of(-100i64..100),
+        ) {
+            let mut m = manifest(&offered.to_string());
+            m.channel = manifest_channel.as_str().into();
+            m.min_version = min_version;
+            m.expires = expires_in.map(|s| OffsetDateTime::from(now()) + time::Duration::seconds(s));
+            let mut quarantined = BTreeMap::new();
+            if quarantine_it {
+                quarantined.insert(offered.to_string(), "failed".to_string());
+            }
+            let decision = decide(Inputs {
+                running: &running,
+                manifest: &m,
+                channel,
+                highest_trusted: highest.as_ref(),
+                quarantined: &quarantined,
+                requested: request.as_ref(),
+                now: now(),
+            });
+            if let Decision::Update(picked) = decision {
+                prop_assert_eq!(&picked, &offered);
+                prop_assert_eq!(picked.cmp_precedence(&running), Ordering::Greater);
+                if let Some(h) = &highest {
+                    prop_assert_ne!(picked.cmp_precedence(h), Ordering::Less);
+                }
+                prop_assert!(!quarantine_it || request.is_some());
+                prop_assert!(picked.pre.is_empty() || channel.carries_prereleases());
+                prop_assert_eq!(manifest_channel, channel);
+                prop_assert!(expires_in.is_none_or(|s| s > 0));
+            }
+        }
+    }
+}
