@@ -479,6 +479,7 @@ pub struct Delivery {
 struct ReceiverState {
     deliveries: Vec<Delivery>,
     script: std::collections::VecDeque<u16>,
+    delay: Duration,
 }
 
 /// A webhook receiver on loopback: records every POST to `/hook` and answers with the
@@ -493,10 +494,16 @@ pub struct Receiver {
 impl Receiver {
     /// Starts a receiver answering `script` in order, then 200 for ever.
     pub async fn start(script: &[u16]) -> Receiver {
+        Self::start_slow(script, Duration::ZERO).await
+    }
+
+    /// Like [`Receiver::start`], taking `delay` to answer each request.
+    pub async fn start_slow(script: &[u16], delay: Duration) -> Receiver {
         use axum::http::{HeaderMap, StatusCode};
         let state = std::sync::Arc::new(std::sync::Mutex::new(ReceiverState {
             deliveries: Vec::new(),
             script: script.iter().copied().collect(),
+            delay,
         }));
         let shared = state.clone();
         let app = axum::Router::new().route(
@@ -504,6 +511,8 @@ impl Receiver {
             axum::routing::post(move |headers: HeaderMap, body: axum::body::Bytes| {
                 let state = shared.clone();
                 async move {
+                    let delay = state.lock().expect("receiver state").delay;
+                    tokio::time::sleep(delay).await;
                     let mut state = state.lock().expect("receiver state");
                     let status = state.script.pop_front().unwrap_or(200);
                     let key = headers

@@ -312,3 +312,61 @@ async fn replies_written_through_the_app_role_stay_invisible_to_another_workspac
         .expect("select");
     assert_eq!(seen, 1);
 }
+
+#[tokio::test]
+async fn a_draining_gateway_gives_its_leases_back_so_another_delivers_without_waiting_for_them() {
+    let db = TestDb::create().await;
+    let receiver = Receiver::start_slow(&[], Duration::from_secs(4)).await;
+    let (url, hook) = (db.url(), receiver.url());
+    let mut vars = env(&url, &hook);
+    vars.retain(|(k, _)| *k != "AIHUMMER_OUTBOX_LEASE");
+    vars.push(("AIHUMMER_OUTBOX_LEASE", "60s"));
+    let mut draining = Gateway::start(&vars);
+    draining.wait_ready(Duration::from_secs(30)).await;
+    let client = http();
+    for i in 0..5 {
+        let message = json!({"channel": "sms", "external_id": format!("d-{i}"), "text": "slow"});
+        post_inbound(&client, &draining.url(""), &message, None)
+            .await
+            .expect("post");
+    }
+    let pool = db.pool().await;
+    wait_for(
+        Duration::from_secs(10),
+        "the first gateway to lease a reply",
+        || async {
+            (count(
+                &pool,
+                "SELECT count(*) FROM outbox WHERE lease_owner IS NOT NULL",
+            )
+            .await
+                > 0)
+            .then_some(())
+        },
+    )
+    .await;
+
+    draining.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(
+        draining.wait_exit(Duration::from_secs(15)).await.code(),
+        Some(0)
+    );
+    assert!(
+        draining.logs().contains("released outbox leases"),
+        "{}",
+        draining.logs()
+    );
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM outbox WHERE lease_owner IS NOT NULL"
+        )
+        .await,
+        0
+    );
+
+    // Well inside the 60s lease: the released rows are delivered by the next gateway.
+    let next = Gateway::start(&vars);
+    next.wait_ready(Duration::from_secs(30)).await;
+    until_outbox(&pool, "delivered", 5).await;
+}

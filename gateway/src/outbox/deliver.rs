@@ -1,8 +1,9 @@
 //! The delivery worker, one per gateway: claims due replies in batches under a lease,
 //! posts each to `AIHUMMER_REPLY_WEBHOOK_URL` with its `Idempotency-Key`, and records the
 //! verdict. A committed enqueue wakes it through `LISTEN`; a slow poll covers retries
-//! coming due and lost notifications. On stop it finishes the batch in hand and gives back
-//! any lease it still holds, so a handoff does not delay delivery by a lease period.
+//! coming due and lost notifications. On stop it lets attempts under way finish for a short
+//! grace, abandons the rest and gives back every lease it still holds, so a handoff does
+//! not delay delivery by a lease period.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +22,8 @@ use crate::backoff::Backoff;
 const BATCH: i64 = 32;
 /// How often the worker looks for due rows without being woken.
 const POLL: Duration = Duration::from_secs(1);
+/// How long attempts under way may still take once the worker is told to stop.
+const STOP_GRACE: Duration = Duration::from_secs(2);
 
 /// Delivers replies from the outbox.
 pub struct Deliverer {
@@ -73,7 +76,7 @@ impl Deliverer {
                     for row in batch {
                         round.spawn(this.clone().deliver(row));
                     }
-                    while round.join_next().await.is_some() {}
+                    this.finish_round(round, &mut stop).await;
                 }
                 Err(err) => {
                     let delay = failures.next_delay();
@@ -90,6 +93,32 @@ impl Deliverer {
             Ok(released) => tracing::info!(released, "released outbox leases"),
             Err(err) => {
                 tracing::warn!(error = %err, "releasing outbox leases failed; they expire by themselves")
+            }
+        }
+    }
+
+    /// Waits for a round of attempts. After a stop they get [`STOP_GRACE`] to finish; the
+    /// rest are abandoned, and their leases released by the caller, so another gateway
+    /// retries them now rather than after the lease.
+    async fn finish_round(&self, mut round: JoinSet<()>, stop: &mut watch::Receiver<bool>) {
+        let mut grace_ends = None;
+        loop {
+            let grace = async {
+                match grace_ends {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                done = round.join_next() => if done.is_none() { return },
+                _ = stop.changed(), if grace_ends.is_none() => {
+                    grace_ends = Some(tokio::time::Instant::now() + STOP_GRACE);
+                }
+                _ = grace => {
+                    tracing::info!(abandoned = round.len(), "stopping: abandoning slow reply deliveries");
+                    round.abort_all();
+                    return;
+                }
             }
         }
     }
