@@ -33,6 +33,14 @@ async fn advisory_locks(pool: &PgPool) -> i64 {
     .expect("read pg_locks")
 }
 
+/// Runs one gateway until it is ready, then stops it: the database is fully migrated.
+async fn migrate_with_a_gateway(db: &TestDb) {
+    let mut gw = Gateway::start(&[("AIHUMMER_DATABASE_URL", &db.url())]);
+    gw.wait_ready(READY).await;
+    gw.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(gw.wait_exit(Duration::from_secs(15)).await.code(), Some(0));
+}
+
 #[tokio::test]
 async fn eight_gateways_starting_at_once_all_become_ready_and_apply_each_migration_once() {
     let db = TestDb::create().await;
@@ -140,10 +148,7 @@ async fn a_failing_migration_stops_the_gateway_leaves_no_lock_and_the_next_start
 #[tokio::test]
 async fn a_migration_changed_after_it_was_applied_makes_the_gateway_refuse_to_start() {
     let db = TestDb::create().await;
-    let mut first = Gateway::start(&[("AIHUMMER_DATABASE_URL", &db.url())]);
-    first.wait_ready(READY).await;
-    first.signal(nix::sys::signal::Signal::SIGTERM);
-    first.wait_exit(Duration::from_secs(15)).await;
+    migrate_with_a_gateway(&db).await;
 
     let pool = db.pool().await;
     sqlx::query("UPDATE _sqlx_migrations SET checksum = '\\x00'::bytea WHERE version = 2")
@@ -170,10 +175,7 @@ async fn a_migration_changed_after_it_was_applied_makes_the_gateway_refuse_to_st
 #[tokio::test]
 async fn an_older_gateway_starts_and_serves_against_a_database_with_newer_migrations() {
     let db = TestDb::create().await;
-    let mut first = Gateway::start(&[("AIHUMMER_DATABASE_URL", &db.url())]);
-    first.wait_ready(READY).await;
-    first.signal(nix::sys::signal::Signal::SIGTERM);
-    first.wait_exit(Duration::from_secs(15)).await;
+    migrate_with_a_gateway(&db).await;
 
     // What a newer release would have applied: an expand-only change this binary does not
     // know, recorded the way the migrator records it.
