@@ -530,6 +530,9 @@ pub enum BindError {
     /// Something that is not a supervisor listens on the socket.
     #[error("{0} is in use by a process that does not answer as a supervisor")]
     InUse(PathBuf),
+    /// Something other than a socket exists at the path.
+    #[error("{0} exists and is not a socket; refusing to replace it")]
+    NotASocket(PathBuf),
     /// The per-user socket directory belongs to someone else.
     #[error(
         "{path} belongs to uid {owner}, not to this user; refusing to put the control socket there"
@@ -578,6 +581,15 @@ pub fn bind(path: &Path, uid: u32) -> Result<std::os::unix::net::UnixListener, B
     match std::os::unix::net::UnixStream::connect(path) {
         Ok(stream) => return Err(identify(stream, path)),
         Err(err) if err.kind() == std::io::ErrorKind::ConnectionRefused => {
+            // A misconfigured path must never cost the operator a regular file.
+            use std::os::unix::fs::FileTypeExt;
+            if !std::fs::symlink_metadata(path)
+                .map_err(io)?
+                .file_type()
+                .is_socket()
+            {
+                return Err(BindError::NotASocket(path.to_path_buf()));
+            }
             tracing::info!(path = %path.display(), "removing a stale control socket");
             std::fs::remove_file(path).map_err(io)?;
         }
