@@ -1,3 +1,7 @@
+//! `aihummer`: parses the command line, then either runs the supervisor (`run`) or acts as
+//! a client of a running one. Exit codes are chosen here, in one place: see the library's
+//! "Exit codes".
+
 use std::path::Path;
 use std::process::ExitCode;
 
