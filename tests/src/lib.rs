@@ -12,6 +12,7 @@
 //! `cargo nextest run --workspace` (or `cargo test --workspace`), which builds them first.
 
 pub mod supervisor;
+pub mod update;
 
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
