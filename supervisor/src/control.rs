@@ -925,4 +925,52 @@ mod tests {
         );
         drop(runtime);
     }
+
+    #[test]
+    fn a_regular_file_at_the_socket_path_is_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("precious.conf");
+        std::fs::write(&path, "keep me").unwrap();
+        let err = bind(&path, crate::config::current_uid()).unwrap_err();
+        assert!(matches!(err, BindError::NotASocket(_)), "{err}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "keep me");
+    }
+
+    #[tokio::test]
+    async fn past_the_connection_cap_clients_are_told_the_supervisor_is_busy() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let access = Access {
+            uid: crate::config::current_uid(),
+        };
+        tokio::spawn(serve(
+            listener,
+            Arc::new(Fake),
+            access,
+            std::future::pending(),
+        ));
+        // Silent clients hold every slot until their read timeout.
+        let mut silent = Vec::new();
+        for _ in 0..MAX_CONNECTIONS {
+            silent.push(UnixStream::connect(&path).await.unwrap());
+        }
+        let one_more = UnixStream::connect(&path).await.unwrap();
+        let message: Message = serde_json::from_str(&read_line(one_more).await).unwrap();
+        assert_eq!(error_code(message), ErrorCode::Busy);
+        // A freed slot serves again.
+        drop(silent.pop());
+        let body = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                let stream = UnixStream::connect(&path).await.unwrap();
+                match call(stream, Command::Version, |_| {}).await.unwrap() {
+                    Body::Error(e) if e.code == ErrorCode::Busy => tokio::task::yield_now().await,
+                    body => return body,
+                }
+            }
+        })
+        .await
+        .unwrap();
+        assert!(matches!(body, Body::Version(_)));
+    }
 }
