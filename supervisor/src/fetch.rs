@@ -145,6 +145,25 @@ pub enum FetchError {
     },
 }
 
+impl FetchError {
+    /// Whether trying again later may succeed (network trouble, timeouts, 5xx, 429, a body
+    /// cut short), as opposed to a refusal that repeats until someone changes something
+    /// (a bad URL, a 404, an oversized body). The update timer retries the former with
+    /// backoff and reports the latter at once.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            FetchError::Request { .. }
+            | FetchError::Timeout { .. }
+            | FetchError::Broken { .. }
+            | FetchError::Truncated { .. } => true,
+            FetchError::Status { status, .. } => {
+                status.is_server_error() || *status == StatusCode::TOO_MANY_REQUESTS
+            }
+            _ => false,
+        }
+    }
+}
+
 /// Timeouts, caps and the insecure-HTTP opt-in.
 #[derive(Debug, Clone)]
 pub struct FetchOptions {
@@ -631,6 +650,32 @@ mod tests {
         assert!(parse_base_url("file:///srv/mirror", false).is_ok());
         assert!(parse_base_url("ftp://cdn.example.com/", true).is_err());
         assert!(parse_base_url("not a url", false).is_err());
+    }
+
+    #[test]
+    fn server_errors_and_timeouts_are_transient_and_refusals_are_not() {
+        let status = |code| FetchError::Status {
+            url: "https://cdn.example.com/x".into(),
+            status: StatusCode::from_u16(code).unwrap(),
+        };
+        assert!(status(500).is_transient());
+        assert!(status(429).is_transient());
+        assert!(!status(404).is_transient());
+        assert!(
+            !FetchError::Oversized {
+                url: String::new(),
+                expected: 1
+            }
+            .is_transient()
+        );
+        assert!(
+            FetchError::Truncated {
+                url: String::new(),
+                expected: 2,
+                got: 1
+            }
+            .is_transient()
+        );
     }
 
     #[test]

@@ -19,6 +19,7 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
 use nix::fcntl::{Flock, FlockArg};
 use sha2::{Digest, Sha256};
 use tokio::task::JoinHandle;
@@ -32,6 +33,8 @@ pub enum Fault {
     Hang,
     /// Announce the full length, send only this many bytes, then drop the connection.
     Cut(usize),
+    /// Announce the full length, send this many bytes, then stall for ever.
+    Stall(usize),
     /// Serve these bytes instead of the file (with their own, correct length).
     Replace(Vec<u8>),
 }
@@ -131,17 +134,19 @@ async fn serve(State(state): State<Arc<CdnState>>, uri: Uri, headers: HeaderMap)
             return (status, "injected failure\n").into_response();
         }
         Some(Fault::Hang) => std::future::pending().await,
-        Some(Fault::Cut(n)) => {
+        Some(fault @ (Fault::Cut(n) | Fault::Stall(n))) => {
             let Some(bytes) = file() else {
                 return StatusCode::NOT_FOUND.into_response();
             };
             let total = bytes.len();
             let head = bytes::Bytes::from(bytes).slice(..n.min(total));
-            let chunks: Vec<Result<bytes::Bytes, std::io::Error>> = vec![
-                Ok(head),
-                Err(std::io::Error::other("connection cut by the test CDN")),
-            ];
-            let body = Body::from_stream(futures_util::stream::iter(chunks));
+            let head = futures_util::stream::iter([Ok::<_, std::io::Error>(head)]);
+            let body = if matches!(fault, Fault::Cut(_)) {
+                let cut = std::io::Error::other("connection cut by the test CDN");
+                Body::from_stream(head.chain(futures_util::stream::iter([Err(cut)])))
+            } else {
+                Body::from_stream(head.chain(futures_util::stream::pending()))
+            };
             return ([(header::CONTENT_LENGTH, total.to_string())], body).into_response();
         }
         Some(Fault::Replace(bytes)) => bytes,

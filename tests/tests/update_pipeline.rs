@@ -291,6 +291,36 @@ async fn a_download_cut_short_is_refused() {
 }
 
 #[tokio::test]
+async fn an_interrupted_stage_leaves_no_partial_file_and_can_be_retried() {
+    let f = Fixture::new().await;
+    f.cdn.fault(&f.artifact_path(), Fault::Stall(4_000_000));
+    // The supervisor gives up on (drops) a stage, as on shutdown: the half-written file
+    // goes with it.
+    let run = Run::default();
+    // Boxed, so that dropping it below really drops the stage (a pinned local would live
+    // to the end of the scope).
+    let mut update = Box::pin(f.update(&run));
+    tokio::select! {
+        result = &mut update => panic!("a stalled download cannot finish: {result:?}"),
+        partial = aihummer_tests::wait_for(Duration::from_secs(10), "a partial download", || async {
+            entries(&f.layout.staging_dir()).into_iter().find(|n| n.ends_with(".part"))
+        }) => eprintln!("partial download in staging/: {partial}"),
+    }
+    drop(update);
+    assert_nothing_left(&f.layout);
+    // A file left by a killed process is removed by the next stage, which succeeds.
+    let stale = f.layout.staging_dir().join("aihummer-gateway.killed.part");
+    std::fs::write(&stale, b"half a binary").unwrap();
+    let f2 = Fixture::new().await;
+    let staged = update_once(&f2.cdn.base_url(), &f.layout, &Run::default())
+        .await
+        .unwrap()
+        .expect("an update");
+    assert!(staged.is_file());
+    assert!(!stale.exists());
+}
+
+#[tokio::test]
 async fn a_truncated_artifact_is_refused() {
     let f = Fixture::new().await;
     let bytes = f.artifact_bytes();
