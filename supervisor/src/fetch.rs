@@ -316,11 +316,6 @@ impl Fetcher {
         Ok(Fetcher { client, options })
     }
 
-    /// The options in force.
-    pub fn options(&self) -> &FetchOptions {
-        &self.options
-    }
-
     fn request_error(&self, url: &Url, err: reqwest::Error) -> FetchError {
         if err.is_timeout() {
             FetchError::Timeout {

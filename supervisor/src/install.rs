@@ -180,11 +180,6 @@ impl Layout {
         Layout { root: root.into() }
     }
 
-    /// The install dir itself.
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
     /// `versions/`.
     pub fn versions_dir(&self) -> PathBuf {
         self.root.join("versions")

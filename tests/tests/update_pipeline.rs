@@ -17,7 +17,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use aihummer::decide::{Channel, Decision, Inputs, decide};
 use aihummer::fetch::{FetchOptions, Fetcher, ManifestFetch, parse_base_url};
-use aihummer::install::{Layout, State};
+use aihummer::install::{KEEP_VERSIONS, Layout, State};
 use aihummer::manifest::{self, TARGET};
 use aihummer::publish::{self, Release, SigningKey, generate_keypair};
 use aihummer::signature::{TrustedKey, verify};
@@ -225,6 +225,11 @@ async fn a_published_gateway_is_staged_into_its_version_dir_and_switched_to() {
     assert_eq!(
         f.layout.load_state().unwrap().highest_trusted,
         Some(f.version.clone())
+    );
+    // One version installed: nothing to prune, and never the current one.
+    assert_eq!(
+        f.layout.prune(KEEP_VERSIONS).unwrap(),
+        Vec::<Version>::new()
     );
     // A repeated check with the version installed and running is up to date.
     let run = Run {
