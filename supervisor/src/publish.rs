@@ -165,7 +165,10 @@ pub async fn publish(release: &Release) -> Result<Published, PublishError> {
     )?;
 
     let manifest_path = channel_dir.join("latest.json");
-    let published_at = OffsetDateTime::from(release.published_at);
+    // Whole seconds: nanoseconds in a manifest only make it harder to read.
+    let published_at = OffsetDateTime::from(release.published_at)
+        .replace_nanosecond(0)
+        .unwrap_or_else(|_| OffsetDateTime::from(release.published_at));
     let mut artifacts = existing_artifacts(&manifest_path, &release.version)?;
     artifacts.insert(
         release.target.clone(),

@@ -127,7 +127,10 @@ pub enum StageError {
         after: Duration,
     },
     /// The binary reports another version than expected.
-    #[error("{} reports {reported:?}, expected `aihummer-gateway {expected}`", binary.display())]
+    #[error(
+        "the binary for {expected} reports {reported:?}, not `aihummer-gateway {expected}` ({})",
+        binary.display()
+    )]
     WrongVersion {
         /// The binary.
         binary: PathBuf,
@@ -450,7 +453,7 @@ mod tests {
         assert_eq!(
             err.to_string(),
             format!(
-                "{} reports \"aihummer-gateway 1.2.3\", expected `aihummer-gateway 1.2.4`",
+                "the binary for 1.2.4 reports \"aihummer-gateway 1.2.3\", not `aihummer-gateway 1.2.4` ({})",
                 good.display()
             )
         );
