@@ -8,9 +8,9 @@
 //!
 //! The good path publishes the built gateway as the version it reports and pretends the
 //! running version is older, so no second build is needed; a binary "reporting the wrong
-//! version" is the same gateway published under another version. One test uses a build
-//! stamped `1.1.0` (see `aihummer_tests::update::stamped_gateway`: two minutes the first
-//! time, a no-op afterwards).
+//! version" is the same gateway published under another version. One ignored test uses a
+//! build stamped `1.1.0` (see `aihummer_tests::update::stamped_gateway`: minutes the
+//! first time, seconds afterwards).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
@@ -496,7 +496,8 @@ async fn a_hanging_cdn_times_out() {
     let quick = || Run {
         fetch: FetchOptions {
             read_timeout: Duration::from_millis(300),
-            manifest_timeout: Duration::from_secs(5),
+            // Far longer than the read timeout, so the test shows which one fired.
+            manifest_timeout: Duration::from_secs(30),
             ..Run::default().fetch
         },
         ..Run::default()
@@ -506,7 +507,7 @@ async fn a_hanging_cdn_times_out() {
     let started = Instant::now();
     f.refused(&quick(), "timed out").await;
     assert!(
-        started.elapsed() < Duration::from_secs(3),
+        started.elapsed() < Duration::from_secs(10),
         "{:?}",
         started.elapsed()
     );
@@ -584,7 +585,14 @@ async fn the_bootstrap_gateway_is_installed_under_its_own_version() {
     assert_eq!(gateway_version(&layout.binary(&version)).await, version);
 }
 
+/// Ignored by default: the first run builds a second gateway into its own target dir,
+/// about two minutes on an idle 2-core machine and over five under a parallel test run,
+/// beyond nextest's 240 s limit. Build it first
+/// (`AIHUMMER_BUILD_VERSION=1.1.0 cargo build -p aihummer-gateway --target-dir
+/// target/stamped/1.1.0`), then `cargo nextest run -p aihummer-tests --test
+/// update_pipeline --run-ignored all` takes seconds.
 #[tokio::test]
+#[ignore = "builds a gateway stamped 1.1.0 (minutes the first time); run with --run-ignored all"]
 async fn a_build_stamped_1_1_0_is_published_and_staged_as_1_1_0() {
     let bin = stamped_gateway("1.1.0");
     let f = Fixture::with(|r| {
