@@ -112,15 +112,19 @@ pub struct LastCheck {
 impl LastCheck {
     /// A check that ran at `now`.
     pub fn new(now: SystemTime, outcome: CheckOutcome) -> Self {
+        let at = OffsetDateTime::from(now);
         LastCheck {
-            at: rfc3339(OffsetDateTime::from(now)),
+            // Whole seconds: this is for people reading `status`.
+            at: rfc3339(at.replace_nanosecond(0).unwrap_or(at)),
             outcome,
         }
     }
 }
 
-/// The contents of `state.json`.
+/// The contents of `state.json`. Fields missing from the file take their defaults, so a
+/// file written by an older supervisor still loads; unknown fields are ignored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct State {
     /// Format version of this file.
     pub schema: u32,
@@ -413,6 +417,25 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("state.json")]);
+    }
+
+    #[test]
+    fn a_sparse_state_file_loads_with_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(dir.path());
+        fs::write(
+            layout.state_file(),
+            b"{\"current\": \"1.0.0\", \"later\": true}",
+        )
+        .unwrap();
+        let state = layout.load_state().unwrap();
+        assert_eq!(state.current, Some(v("1.0.0")));
+        assert!(state.quarantined.is_empty());
+        let check = LastCheck::new(
+            SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1500),
+            CheckOutcome::Failed { reason: "x".into() },
+        );
+        assert_eq!(check.at, "1970-01-01T00:00:01Z");
     }
 
     #[test]
