@@ -663,3 +663,61 @@ async fn download_throughput_on_loopback_is_measured_against_curl() {
         mib / curl_best.as_secs_f64()
     );
 }
+
+#[tokio::test]
+async fn the_publish_cli_writes_a_signed_layout_the_updater_accepts() {
+    let dir = tempfile::tempdir().unwrap();
+    let publish_bin = binary("aihummer-publish");
+    let keygen = tokio::process::Command::new(&publish_bin)
+        .args(["keygen", "--unencrypted", "--out-dir"])
+        .arg(dir.path().join("keys"))
+        .output()
+        .await
+        .unwrap();
+    assert!(keygen.status.success(), "{keygen:?}");
+    let gateway = binary("aihummer-gateway");
+    let version = gateway_version(&gateway).await;
+    let release = tokio::process::Command::new(&publish_bin)
+        .args(["release", "--channel", "stable", "--expires-in", "1h"])
+        .arg("--version")
+        .arg(version.to_string())
+        .arg("--binary")
+        .arg(&gateway)
+        .arg("--out")
+        .arg(dir.path().join("cdn"))
+        .arg("--secret-key")
+        .arg(dir.path().join("keys/aihummer-release.key"))
+        .output()
+        .await
+        .unwrap();
+    assert!(release.status.success(), "{release:?}");
+    let stdout = String::from_utf8_lossy(&release.stdout);
+    assert!(stdout.contains("latest.json.minisig"), "{stdout}");
+    let public = std::fs::read_to_string(dir.path().join("keys/aihummer-release.pub")).unwrap();
+    let cdn = Cdn::start(&dir.path().join("cdn")).await;
+    let layout = Layout::new(dir.path().join("state"));
+    let run = Run {
+        key: Some(TrustedKey::parse(&public).unwrap()),
+        ..Run::default()
+    };
+    let staged = update_once(&cdn.base_url(), &layout, &run)
+        .await
+        .unwrap()
+        .expect("an update");
+    assert_eq!(gateway_version(&staged).await, version);
+    // A mislabelled binary is refused by the publisher itself, with its reason.
+    let wrong = tokio::process::Command::new(&publish_bin)
+        .args(["release", "--version", "99.0.0", "--binary"])
+        .arg(&gateway)
+        .arg("--out")
+        .arg(dir.path().join("cdn"))
+        .output()
+        .await
+        .unwrap();
+    assert!(!wrong.status.success());
+    let stderr = String::from_utf8_lossy(&wrong.stderr);
+    assert!(
+        stderr.contains("not a gateway of version 99.0.0"),
+        "{stderr}"
+    );
+}
