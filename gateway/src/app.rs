@@ -167,9 +167,16 @@ pub async fn run(
         workspace: config.default_workspace,
         responder: Box::new(Builtin),
     });
-    let mut sockets = vec![listeners.public];
-    sockets.extend(listeners.probe);
-    let (server, addrs) = Server::start(sockets, routes::router(shared.clone(), inbound))?;
+    // Under a supervisor, the public socket is shared with the gateway serving now: take
+    // client traffic only once ready, and leave it queued for that gateway until then. The
+    // private probe answers from the first moment.
+    let supervised = listeners.probe.is_some();
+    let (open_public, public_open) = watch::channel(!supervised || !shared.full_mode);
+    let server = Server::new(routes::router(shared.clone(), inbound));
+    let mut addrs = vec![server.serve_when(listeners.public, public_open)?];
+    if let Some(probe) = listeners.probe {
+        addrs.push(server.serve(probe)?);
+    }
     tracing::info!(
         version = crate::VERSION,
         pid = shared.pid,
@@ -191,6 +198,9 @@ pub async fn run(
                 )
                 .await?;
                 shared.set_ready(pools.clone());
+                if !open_public.send_replace(true) {
+                    tracing::info!("ready: accepting client traffic on the shared socket");
+                }
                 start_background(&config, db, &pools, &shared, &background, &stop);
             }
             None => tracing::warn!(

@@ -9,7 +9,8 @@
 //!    (the supervisor, the next gateway), so queued connections are accepted there;
 //! 2. each request still arriving on an open connection is answered with
 //!    `Connection: close`, so the client moves to a fresh connection;
-//! 3. a connection is closed only after it has sat idle for [`IDLE_CLOSE`], and dropped
+//! 3. a connection is closed only after it has sat idle for [`IDLE_CLOSE`] (counted from
+//!    the drain's start at the earliest), and dropped
 //!    if a client still holds it with half-sent headers a while later;
 //! 4. whatever is still open at the drain deadline is dropped.
 
@@ -42,9 +43,11 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// at once would spin while no descriptor is free.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(500);
 
-/// Serves a router on a set of listeners until [`Server::drain`].
+/// Serves a router on listeners until [`Server::drain`].
 pub struct Server {
+    router: Router,
     drain: watch::Sender<bool>,
+    always_open: watch::Sender<bool>,
     tasks: TaskTracker,
 }
 
@@ -58,25 +61,38 @@ pub enum Drained {
 }
 
 impl Server {
-    /// Starts an accept loop on each listener. Must run inside a tokio runtime.
-    pub fn start(
-        listeners: Vec<std::net::TcpListener>,
-        router: Router,
-    ) -> std::io::Result<(Self, Vec<SocketAddr>)> {
-        let (drain, _) = watch::channel(false);
-        let tasks = TaskTracker::new();
-        let mut addrs = Vec::new();
-        for listener in listeners {
-            let listener = TcpListener::from_std(listener)?;
-            addrs.push(listener.local_addr()?);
-            tasks.spawn(accept_loop(
-                listener,
-                router.clone(),
-                drain.subscribe(),
-                tasks.clone(),
-            ));
+    /// A server for `router` with no listener yet.
+    pub fn new(router: Router) -> Self {
+        Self {
+            router,
+            drain: watch::channel(false).0,
+            always_open: watch::channel(true).0,
+            tasks: TaskTracker::new(),
         }
-        Ok((Self { drain, tasks }, addrs))
+    }
+
+    /// Accepts on `listener` from now on. Must run inside a tokio runtime.
+    pub fn serve(&self, listener: std::net::TcpListener) -> std::io::Result<SocketAddr> {
+        self.serve_when(listener, self.always_open.subscribe())
+    }
+
+    /// Accepts on `listener` once `open` turns true. Until then, connections wait in the
+    /// socket's queue, where another process holding the same socket may take them.
+    pub fn serve_when(
+        &self,
+        listener: std::net::TcpListener,
+        open: watch::Receiver<bool>,
+    ) -> std::io::Result<SocketAddr> {
+        let listener = TcpListener::from_std(listener)?;
+        let addr = listener.local_addr()?;
+        self.tasks.spawn(accept_loop(
+            listener,
+            self.router.clone(),
+            open,
+            self.drain.subscribe(),
+            self.tasks.clone(),
+        ));
+        Ok(addr)
     }
 
     /// Runs the lame-duck drain and waits for every connection, at most `deadline`.
@@ -93,9 +109,15 @@ impl Server {
 async fn accept_loop(
     listener: TcpListener,
     router: Router,
+    mut open: watch::Receiver<bool>,
     mut drain: watch::Receiver<bool>,
     tasks: TaskTracker,
 ) {
+    tokio::select! {
+        biased;
+        _ = drain.wait_for(|draining| *draining) => return,
+        opened = open.wait_for(|open| *open) => if opened.is_err() { return },
+    }
     loop {
         // `accept` is cancel-safe: a connection not yet taken stays queued for another
         // process holding the same socket.
@@ -142,6 +164,12 @@ impl Activity {
     fn begin(self: &Arc<Self>) -> Busy {
         self.in_flight.fetch_add(1, Ordering::SeqCst);
         Busy(self.clone())
+    }
+
+    fn restart_idle_clock(&self) {
+        if let Ok(mut since) = self.idle_since.lock() {
+            *since = Instant::now();
+        }
     }
 
     fn idle_for(&self, now: Instant) -> Option<Duration> {
@@ -208,6 +236,9 @@ async fn serve_connection(stream: TcpStream, router: Router, mut drain: watch::R
             changed = drain.changed(), if !lame_duck => {
                 // A dropped sender means the server is gone: treat it as a drain too.
                 lame_duck = changed.is_err() || *drain.borrow();
+                // Idle time counts from the drain's start, so a client about to reuse a
+                // connection idle until now still gets its answer (with `Connection: close`).
+                activity.restart_idle_clock();
             }
             _ = check.tick(), if lame_duck => {
                 let idle = activity.idle_for(Instant::now());

@@ -19,19 +19,27 @@ async fn accepted_connection(addr: SocketAddr) -> RawHttp {
     conn
 }
 
-/// Sends `/healthz` on `conn` until the gateway reports it is draining; returns that
-/// answer. Before the drain each answer keeps the connection open.
+/// Asks `/readyz` on `conn` back to back until the gateway answers that it drains, and
+/// returns that answer. Before the drain each answer keeps the connection open; polling
+/// without pause keeps it from ever sitting idle.
 async fn until_draining(conn: &mut RawHttp) -> aihummer_tests::RawResponse {
     let end = Instant::now() + Duration::from_secs(10);
     loop {
-        conn.send_get("/healthz").await;
-        let response = conn.read_response().await.expect("health answer");
-        if response.json()["draining"] == true {
+        conn.send_get("/readyz").await;
+        let response = conn.read_response().await.expect("readyz answer");
+        if response.json()["reason"] == "draining" {
             return response;
         }
         assert!(Instant::now() < end, "the gateway never reported draining");
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Waits until the gateway has logged the start of its drain.
+async fn drain_started(gw: &Gateway) {
+    wait_for(Duration::from_secs(10), "the drain to start", || async {
+        gw.logs().contains("\"message\":\"draining\"").then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -41,26 +49,17 @@ async fn a_slow_request_in_flight_completes_during_the_drain_and_open_connection
     gw.wait_healthy(Duration::from_secs(10)).await;
     let mut slow = accepted_connection(gw.addr).await;
     let mut watcher = accepted_connection(gw.addr).await;
-    let mut late = accepted_connection(gw.addr).await;
 
     slow.send_get("/v1/ping?delay_ms=1500").await;
     gw.signal(Signal::SIGTERM);
 
     let draining = until_draining(&mut watcher).await;
+    assert_eq!(draining.status, 503);
     assert_eq!(draining.header("connection"), Some("close"));
     assert!(
         watcher.closed_by_peer().await,
         "a connection told to close must then close"
     );
-
-    late.send_get("/readyz").await;
-    let ready = late
-        .read_response()
-        .await
-        .expect("readyz answer on an open connection");
-    assert_eq!(ready.status, 503);
-    assert_eq!(ready.json()["reason"], "draining");
-    assert_eq!(ready.header("connection"), Some("close"));
 
     let answer = slow
         .read_response()
@@ -85,10 +84,11 @@ async fn a_half_sent_request_does_not_keep_the_gateway_alive_past_the_drain_dead
 
     let started = Instant::now();
     gw.signal(Signal::SIGTERM);
-    let status = gw.wait_exit(Duration::from_secs(6)).await;
+    let status = gw.wait_exit(Duration::from_secs(15)).await;
     assert_eq!(status.code(), Some(0));
+    // Far below the 30s a client gets to send its headers: the 2s deadline applies.
     assert!(
-        started.elapsed() < Duration::from_secs(4),
+        started.elapsed() < Duration::from_secs(10),
         "took {:?}",
         started.elapsed()
     );
@@ -100,16 +100,16 @@ async fn a_request_slower_than_the_drain_deadline_is_cut_off_at_the_deadline() {
     let mut gw = Gateway::start(&[("AIHUMMER_DRAIN_TIMEOUT", "1s")]);
     gw.wait_healthy(Duration::from_secs(10)).await;
     let mut slow = accepted_connection(gw.addr).await;
-    let mut watcher = accepted_connection(gw.addr).await;
     slow.send_get("/v1/ping?delay_ms=20000").await;
 
     let started = Instant::now();
     gw.signal(Signal::SIGTERM);
-    until_draining(&mut watcher).await;
-    let status = gw.wait_exit(Duration::from_secs(8)).await;
+    drain_started(&gw).await;
+    let status = gw.wait_exit(Duration::from_secs(15)).await;
     assert_eq!(status.code(), Some(0));
+    // Far below the 20s the request would take: the 1s deadline cut it off.
     assert!(
-        started.elapsed() < Duration::from_secs(5),
+        started.elapsed() < Duration::from_secs(10),
         "took {:?}",
         started.elapsed()
     );
@@ -125,11 +125,10 @@ async fn repeated_signals_during_the_drain_are_not_a_crash() {
     let mut gw = Gateway::start(&[("AIHUMMER_DRAIN_TIMEOUT", "20s")]);
     gw.wait_healthy(Duration::from_secs(10)).await;
     let mut slow = accepted_connection(gw.addr).await;
-    let mut watcher = accepted_connection(gw.addr).await;
     slow.send_get("/v1/ping?delay_ms=1500").await;
 
     gw.signal(Signal::SIGTERM);
-    until_draining(&mut watcher).await;
+    drain_started(&gw).await;
     gw.signal(Signal::SIGTERM);
     gw.signal(Signal::SIGINT);
 
@@ -304,4 +303,70 @@ async fn a_supervised_gateway_exits_when_its_supervisor_is_killed() {
         || async { (!running(pid)).then_some(()) },
     )
     .await;
+}
+
+#[tokio::test]
+async fn a_supervised_gateway_takes_client_traffic_only_once_it_is_ready() {
+    let db = aihummer_tests::TestDb::create().await;
+    let pool = db.pool().await;
+    let mut holder = pool.acquire().await.expect("connection");
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(aihummer_gateway::migrate::LOCK_KEY)
+        .execute(&mut *holder)
+        .await
+        .expect("hold the migration lock");
+    let (public, public_addr) = loopback_listener();
+    let (probe, probe_addr) = loopback_listener();
+    let url = db.url();
+    let gw = Gateway::start_with(
+        &binary("aihummer-gateway"),
+        &[
+            ("LISTEN_FDS", "2"),
+            ("LISTEN_FDNAMES", "public:probe"),
+            ("AIHUMMER_DATABASE_URL", &url),
+        ],
+        pass(vec![public.into(), probe.into()]),
+    );
+    let readyz = format!("http://{probe_addr}/readyz");
+    wait_for(
+        Duration::from_secs(10),
+        "the probe to report the wait",
+        || async {
+            match get_json(&http(), &readyz).await {
+                Some((503, body))
+                    if body["reason"].as_str()?.contains("waiting for migrations") =>
+                {
+                    Some(())
+                }
+                _ => None,
+            }
+        },
+    )
+    .await;
+
+    // Meanwhile a client of the public socket waits in its queue: nothing answers it yet.
+    let mut client = tokio::spawn(async move {
+        let mut conn = RawHttp::connect(public_addr).await;
+        conn.send_get("/v1/ping").await;
+        conn.read_response().await
+    });
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), &mut client)
+            .await
+            .is_err(),
+        "a gateway that is not ready answered client traffic"
+    );
+
+    sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(aihummer_gateway::migrate::LOCK_KEY)
+        .execute(&mut *holder)
+        .await
+        .expect("release the migration lock");
+    let answer = tokio::time::timeout(Duration::from_secs(30), client)
+        .await
+        .expect("the queued client is served once the gateway is ready")
+        .expect("client task")
+        .expect("an answer");
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.json()["pid"], gw.pid());
 }
