@@ -5,9 +5,9 @@
 //!   `aihummer-publish`, with `ETag`/`If-None-Match`, that a test can make misbehave per
 //!   path ([`Fault`]): answer an error status, hang, cut the body short, serve other bytes.
 //! - [`stamped_gateway`]: `aihummer-gateway` built with `AIHUMMER_BUILD_VERSION`, for
-//!   suites that need a real binary reporting another version. A fresh build costs about
-//!   two minutes on a 2-core machine (its own target dir, so every dependency compiles
-//!   again); later calls reuse it. Parallel tests wait on a file lock, so it is built once.
+//!   suites that need a real binary reporting another version. Its own target dir is
+//!   seeded with the workspace's compiled dependencies, so a build costs seconds; parallel
+//!   tests wait on a file lock.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -175,14 +175,37 @@ fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// `aihummer-gateway` built with `AIHUMMER_BUILD_VERSION=version` into
-/// `target/stamped/<version>/`, built once (see the module doc for the cost).
+/// `aihummer-gateway` built with `AIHUMMER_BUILD_VERSION=version`, copied to
+/// `target/stamped/<version>/aihummer-gateway`. Every version builds in one shared target
+/// dir seeded from the workspace's own, so a build recompiles just the gateway crate. A
+/// copy newer than the workspace's own gateway binary was built from the current sources
+/// and is reused as is.
 pub fn stamped_gateway(version: &str) -> PathBuf {
     let root = workspace_root();
-    let target = root.join("target").join("stamped").join(version);
-    std::fs::create_dir_all(&target).expect("create the stamped target dir");
-    let lock = File::create(target.join(".build.lock")).expect("create the build lock");
+    let stamped = root.join("target").join("stamped");
+    let copy = stamped.join(version).join("aihummer-gateway");
+    std::fs::create_dir_all(copy.parent().expect("version dir")).expect("create the stamped dir");
+    let lock = File::create(stamped.join(".build.lock")).expect("create the build lock");
     let _lock = Flock::lock(lock, FlockArg::LockExclusive).expect("take the build lock");
+    let modified = |path: &Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
+    let sources = modified(&crate::binary("aihummer-gateway"));
+    if modified(&copy).is_some_and(|built| Some(built) > sources) {
+        return copy;
+    }
+    let target = stamped.join("build");
+    let seeded = target.join("debug");
+    if !seeded.exists() {
+        // Seeded with the workspace's own compiled dependencies, the stamped build only
+        // compiles the gateway (seconds, not minutes). Best effort: whatever is missing
+        // is simply compiled.
+        std::fs::create_dir_all(&seeded).expect("create the stamped target dir");
+        let main = crate::target_dir();
+        let _ = std::process::Command::new("cp")
+            .arg("-a")
+            .args(["deps", ".fingerprint", "build"].map(|d| main.join(d)))
+            .arg(&seeded)
+            .status();
+    }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = std::process::Command::new(cargo)
         .args(["build", "-q", "-p", "aihummer-gateway", "--target-dir"])
@@ -192,5 +215,9 @@ pub fn stamped_gateway(version: &str) -> PathBuf {
         .status()
         .expect("run cargo build");
     assert!(status.success(), "building the {version} gateway failed");
-    target.join("debug").join("aihummer-gateway")
+    let tmp = copy.with_extension("tmp");
+    std::fs::copy(target.join("debug").join("aihummer-gateway"), &tmp)
+        .expect("copy the stamped gateway");
+    std::fs::rename(&tmp, &copy).expect("move the stamped gateway into place");
+    copy
 }

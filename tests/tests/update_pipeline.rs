@@ -585,14 +585,8 @@ async fn the_bootstrap_gateway_is_installed_under_its_own_version() {
     assert_eq!(gateway_version(&layout.binary(&version)).await, version);
 }
 
-/// Ignored by default: the first run builds a second gateway into its own target dir,
-/// about two minutes on an idle 2-core machine and over five under a parallel test run,
-/// beyond nextest's 240 s limit. Build it first
-/// (`AIHUMMER_BUILD_VERSION=1.1.0 cargo build -p aihummer-gateway --target-dir
-/// target/stamped/1.1.0`), then `cargo nextest run -p aihummer-tests --test
-/// update_pipeline --run-ignored all` takes seconds.
+/// Builds a real second gateway stamped 1.1.0 (see `stamped_gateway`).
 #[tokio::test]
-#[ignore = "builds a gateway stamped 1.1.0 (minutes the first time); run with --run-ignored all"]
 async fn a_build_stamped_1_1_0_is_published_and_staged_as_1_1_0() {
     let bin = stamped_gateway("1.1.0");
     let f = Fixture::with(|r| {
