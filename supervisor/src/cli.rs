@@ -1,5 +1,6 @@
-//! The operator commands that talk to a running supervisor: `status`, `version`,
-//! `restart`. Human output is short; `--json` prints one JSON document on stdout, stable
+//! The operator commands that talk to a running supervisor (`status`, `version`,
+//! `restart`) and `update --check`, which reads the same environment as the supervisor and
+//! works without one. Human output is short; `--json` prints one JSON document on stdout, stable
 //! for scripts. Failures are a [`ClientError`] whose one-line message `main` prints.
 
 use std::path::{Path, PathBuf};
@@ -7,8 +8,14 @@ use std::time::Duration;
 
 use serde_json::json;
 
+use semver::Version;
+
+use crate::config::{ConfigError, Settings};
 use crate::control::{self, Body, CallError, Command, ErrorCode, Progress, StatusReport};
-use crate::{EXIT_NO_SUPERVISOR, VERSION};
+use crate::install::Layout;
+use crate::stage;
+use crate::updater::{Checked, Updater, UpdaterError};
+use crate::{EXIT_NO_SUPERVISOR, EXIT_UPDATE_AVAILABLE, VERSION};
 
 /// How long a `status` or `version` answer may take.
 const QUICK_ANSWER: Duration = Duration::from_secs(10);
@@ -44,6 +51,15 @@ pub enum ClientError {
     /// No answer in time.
     #[error("the supervisor did not answer within {}", humantime::format_duration(*.0))]
     Timeout(Duration),
+    /// The environment does not describe a usable setup.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The update check or install failed.
+    #[error(transparent)]
+    Update(#[from] UpdaterError),
+    /// The version of the gateway that runs could not be established.
+    #[error("cannot tell which gateway version runs: {0}")]
+    RunningVersion(String),
     /// An answer of the wrong kind.
     #[error("unexpected answer from the supervisor: {0}")]
     Unexpected(String),
@@ -177,6 +193,64 @@ pub async fn restart(path: &Path, json: bool) -> Result<(), ClientError> {
         );
     }
     Ok(())
+}
+
+/// `aihummer update --check [--json]`: asks the CDN whether a newer version than the
+/// running gateway's is offered. Returns the exit code: 0 up to date,
+/// [`EXIT_UPDATE_AVAILABLE`] when one is; a refused manifest or a failed check is an error.
+/// Needs no supervisor: it reads the same environment one would.
+pub async fn update_check(path: &Path, json: bool) -> Result<u8, ClientError> {
+    let settings = Settings::from_env()?;
+    let updater = Updater::from_settings(&settings)?;
+    let running = running_version(path, &settings).await?;
+    let checked = updater.check(&running, None).await?;
+    let (code, result, version, line) = match &checked {
+        Checked::UpToDate(version) => (
+            0,
+            "up_to_date",
+            version,
+            format!("up to date: {version} is the newest on this channel"),
+        ),
+        Checked::Available(offer) => (
+            EXIT_UPDATE_AVAILABLE,
+            "available",
+            &offer.version,
+            format!("update available: {} (running {running})", offer.version),
+        ),
+        Checked::Refused(refusal) => return Err(ClientError::Failed(refusal.to_string())),
+    };
+    if json {
+        let doc = json!({
+            "result": result,
+            "version": version.to_string(),
+            "running": running.to_string(),
+            "channel": settings.update_channel.as_str(),
+        });
+        println!("{doc}");
+    } else {
+        println!("{line}");
+    }
+    Ok(code)
+}
+
+/// The version of the gateway that runs: the running supervisor's active gateway if one
+/// answers, else the installed `current`, else what the configured binary reports.
+async fn running_version(path: &Path, settings: &Settings) -> Result<Version, ClientError> {
+    let bad = |err: &dyn std::fmt::Display| ClientError::RunningVersion(err.to_string());
+    if let Ok(Body::Version(report)) = ask(path, Command::Version, |_| {}, Some(QUICK_ANSWER)).await
+        && let Some(version) = report.gateway.and_then(|g| g.version)
+    {
+        return Version::parse(&version).map_err(|err| bad(&err));
+    }
+    if let Some(dir) = &settings.state_dir
+        && let Some(version) = Layout::new(dir).current().map_err(|err| bad(&err))?
+    {
+        return Ok(version);
+    }
+    let binary = settings.gateway_binary()?;
+    stage::smoke_test(&binary, None, stage::SMOKE_TIMEOUT)
+        .await
+        .map_err(|err| bad(&err))
 }
 
 fn to_json(value: &impl serde::Serialize) -> Result<String, ClientError> {

@@ -6,7 +6,14 @@
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::time::Duration;
+
+use url::Url;
+
+use crate::decide::{Channel, UnknownChannel};
+use crate::fetch::{self, FetchError};
+use crate::signature::{SignatureError, TrustedKey};
 
 /// Listen address when `AIHUMMER_GATEWAY_ADDR` is unset: port 8765 on all interfaces.
 pub const DEFAULT_ADDR: &str = ":8765";
@@ -17,6 +24,8 @@ pub const ROOT_SOCKET: &str = "/run/aihummer/supervisor.sock";
 pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long a gateway may drain; the gateway's own default is the same.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often a supervisor asks the CDN for a newer version (plus jitter).
+pub const DEFAULT_UPDATE_INTERVAL: Duration = Duration::from_secs(6 * 3600);
 /// The gateway's file name, in an install's version directory and beside `aihummer`.
 pub const GATEWAY_FILE: &str = "aihummer-gateway";
 
@@ -43,6 +52,26 @@ pub enum ConfigError {
         /// Why it was refused.
         reason: String,
     },
+    /// `AIHUMMER_AUTO_UPDATE` is not one of the three modes.
+    #[error("AIHUMMER_AUTO_UPDATE={0:?} is not an update mode; expected off, check or apply")]
+    UpdateMode(String),
+    /// `AIHUMMER_UPDATE_CHANNEL` is not a channel.
+    #[error(transparent)]
+    Channel(#[from] UnknownChannel),
+    /// `AIHUMMER_DOWNLOAD_BASE_URL` is not usable.
+    #[error(transparent)]
+    BaseUrl(#[from] FetchError),
+    /// `AIHUMMER_UPDATE_PUBKEY` is not a minisign public key.
+    #[error(transparent)]
+    PublicKey(#[from] SignatureError),
+    /// An update mode was asked for explicitly, but there is nowhere to update from.
+    #[error(
+        "AIHUMMER_AUTO_UPDATE={0} needs AIHUMMER_DOWNLOAD_BASE_URL (the release CDN); set it, or set AIHUMMER_AUTO_UPDATE=off"
+    )]
+    NoSource(UpdateMode),
+    /// `apply` installs into the install dir, so it needs one.
+    #[error("AIHUMMER_AUTO_UPDATE=apply needs AIHUMMER_STATE_DIR (where versions are installed)")]
+    NoStateDir,
     /// No gateway binary could be found to run.
     #[error("no gateway binary to run: {0}")]
     NoGateway(String),
@@ -65,10 +94,59 @@ pub struct Settings {
     pub ready_timeout: Duration,
     /// `AIHUMMER_DRAIN_TIMEOUT`: how long an old gateway may take to drain.
     pub drain_timeout: Duration,
-    /// `AIHUMMER_AUTO_UPDATE`, reported by `status`.
-    pub update_mode: String,
-    /// `AIHUMMER_UPDATE_CHANNEL`, reported by `status`.
-    pub update_channel: String,
+    /// `AIHUMMER_AUTO_UPDATE`, effective: [`UpdateMode::Off`] when it was left unset and
+    /// no CDN is configured.
+    pub update_mode: UpdateMode,
+    /// `AIHUMMER_UPDATE_CHANNEL`.
+    pub update_channel: Channel,
+    /// `AIHUMMER_DOWNLOAD_BASE_URL`: the release CDN; unset, nothing is checked.
+    pub download_base_url: Option<Url>,
+    /// `AIHUMMER_UPDATE_INTERVAL`: time between periodic checks (jitter is added).
+    pub update_interval: Duration,
+    /// `AIHUMMER_UPDATE_PUBKEY`: when set, manifests must be signed by this key.
+    pub update_pubkey: Option<TrustedKey>,
+}
+
+/// `AIHUMMER_AUTO_UPDATE`: what the supervisor does about newer versions on its own.
+/// `aihummer update` works in every mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpdateMode {
+    /// No periodic checks; SIGHUP checks only.
+    Off,
+    /// Periodic checks; a newer version is logged and shown in `status` (the default).
+    Check,
+    /// Periodic checks; a newer version is installed through a handoff.
+    Apply,
+}
+
+impl UpdateMode {
+    /// The name used in the variable and in `status`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpdateMode::Off => "off",
+            UpdateMode::Check => "check",
+            UpdateMode::Apply => "apply",
+        }
+    }
+}
+
+impl FromStr for UpdateMode {
+    type Err = ConfigError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "off" => Ok(UpdateMode::Off),
+            "check" => Ok(UpdateMode::Check),
+            "apply" => Ok(UpdateMode::Apply),
+            other => Err(ConfigError::UpdateMode(other.to_string())),
+        }
+    }
+}
+
+impl std::fmt::Display for UpdateMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl Settings {
@@ -94,19 +172,44 @@ impl Settings {
                 .transpose()
                 .map(|d| d.unwrap_or(default))
         };
+        let download_base_url = get("AIHUMMER_DOWNLOAD_BASE_URL")
+            .map(|v| fetch::parse_base_url(&v, false))
+            .transpose()?;
+        let state_dir = get("AIHUMMER_STATE_DIR").map(PathBuf::from);
+        // The product advises notify-only checks, so that is the default; but a default
+        // must not stop a supervisor that was never told where releases live: with no CDN
+        // it quietly means off. A mode asked for explicitly without a CDN is an error.
+        let update_mode = match get("AIHUMMER_AUTO_UPDATE") {
+            None if download_base_url.is_none() => UpdateMode::Off,
+            None => UpdateMode::Check,
+            Some(value) => match value.parse()? {
+                UpdateMode::Off => UpdateMode::Off,
+                mode if download_base_url.is_none() => return Err(ConfigError::NoSource(mode)),
+                UpdateMode::Apply if state_dir.is_none() => return Err(ConfigError::NoStateDir),
+                mode => mode,
+            },
+        };
         Ok(Self {
             addr: parse_listen_addr(&addr_value).map_err(|reason| ConfigError::Address {
                 value: addr_value.clone(),
                 reason,
             })?,
             socket: socket_path(get, uid),
-            state_dir: get("AIHUMMER_STATE_DIR").map(PathBuf::from),
+            state_dir,
             gateway_bin: get("AIHUMMER_GATEWAY_BIN").map(PathBuf::from),
             exe_dir,
             ready_timeout: duration("AIHUMMER_READY_TIMEOUT", DEFAULT_READY_TIMEOUT)?,
             drain_timeout: duration("AIHUMMER_DRAIN_TIMEOUT", DEFAULT_DRAIN_TIMEOUT)?,
-            update_mode: get("AIHUMMER_AUTO_UPDATE").unwrap_or_else(|| "off".into()),
-            update_channel: get("AIHUMMER_UPDATE_CHANNEL").unwrap_or_else(|| "stable".into()),
+            update_mode,
+            update_channel: get("AIHUMMER_UPDATE_CHANNEL")
+                .map(|v| v.parse())
+                .transpose()?
+                .unwrap_or(Channel::Stable),
+            download_base_url,
+            update_interval: duration("AIHUMMER_UPDATE_INTERVAL", DEFAULT_UPDATE_INTERVAL)?,
+            update_pubkey: get("AIHUMMER_UPDATE_PUBKEY")
+                .map(|v| TrustedKey::parse(&v))
+                .transpose()?,
         })
     }
 
@@ -220,9 +323,87 @@ mod tests {
         assert_eq!(s.ready_timeout, DEFAULT_READY_TIMEOUT);
         assert_eq!(s.drain_timeout, DEFAULT_DRAIN_TIMEOUT);
         assert_eq!(
-            (s.update_mode.as_str(), s.update_channel.as_str()),
-            ("off", "stable")
+            (s.update_mode, s.update_channel),
+            (UpdateMode::Off, Channel::Stable)
         );
+        assert_eq!(s.update_interval, DEFAULT_UPDATE_INTERVAL);
+    }
+
+    #[test]
+    fn updates_default_to_check_only_once_a_cdn_is_configured() {
+        let cdn = (
+            "AIHUMMER_DOWNLOAD_BASE_URL",
+            "https://releases.example.com/a",
+        );
+        let s = settings(&[cdn], 0).unwrap();
+        assert_eq!(s.update_mode, UpdateMode::Check);
+        assert_eq!(
+            s.download_base_url.unwrap().as_str(),
+            "https://releases.example.com/a"
+        );
+        let s = settings(
+            &[
+                cdn,
+                ("AIHUMMER_AUTO_UPDATE", "apply"),
+                ("AIHUMMER_STATE_DIR", "/var/lib/aihummer"),
+                ("AIHUMMER_UPDATE_CHANNEL", "beta"),
+                ("AIHUMMER_UPDATE_INTERVAL", "30m"),
+            ],
+            0,
+        )
+        .unwrap();
+        assert_eq!(
+            (s.update_mode, s.update_channel, s.update_interval),
+            (UpdateMode::Apply, Channel::Beta, Duration::from_secs(1800))
+        );
+    }
+
+    #[test]
+    fn each_bad_update_setting_is_an_error_naming_its_variable() {
+        let cdn = (
+            "AIHUMMER_DOWNLOAD_BASE_URL",
+            "https://releases.example.com/",
+        );
+        let cases: &[(&[(&str, &str)], &str)] = &[
+            (
+                &[cdn, ("AIHUMMER_AUTO_UPDATE", "sometimes")],
+                "AIHUMMER_AUTO_UPDATE",
+            ),
+            (
+                &[cdn, ("AIHUMMER_UPDATE_CHANNEL", "nightly")],
+                "AIHUMMER_UPDATE_CHANNEL",
+            ),
+            (
+                &[("AIHUMMER_DOWNLOAD_BASE_URL", "ftp://x/")],
+                "AIHUMMER_DOWNLOAD_BASE_URL",
+            ),
+            (
+                &[("AIHUMMER_DOWNLOAD_BASE_URL", "http://releases.example.com/")],
+                "AIHUMMER_DOWNLOAD_BASE_URL",
+            ),
+            (
+                &[cdn, ("AIHUMMER_UPDATE_INTERVAL", "often")],
+                "AIHUMMER_UPDATE_INTERVAL",
+            ),
+            (
+                &[cdn, ("AIHUMMER_UPDATE_PUBKEY", "not-a-key")],
+                "AIHUMMER_UPDATE_PUBKEY",
+            ),
+            (
+                &[("AIHUMMER_AUTO_UPDATE", "check")],
+                "AIHUMMER_DOWNLOAD_BASE_URL",
+            ),
+            (
+                &[cdn, ("AIHUMMER_AUTO_UPDATE", "apply")],
+                "AIHUMMER_STATE_DIR",
+            ),
+        ];
+        for (vars, name) in cases {
+            let err = settings(vars, 0).unwrap_err().to_string();
+            assert!(err.contains(name), "{vars:?}: {err}");
+        }
+        let off = settings(&[("AIHUMMER_AUTO_UPDATE", "off")], 0).unwrap();
+        assert_eq!(off.update_mode, UpdateMode::Off);
     }
 
     #[test]

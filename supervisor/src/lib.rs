@@ -18,7 +18,8 @@
 //! - [`control`]: the control socket's typed, versioned protocol and its server.
 //! - [`cli`]: the `status`, `version` and `restart` clients.
 //! - [`notify`]: systemd notifications (`READY=1`, `STATUS=`, `WATCHDOG=1`).
-//! - [`update`]: where an update check enters; no update source exists yet.
+//! - [`update`]: update check requests, merged while a check or a handoff runs.
+//! - [`updater`]: the update pipeline's I/O: fetch, verify, decide, stage.
 //! - [`manifest`]: a channel's `latest.json` parsed into a typed manifest; artifact URLs.
 //! - [`decide`]: the update decision (channels, SemVer, downgrade floor, quarantine), pure.
 //! - [`signature`]: minisign verification of `latest.json` against the pinned key.
@@ -32,7 +33,8 @@
 //! # Exit codes
 //!
 //! `0` success; `1` the operation failed (the reason is printed on one line); `2` bad
-//! usage; [`EXIT_NO_SUPERVISOR`] when no supervisor answers at the control socket.
+//! usage; [`EXIT_NO_SUPERVISOR`] when no supervisor answers at the control socket;
+//! [`EXIT_UPDATE_AVAILABLE`] from `aihummer update --check` when a newer version is offered.
 
 #![warn(missing_docs)]
 
@@ -56,9 +58,13 @@ pub mod signature;
 pub mod stage;
 pub mod supervise;
 pub mod update;
+pub mod updater;
 
 /// This binary's version: the package version, or `AIHUMMER_BUILD_VERSION` at build time.
 pub const VERSION: &str = env!("AIHUMMER_VERSION");
 
 /// Exit code of a client command when no supervisor is running at the control socket.
 pub const EXIT_NO_SUPERVISOR: u8 = 3;
+
+/// Exit code of `aihummer update --check` when a newer version is available.
+pub const EXIT_UPDATE_AVAILABLE: u8 = 100;

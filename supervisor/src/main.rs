@@ -35,6 +35,15 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Check the release CDN for a newer gateway (exit 0: up to date, 100: newer available).
+    Update {
+        /// Only check; print the newer version if there is one.
+        #[arg(long, required = true)]
+        check: bool,
+        /// Print one JSON document, stable for scripts.
+        #[arg(long)]
+        json: bool,
+    },
     /// Restart the gateway with a zero-downtime handoff.
     Restart {
         /// Print one JSON document, stable for scripts.
@@ -61,7 +70,7 @@ fn main() -> ExitCode {
             }
         }
         command => match client(command) {
-            Ok(()) => ExitCode::SUCCESS,
+            Ok(code) => ExitCode::from(code),
             Err(err) => {
                 eprintln!("aihummer: {err:#}");
                 let code = err
@@ -73,21 +82,22 @@ fn main() -> ExitCode {
     }
 }
 
-fn client(command: Cmd) -> anyhow::Result<()> {
+fn client(command: Cmd) -> anyhow::Result<u8> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     let path = config::socket_path_from_env();
-    runtime.block_on(run_client(command, &path))?;
-    Ok(())
+    Ok(runtime.block_on(run_client(command, &path))?)
 }
 
-async fn run_client(command: Cmd, path: &Path) -> Result<(), ClientError> {
+/// Runs a client command; the `u8` is the exit code of a command that succeeded.
+async fn run_client(command: Cmd, path: &Path) -> Result<u8, ClientError> {
     match command {
-        Cmd::Status { json } => cli::status(path, json).await,
-        Cmd::Version { json } => cli::version(path, json).await,
-        Cmd::Restart { json } => cli::restart(path, json).await,
-        Cmd::Run => Ok(()),
+        Cmd::Status { json } => cli::status(path, json).await.map(|()| 0),
+        Cmd::Version { json } => cli::version(path, json).await.map(|()| 0),
+        Cmd::Restart { json } => cli::restart(path, json).await.map(|()| 0),
+        Cmd::Update { check: _, json } => cli::update_check(path, json).await,
+        Cmd::Run => Ok(0),
     }
 }

@@ -594,8 +594,8 @@ pub fn initial_status(settings: &Settings) -> StatusReport {
         candidate: None,
         draining: None,
         update: UpdateInfo {
-            mode: settings.update_mode.clone(),
-            channel: settings.update_channel.clone(),
+            mode: settings.update_mode.as_str().into(),
+            channel: settings.update_channel.as_str().into(),
             last_check: None,
             last_result: None,
         },

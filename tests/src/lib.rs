@@ -13,6 +13,7 @@
 
 pub mod supervisor;
 pub mod update;
+pub mod updating;
 
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener};

@@ -1,0 +1,80 @@
+//! Helpers for the supervisor's self-update suites: a loopback CDN offering a published
+//! gateway, and the `aihummer` CLI run with exactly the environment a test gives it.
+
+use std::path::Path;
+use std::process::{Output, Stdio};
+use std::time::{Duration, SystemTime};
+
+use aihummer::decide::Channel;
+use aihummer::manifest::TARGET;
+use aihummer::publish::{self, Release};
+use semver::Version;
+use tempfile::TempDir;
+
+use crate::binary;
+use crate::update::Cdn;
+
+/// A loopback CDN serving a tree written by the publisher; both go away when dropped.
+pub struct Offering {
+    /// The CDN tree (`<channel>/latest.json`, artifacts).
+    pub dir: TempDir,
+    /// The server.
+    pub cdn: Cdn,
+}
+
+impl Offering {
+    /// A CDN offering `binary` as `version` on `stable`.
+    pub async fn start(binary: &Path, version: &str) -> Offering {
+        let dir = tempfile::tempdir().expect("tempdir");
+        publish_into(dir.path(), binary, version).await;
+        let cdn = Cdn::start(dir.path()).await;
+        Offering { dir, cdn }
+    }
+
+    /// Publishes another release into the same tree (replacing `latest.json`).
+    pub async fn publish(&self, binary: &Path, version: &str) {
+        publish_into(self.dir.path(), binary, version).await;
+    }
+
+    /// `AIHUMMER_DOWNLOAD_BASE_URL` for this CDN.
+    pub fn base_url(&self) -> String {
+        self.cdn.base_url()
+    }
+
+    /// The URL path of `version`'s artifact, for fault injection.
+    pub fn artifact_path(version: &str) -> String {
+        format!("/stable/{version}/aihummer-gateway-{TARGET}")
+    }
+}
+
+/// Publishes `binary` as `version` on `stable` under `out` with `aihummer-publish`'s library.
+pub async fn publish_into(out: &Path, binary: &Path, version: &str) {
+    let release = Release {
+        binary: binary.to_path_buf(),
+        version: Version::parse(version).expect("version"),
+        channel: Channel::Stable,
+        target: TARGET.to_string(),
+        out: out.to_path_buf(),
+        published_at: SystemTime::now(),
+        expires_in: Some(Duration::from_secs(3600)),
+        min_version: None,
+        notes_url: None,
+        key: None,
+        verify_binary: true,
+    };
+    publish::publish(&release).await.expect("publish");
+}
+
+/// Runs `aihummer <args>` with a clean environment plus `env` (no supervisor unless `env`
+/// names the socket of one).
+pub async fn aihummer(env: &[(&str, &str)], args: &[&str]) -> Output {
+    tokio::process::Command::new(binary("aihummer"))
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(env.iter().map(|(k, v)| (*k, *v)))
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .expect("run the aihummer CLI")
+}
