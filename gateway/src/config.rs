@@ -4,10 +4,11 @@
 //! rule is unit tested without touching global state.
 
 use std::fmt;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::str::FromStr;
 use std::time::Duration;
 
+use aihummer_common::settings;
 use reqwest::Url;
 use sqlx::postgres::PgConnectOptions;
 use uuid::Uuid;
@@ -158,10 +159,12 @@ impl Config {
             app_database: get("AIHUMMER_DB_APP_URL")
                 .map(|url| parse_database_url("AIHUMMER_DB_APP_URL", &url))
                 .transpose()?,
-            addr: parse_listen_addr(&addr_value).map_err(|reason| ConfigError::Address {
-                var: "AIHUMMER_GATEWAY_ADDR",
-                value: addr_value.clone(),
-                reason,
+            addr: settings::parse_listen_addr(&addr_value).map_err(|reason| {
+                ConfigError::Address {
+                    var: "AIHUMMER_GATEWAY_ADDR",
+                    value: addr_value.clone(),
+                    reason,
+                }
             })?,
             drain_timeout: duration("AIHUMMER_DRAIN_TIMEOUT", DEFAULT_DRAIN_TIMEOUT)?,
             inbound_secret: get("AIHUMMER_INBOUND_SECRET").map(Secret),
@@ -208,32 +211,12 @@ fn parse_database_url(var: &'static str, url: &str) -> Result<DbTarget, ConfigEr
     })
 }
 
-/// `:PORT` means every interface; `HOST:PORT` may name a host, which is resolved.
-pub fn parse_listen_addr(value: &str) -> Result<SocketAddr, String> {
-    let value = value.trim();
-    let full = match value.strip_prefix(':') {
-        Some(port) => format!("0.0.0.0:{port}"),
-        None => value.to_string(),
-    };
-    if let Ok(addr) = full.parse() {
-        return Ok(addr);
-    }
-    full.to_socket_addrs()
-        .map_err(|err| err.to_string())?
-        .next()
-        .ok_or_else(|| "the host resolves to no address".to_string())
-}
-
-/// Accepts humantime forms (`30s`, `1m 30s`, `250ms`) and bare seconds (`30`).
+/// Parses a duration variable's value.
 pub fn parse_duration(var: &'static str, value: &str) -> Result<Duration, ConfigError> {
-    let value = value.trim();
-    if let Ok(secs) = value.parse::<u64>() {
-        return Ok(Duration::from_secs(secs));
-    }
-    humantime::parse_duration(value).map_err(|err| ConfigError::Duration {
+    settings::parse_duration(value).map_err(|reason| ConfigError::Duration {
         var,
-        value: value.to_string(),
-        reason: err.to_string(),
+        value: value.trim().to_string(),
+        reason,
     })
 }
 
@@ -269,27 +252,6 @@ mod tests {
     }
 
     #[test]
-    fn listen_addresses_take_port_only_host_and_ipv6_forms() {
-        assert_eq!(
-            parse_listen_addr(":9000").unwrap(),
-            "0.0.0.0:9000".parse().unwrap()
-        );
-        assert_eq!(parse_listen_addr("127.0.0.1:0").unwrap().port(), 0);
-        assert_eq!(
-            parse_listen_addr("[::1]:80").unwrap(),
-            "[::1]:80".parse().unwrap()
-        );
-        assert!(
-            parse_listen_addr("localhost:81")
-                .unwrap()
-                .ip()
-                .is_loopback()
-        );
-        assert!(parse_listen_addr("nonsense").is_err());
-        assert!(parse_listen_addr(":99999").is_err());
-    }
-
-    #[test]
     fn a_bad_address_names_the_variable_and_the_value() {
         let err = config(&[("AIHUMMER_GATEWAY_ADDR", "port-eighty")]).unwrap_err();
         let msg = err.to_string();
@@ -297,15 +259,6 @@ mod tests {
             msg.contains("AIHUMMER_GATEWAY_ADDR") && msg.contains("port-eighty"),
             "{msg}"
         );
-    }
-
-    #[test]
-    fn durations_take_humantime_and_bare_seconds() {
-        let d = |v| parse_duration("X", v).unwrap();
-        assert_eq!(d("30"), Duration::from_secs(30));
-        assert_eq!(d("250ms"), Duration::from_millis(250));
-        assert_eq!(d("1m 30s"), Duration::from_secs(90));
-        assert!(parse_duration("X", "soon").is_err());
     }
 
     #[test]

@@ -5,7 +5,6 @@
 //! - [`config`]: the environment turned into typed settings, validated once at start.
 //! - [`listeners`]: sockets inherited systemd-style (`LISTEN_FDS`) or bound here; the only
 //!   module with `unsafe`.
-//! - [`logging`]: `tracing` output, human on a terminal, JSON otherwise.
 //! - [`state`]: the readiness phase and the draining/leader flags the routes report.
 //! - [`routes`]: the HTTP surface (`/healthz`, `/readyz`, `/v1/ping`).
 //! - [`serve`]: accepting and serving connections, and the lame-duck drain.
@@ -29,7 +28,6 @@ pub mod database;
 pub mod inbound;
 pub mod leader;
 pub mod listeners;
-pub mod logging;
 pub mod migrate;
 pub mod outbox;
 pub mod responder;

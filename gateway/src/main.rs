@@ -1,6 +1,7 @@
 use std::process::ExitCode;
 
-use aihummer_gateway::{VERSION, admin, app, config::Config, listeners, logging};
+use aihummer_common::logging;
+use aihummer_gateway::{VERSION, admin, app, config::Config, listeners};
 use clap::{Parser, Subcommand};
 
 /// AiHummer gateway: serves HTTP on AIHUMMER_GATEWAY_ADDR or on sockets inherited through

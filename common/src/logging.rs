@@ -1,8 +1,7 @@
 //! Log output: human-readable on a terminal, JSON lines otherwise (journald, files, pipes).
 //!
-//! The level comes from `AIHUMMER_LOG`, then `RUST_LOG`, else `info`. Nothing logged by
-//! this crate carries a secret: database targets print without passwords (see
-//! [`crate::config::DbTarget`]).
+//! The level comes from `AIHUMMER_LOG`, then `RUST_LOG`, else `info`, for both binaries,
+//! so one journal reads alike for the supervisor and its gateways.
 
 use std::io::IsTerminal;
 
