@@ -12,6 +12,7 @@ use crate::control::{self, Access, BindError};
 use crate::fds::{self, FdError};
 use crate::notify;
 use crate::supervise::{self, Handle, Supervisor};
+use crate::updater::{Updater, UpdaterError};
 
 /// Why the supervisor could not run.
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +26,9 @@ pub enum AppError {
     /// The control socket could not be set up.
     #[error(transparent)]
     Control(#[from] BindError),
+    /// The update pipeline could not be set up.
+    #[error(transparent)]
+    Updater(#[from] UpdaterError),
     /// The async runtime or a signal handler could not be set up.
     #[error("runtime: {0}")]
     Runtime(#[from] std::io::Error),
@@ -76,7 +80,12 @@ async fn serve(
         control = %settings.socket.display(),
         "aihummer supervisor running"
     );
-    let (supervisor, views) = Supervisor::new(settings, public, inputs);
+    let updater = match Updater::from_settings(&settings) {
+        Ok(updater) => Some(updater),
+        Err(UpdaterError::NoSource) => None,
+        Err(err) => return Err(err.into()),
+    };
+    let (supervisor, views) = Supervisor::new(settings, public, (inbox.clone(), inputs), updater);
     let handle = Arc::new(Handle::new(views.status, inbox));
     let access = Access {
         uid: config::current_uid(),

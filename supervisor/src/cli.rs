@@ -302,6 +302,9 @@ pub fn render_status(r: &StatusReport) -> String {
             _ => "never".into(),
         }
     );
+    if let Some(version) = &r.update.available {
+        out += &format!("update available: {version}\n");
+    }
     if !r.quarantined.is_empty() {
         out += &format!("quarantined: {}\n", r.quarantined.join(", "));
     }
@@ -353,6 +356,7 @@ mod tests {
                 channel: "stable".into(),
                 last_check: None,
                 last_result: None,
+                available: None,
             },
             quarantined: vec![],
             last_error: Some(Event {

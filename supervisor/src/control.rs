@@ -264,6 +264,9 @@ pub struct UpdateInfo {
     pub last_check: Option<String>,
     /// What it found.
     pub last_result: Option<String>,
+    /// A newer version the last check found and that is not installed yet.
+    #[serde(default)]
+    pub available: Option<String>,
 }
 
 /// Something that happened, and when.
@@ -721,6 +724,7 @@ mod tests {
                     channel: "stable".into(),
                     last_check: None,
                     last_result: None,
+                    available: None,
                 },
                 quarantined: vec![],
                 last_error: None,

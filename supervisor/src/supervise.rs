@@ -12,7 +12,12 @@
 //! any state ── SIGTERM/SIGINT ──► Stopping (drain every child, then exit 0)
 //! ```
 //!
-//! All inputs (signals, control requests) arrive on one inbox, so they are handled in
+//! Updates use the same handoff: a check (SIGHUP, the periodic timer) runs in its own task
+//! so a slow CDN never blocks signals or status, and its outcome comes back as an input;
+//! in `apply` mode a staged version is handed off to with the gate expecting its version,
+//! then `current` is switched. A failure before the switch quarantines that version.
+//!
+//! All inputs (signals, control requests, finished checks) arrive on one inbox, so they are handled in
 //! order and merged where the state calls for it: a restart during a handoff joins it, an
 //! update check during a handoff runs once afterwards, a second SIGTERM is ignored. The
 //! status that `aihummer status` reads is published on a watch channel, so a status
@@ -20,7 +25,11 @@
 //! [`crate::backoff`] and [`crate::update`].
 
 use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
+
+use semver::Version;
 
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -28,15 +37,17 @@ use tokio::time::Instant;
 use crate::VERSION;
 use crate::backoff::Backoff;
 use crate::child::{self, Gateway, Stopped};
-use crate::config::Settings;
+use crate::config::{Settings, UpdateMode};
 use crate::control::{
     Body, Event, GatewayInfo, GatewayState, GatewayVersion, HandoffRecord, ProcessInfo,
     RestartReport, Service, Stage, StatusReport, SupervisorState, UpdateInfo, VersionReport,
 };
 use crate::handoff::{Decision, Failure, Gate, Waiter, Waiters};
+use crate::install::{CheckOutcome, Layout};
 use crate::notify;
 use crate::probe;
 use crate::update::{self, Action};
+use crate::updater::{self, Checked, Updater};
 
 /// How often a starting gateway is probed.
 const PROBE_INTERVAL: Duration = Duration::from_millis(100);
@@ -54,6 +65,17 @@ pub enum Input {
     UpdateCheck,
     /// A client asked for a restart; progress and the result go to the waiter.
     Restart(Waiter),
+    /// An update check (and, in `apply` mode, a stage) run off the loop ended.
+    Checked(Box<updater::Run>),
+}
+
+/// A known binary to hand off to, instead of whatever `current` is.
+#[derive(Debug, Clone)]
+struct Target {
+    /// The version the candidate must report.
+    version: Version,
+    /// Its installed, versioned path.
+    binary: PathBuf,
 }
 
 /// The state a state function hands over to the next.
@@ -84,6 +106,12 @@ pub struct Supervisor {
     active_probe: watch::Sender<Option<(u32, SocketAddr)>>,
     backoff: Backoff,
     updates: update::Requests,
+    /// The update pipeline; none without a CDN.
+    updater: Option<Arc<Updater>>,
+    /// The install dir; none without `AIHUMMER_STATE_DIR`.
+    layout: Option<Layout>,
+    /// For tasks that report back (update checks).
+    sender: mpsc::UnboundedSender<Input>,
     start_waiters: Waiters,
     announced_ready: bool,
 }
@@ -97,13 +125,23 @@ pub struct Views {
 }
 
 impl Supervisor {
-    /// A supervisor serving `public`, taking its inputs from `inbox`.
+    /// A supervisor serving `public`, taking its inputs from `inbox`, into which `sender`
+    /// sends. `updater` is the update pipeline, if a CDN is configured.
     pub fn new(
         settings: Settings,
         public: TcpListener,
-        inbox: mpsc::UnboundedReceiver<Input>,
+        (sender, inbox): (mpsc::UnboundedSender<Input>, mpsc::UnboundedReceiver<Input>),
+        updater: Option<Updater>,
     ) -> (Self, Views) {
-        let (status, status_rx) = watch::channel(initial_status(&settings));
+        let layout = settings.state_dir.clone().map(Layout::new);
+        let mut initial = initial_status(&settings);
+        if let Some(layout) = &layout {
+            match layout.load_state() {
+                Ok(state) => initial.quarantined = updater::quarantine_list(&state),
+                Err(err) => tracing::warn!(error = %err, "cannot read the install state"),
+            }
+        }
+        let (status, status_rx) = watch::channel(initial);
         let (active_probe, active_rx) = watch::channel(None);
         let supervisor = Self {
             settings,
@@ -113,6 +151,9 @@ impl Supervisor {
             active_probe,
             backoff: Backoff::default(),
             updates: update::Requests::default(),
+            updater: updater.map(Arc::new),
+            layout,
+            sender,
             start_waiters: Waiters::default(),
             announced_ready: false,
         };
@@ -125,6 +166,13 @@ impl Supervisor {
 
     /// Runs until a stop signal has drained every child.
     pub async fn run(mut self) {
+        self.install_bootstrap().await;
+        if self.settings.update_mode != UpdateMode::Off {
+            tokio::spawn(update_timer(
+                self.sender.clone(),
+                self.settings.update_interval,
+            ));
+        }
         let mut state = State::Starting;
         loop {
             state = match state {
@@ -141,7 +189,7 @@ impl Supervisor {
         self.set_state(SupervisorState::Starting);
         let requested = Instant::now();
         let mut waiters = std::mem::take(&mut self.start_waiters);
-        match self.start_candidate(&mut waiters).await {
+        match self.start_candidate(&mut waiters, None).await {
             Gated::Ready(gateway) => {
                 waiters.finish(Body::Restarted(RestartReport {
                     old_pid: None,
@@ -207,7 +255,12 @@ impl Supervisor {
                     Input::Restart(waiter) => {
                         let mut waiters = Waiters::default();
                         waiters.join(waiter);
-                        return self.handing_off(gateway, waiters).await;
+                        return self.handing_off(gateway, waiters, None).await;
+                    }
+                    Input::Checked(run) => {
+                        if let Some(target) = self.on_checked(*run, true) {
+                            return self.handing_off(gateway, Waiters::default(), Some(target)).await;
+                        }
                     }
                 },
             }
@@ -234,15 +287,24 @@ impl Supervisor {
         State::BackingOff(delay)
     }
 
-    /// A handoff from `old` to a new gateway, reported to `waiters`.
-    async fn handing_off(&mut self, mut old: Gateway, mut waiters: Waiters) -> State {
+    /// A handoff from `old` to a new gateway, reported to `waiters`: to `target` when
+    /// given (an update), else to whatever is installed (a restart).
+    async fn handing_off(
+        &mut self,
+        mut old: Gateway,
+        mut waiters: Waiters,
+        target: Option<Target>,
+    ) -> State {
         let requested = Instant::now();
         self.set_state(SupervisorState::HandingOff);
         notify::status(&format!("handing off from gateway pid {}", old.pid));
-        tracing::info!(old_pid = old.pid, "handoff requested");
-        let new = match self.start_candidate(&mut waiters).await {
+        tracing::info!(old_pid = old.pid, to = ?target.as_ref().map(|t| t.version.to_string()), "handoff requested");
+        let new = match self.start_candidate(&mut waiters, target.as_ref()).await {
             Gated::Ready(new) => new,
             Gated::Failed(failure) => {
+                if let Some(target) = &target {
+                    self.quarantine(&target.version, &failure.to_string());
+                }
                 let message = format!("{failure}; the old gateway pid {} keeps serving", old.pid);
                 self.record_error(message.clone());
                 self.record_handoff(false, requested, message);
@@ -258,6 +320,9 @@ impl Supervisor {
         };
 
         // Switch: the new gateway is ready, and already accepts from the shared queue.
+        if let Some(target) = &target {
+            self.switch(&target.version);
+        }
         self.status.send_modify(|s| {
             s.active = Some(info(&new, GatewayState::Ready));
             s.candidate = None;
@@ -296,6 +361,9 @@ impl Supervisor {
                     }
                     Input::UpdateCheck => self.request_update_check(true),
                     Input::Restart(waiter) => waiters.join(waiter),
+                    Input::Checked(run) => {
+                        self.on_checked(*run, false);
+                    }
                 },
             }
         };
@@ -349,6 +417,9 @@ impl Supervisor {
                         self.start_waiters.join(waiter);
                         return State::Starting;
                     }
+                    Input::Checked(run) => {
+                        self.on_checked(*run, false);
+                    }
                 },
             }
         }
@@ -388,10 +459,13 @@ impl Supervisor {
 
     /// Spawns a gateway and gates it on its readiness. A failed candidate is stopped (and
     /// reaped) before this returns, so a failure leaves nothing behind.
-    async fn start_candidate(&mut self, waiters: &mut Waiters) -> Gated {
-        let binary = match self.settings.gateway_binary() {
-            Ok(binary) => binary,
-            Err(err) => return Gated::Failed(Failure::Spawn(err.to_string())),
+    async fn start_candidate(&mut self, waiters: &mut Waiters, target: Option<&Target>) -> Gated {
+        let binary = match target {
+            Some(target) => target.binary.clone(),
+            None => match self.settings.gateway_binary() {
+                Ok(binary) => binary,
+                Err(err) => return Gated::Failed(Failure::Spawn(err.to_string())),
+            },
         };
         let mut candidate = match Gateway::spawn(&binary, &self.public) {
             Ok(candidate) => candidate,
@@ -408,6 +482,9 @@ impl Supervisor {
             .send_modify(|s| s.candidate = Some(info(&candidate, GatewayState::Starting)));
 
         let mut gate = Gate::new(pid, Instant::now(), self.settings.ready_timeout);
+        if let Some(target) = target {
+            gate = gate.expecting_version(target.version.to_string());
+        }
         let mut tick = tokio::time::interval(PROBE_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let outcome = loop {
@@ -426,6 +503,9 @@ impl Supervisor {
                         }
                         Input::UpdateCheck => self.request_update_check(true),
                         Input::Restart(waiter) => waiters.join(waiter),
+                        Input::Checked(run) => {
+                            self.on_checked(*run, false);
+                        }
                     }
                     Decision::Wait
                 }
@@ -495,18 +575,178 @@ impl Supervisor {
         }
     }
 
+    /// Starts a check in its own task; its outcome comes back as [`Input::Checked`].
     fn check_for_update(&mut self) {
-        let result = match update::check() {
-            Ok(()) => "up to date".to_string(),
-            Err(err) => {
-                tracing::warn!(error = %err, "update check requested");
-                err.to_string()
+        let Some(updater) = self.updater.clone() else {
+            self.updates.finished();
+            self.record_check(
+                "no update source is configured (AIHUMMER_DOWNLOAD_BASE_URL is unset)".into(),
+                None,
+            );
+            return;
+        };
+        let running = self
+            .status
+            .borrow()
+            .active
+            .as_ref()
+            .and_then(|a| a.version.as_deref().map(Version::parse));
+        let running = match running {
+            Some(Ok(version)) => version,
+            Some(Err(err)) => {
+                self.updates.finished();
+                self.record_check(
+                    format!(
+                        "check failed: the gateway reports a version that is not SemVer ({err})"
+                    ),
+                    None,
+                );
+                return;
+            }
+            None => {
+                self.updates.finished();
+                self.record_check(
+                    "check failed: no gateway serves, so its version is unknown".into(),
+                    None,
+                );
+                return;
             }
         };
+        let apply = self.settings.update_mode == UpdateMode::Apply;
+        let sender = self.sender.clone();
+        tracing::info!(url = %updater.manifest_url(), %running, apply, "checking for an update");
+        tokio::spawn(async move {
+            let run = updater.run(&running, None, apply, |_, _| {}).await;
+            let _ = sender.send(Input::Checked(Box::new(run)));
+        });
+    }
+
+    /// A check ended: records it, quarantines a version whose stage failed, and returns
+    /// the handoff to run when a version was staged and `can_apply` (the supervisor is
+    /// idle). A staged version that arrives during a handoff is checked again afterwards
+    /// (staging it again finds it installed and only smoke tests it).
+    fn on_checked(&mut self, run: updater::Run, can_apply: bool) -> Option<Target> {
+        self.updates.finished();
+        let (line, available, outcome) = match &run.checked {
+            Ok(checked @ Checked::UpToDate(version)) => {
+                (format!("up to date: {version}"), None, checked.outcome())
+            }
+            Ok(checked @ Checked::Available(offer)) => (
+                format!("update available: {}", offer.version),
+                Some(offer.version.to_string()),
+                checked.outcome(),
+            ),
+            Ok(checked @ Checked::Refused(refusal)) => {
+                (format!("refused: {refusal}"), None, checked.outcome())
+            }
+            Err(err) => (
+                format!("check failed: {err}"),
+                None,
+                CheckOutcome::Failed {
+                    reason: err.to_string(),
+                },
+            ),
+        };
+        if let Some(layout) = &self.layout
+            && let Err(err) = updater::record_check(layout, outcome)
+        {
+            tracing::warn!(error = %err, "cannot record the update check in the state file");
+        }
+        self.record_check(line, available);
+        match run.staged {
+            None => None,
+            Some((version, Err(err))) => {
+                let message =
+                    format!("staging {version} failed: {err}; the running gateway keeps serving");
+                if err.blames_release() {
+                    self.quarantine(&version, &err.to_string());
+                }
+                self.record_error(message);
+                None
+            }
+            Some((version, Ok(binary))) if can_apply => {
+                tracing::info!(%version, binary = %binary.display(), "update staged; handing off");
+                Some(Target { version, binary })
+            }
+            Some((version, Ok(_))) => {
+                tracing::info!(%version, "update staged during a handoff; checking again after it");
+                self.updates.request(true);
+                None
+            }
+        }
+    }
+
+    fn record_check(&self, line: String, available: Option<String>) {
+        tracing::info!(result = %line, "update check");
         self.status.send_modify(|s| {
             s.update.last_check = Some(now());
-            s.update.last_result = Some(result);
+            s.update.last_result = Some(line);
+            s.update.available = available;
         });
+    }
+
+    /// Quarantines `version` (persisted when an install dir exists) and shows it in status.
+    fn quarantine(&self, version: &Version, reason: &str) {
+        tracing::error!(%version, %reason, "version quarantined");
+        let listed = match &self.layout {
+            Some(layout) => match updater::quarantine(layout, version, reason) {
+                Ok(state) => updater::quarantine_list(&state),
+                Err(err) => {
+                    tracing::error!(error = %err, "cannot persist the quarantine");
+                    vec![format!("{version}: {reason}")]
+                }
+            },
+            None => vec![format!("{version}: {reason}")],
+        };
+        self.status.send_modify(|s| s.quarantined = listed);
+    }
+
+    /// Points `current` at `version` after its gateway passed the gate. A failure here
+    /// leaves the new gateway serving; only a later restart would run the old `current`.
+    fn switch(&self, version: &Version) {
+        let Some(layout) = &self.layout else { return };
+        match updater::switch(layout, version) {
+            Ok(state) => {
+                tracing::info!(%version, previous = ?state.previous.map(|v| v.to_string()), "current switched");
+                self.status.send_modify(|s| s.update.available = None);
+            }
+            Err(err) => self.record_error(format!(
+                "gateway {version} serves, but switching current to it failed: {err}"
+            )),
+        }
+    }
+
+    /// On a first start with an install dir but nothing installed, installs the gateway
+    /// about to run as `versions/<its version>/` and `current`, so a rollback target exists
+    /// after the first update. A failure is logged; the gateway still runs from where it is.
+    async fn install_bootstrap(&mut self) {
+        let Some(layout) = &self.layout else { return };
+        let binary = match self.settings.gateway_binary() {
+            Ok(binary) => binary,
+            Err(err) => {
+                tracing::warn!(error = %err, "no gateway to install into the install dir");
+                return;
+            }
+        };
+        match updater::install_bootstrap(layout, &binary).await {
+            Ok(Some(version)) => {
+                tracing::info!(%version, from = %binary.display(), "installed the bootstrap gateway")
+            }
+            Ok(None) => {}
+            Err(err) => tracing::warn!(error = %err, "cannot install the bootstrap gateway"),
+        }
+    }
+}
+
+/// Asks for a check at [`update::FIRST_CHECK`], then every `interval`, each with jitter.
+async fn update_timer(inbox: mpsc::UnboundedSender<Input>, interval: Duration) {
+    let mut delay = interval.min(update::FIRST_CHECK);
+    loop {
+        tokio::time::sleep(update::jittered(delay, update::seed())).await;
+        if inbox.send(Input::UpdateCheck).is_err() {
+            return;
+        }
+        delay = interval;
     }
 }
 
@@ -598,6 +838,7 @@ pub fn initial_status(settings: &Settings) -> StatusReport {
             channel: settings.update_channel.as_str().into(),
             last_check: None,
             last_result: None,
+            available: None,
         },
         quarantined: Vec::new(),
         last_error: None,

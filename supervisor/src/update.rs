@@ -1,17 +1,11 @@
-//! Where an update check enters the supervisor.
+//! When update checks run: requests from SIGHUP, the periodic timer and the CLI, merged so
+//! that they never stack, and the timer's jittered schedule. Pure: the supervisor owns
+//! the I/O ([`crate::updater`]) and feeds the outcome back.
 //!
-//! SIGHUP (and later the update timer and `aihummer update`) asks for a check. Requests
-//! are merged: while a handoff runs, any number of them leave one check to run afterwards,
-//! and a request while a check is already pending adds nothing. The check itself arrives
-//! with the self-update work; until then it reports that no update source is configured.
+//! Merging: while a check runs, a new request joins it; while a handoff (or a start) runs,
+//! any number of requests leave one check to run afterwards.
 
-/// Why no update could be checked for.
-#[derive(Debug, thiserror::Error)]
-pub enum UpdateError {
-    /// This build has no update pipeline yet.
-    #[error("no update source is configured yet; updates are not available in this build")]
-    NoSource,
-}
+use std::time::Duration;
 
 /// What to do with a request for a check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,38 +14,67 @@ pub enum Action {
     CheckNow,
     /// A handoff runs: the check waits for it to end.
     Deferred,
-    /// A check is already waiting; this request joins it.
+    /// A check is already running or waiting; this request joins it.
     Merged,
 }
 
-/// Pending check requests, merged.
+/// Check requests: one may run, one may wait.
 #[derive(Debug, Default)]
 pub struct Requests {
     pending: bool,
+    running: bool,
 }
 
 impl Requests {
     /// Records a request; `busy` is whether a handoff or a start is under way.
     pub fn request(&mut self, busy: bool) -> Action {
-        if self.pending {
+        if self.pending || self.running {
             Action::Merged
         } else if busy {
             self.pending = true;
             Action::Deferred
         } else {
+            self.running = true;
             Action::CheckNow
         }
     }
 
-    /// Takes the deferred request, if any, once the supervisor is idle again.
+    /// Takes the deferred request, if any and no check runs, once the supervisor is idle
+    /// again; the caller then starts that check.
     pub fn take_pending(&mut self) -> bool {
-        std::mem::take(&mut self.pending)
+        if self.pending && !self.running {
+            self.pending = false;
+            self.running = true;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// The running check ended.
+    pub fn finished(&mut self) {
+        self.running = false;
     }
 }
 
-/// Checks for an update. Always [`UpdateError::NoSource`] until the update pipeline exists.
-pub fn check() -> Result<(), UpdateError> {
-    Err(UpdateError::NoSource)
+/// The delay before the first periodic check: soon after start, so an operator sees the
+/// channel's state in `status` without waiting hours, but never before the interval.
+pub const FIRST_CHECK: Duration = Duration::from_secs(60);
+
+/// `base` plus up to a tenth of it, picked by `seed` (any random number): a fleet started
+/// together spreads its CDN requests instead of arriving in the same second.
+pub fn jittered(base: Duration, seed: u64) -> Duration {
+    let spread = base / 10;
+    let nanos = u64::try_from(spread.as_nanos()).unwrap_or(u64::MAX);
+    base + Duration::from_nanos(if nanos == 0 { 0 } else { seed % nanos })
+}
+
+/// A random seed for [`jittered`] from the standard library's per-process hash keys.
+pub fn seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish()
 }
 
 #[cfg(test)]
@@ -66,6 +89,30 @@ mod tests {
         assert_eq!(r.request(false), Action::Merged);
         assert!(r.take_pending());
         assert!(!r.take_pending());
+        assert_eq!(r.request(false), Action::Merged, "the deferred check runs");
+        r.finished();
         assert_eq!(r.request(false), Action::CheckNow);
+    }
+
+    #[test]
+    fn a_request_while_a_check_runs_joins_it() {
+        let mut r = Requests::default();
+        assert_eq!(r.request(false), Action::CheckNow);
+        assert_eq!(r.request(false), Action::Merged);
+        assert_eq!(r.request(true), Action::Merged);
+        assert!(!r.take_pending(), "nothing was deferred");
+        r.finished();
+        assert_eq!(r.request(false), Action::CheckNow);
+    }
+
+    #[test]
+    fn jitter_adds_at_most_a_tenth_of_the_interval() {
+        let base = Duration::from_secs(3600);
+        for seed in [0, 1, 359_999_999_999, u64::MAX, 12_345_678_901] {
+            let d = jittered(base, seed);
+            assert!(d >= base && d < base + base / 10, "{d:?}");
+        }
+        assert_ne!(jittered(base, 1), jittered(base, 2));
+        assert_eq!(jittered(Duration::ZERO, 7), Duration::ZERO);
     }
 }

@@ -7,7 +7,7 @@
 //! a supervisor. What the bytes mean is [`crate::manifest`]'s, [`crate::signature`]'s and
 //! [`crate::decide`]'s business; this module only strings them together.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
@@ -17,7 +17,7 @@ use url::Url;
 use crate::config::Settings;
 use crate::decide::{self, Channel, Decision, Refusal};
 use crate::fetch::{FetchError, FetchOptions, Fetched, Fetcher, ManifestFetch, manifest_url};
-use crate::install::{InstallError, Layout, State};
+use crate::install::{CheckOutcome, InstallError, KEEP_VERSIONS, Layout, State};
 use crate::manifest::{self, Manifest, ManifestError, TARGET};
 use crate::signature::{self, SignatureError, TrustedKey};
 use crate::stage::{self, StageError};
@@ -249,4 +249,120 @@ impl Updater {
         )
         .await?)
     }
+}
+
+/// Waits between attempts of a check that failed for a reason that may pass (network
+/// trouble, a 5xx): three attempts in all, then the failure is reported.
+const RETRY_DELAYS: [Duration; 2] = [Duration::from_secs(2), Duration::from_secs(8)];
+
+/// What one run of the pipeline did: the check, and the stage when one was asked for and
+/// a version was available.
+#[derive(Debug)]
+pub struct Run {
+    /// The check's outcome.
+    pub checked: Result<Checked, UpdaterError>,
+    /// The version staged and where it now lies, or why staging it failed.
+    pub staged: Option<(Version, Result<PathBuf, UpdaterError>)>,
+}
+
+impl Updater {
+    /// Checks (retrying transient failures with backoff) and, when `stage` and a version is
+    /// available, stages it.
+    pub async fn run(
+        &self,
+        running: &Version,
+        requested: Option<&Version>,
+        stage: bool,
+        progress: impl FnMut(u64, u64),
+    ) -> Run {
+        let mut checked = self.check(running, requested).await;
+        for delay in RETRY_DELAYS {
+            match &checked {
+                Err(err) if err.is_transient() => {
+                    tracing::warn!(error = %err, retry_in = ?delay, "update check failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    checked = self.check(running, requested).await;
+                }
+                _ => break,
+            }
+        }
+        let staged = match &checked {
+            Ok(Checked::Available(offer)) if stage => {
+                Some((offer.version.clone(), self.stage(offer, progress).await))
+            }
+            _ => None,
+        };
+        Run { checked, staged }
+    }
+}
+
+impl Checked {
+    /// The outcome as the state file keeps it.
+    pub fn outcome(&self) -> CheckOutcome {
+        match self {
+            Checked::UpToDate(version) => CheckOutcome::UpToDate {
+                version: version.clone(),
+            },
+            Checked::Available(offer) => CheckOutcome::Available {
+                version: offer.version.clone(),
+            },
+            Checked::Refused(refusal) => CheckOutcome::Refused {
+                reason: refusal.to_string(),
+            },
+        }
+    }
+}
+
+/// Installs the gateway a first start runs (`binary`) as `versions/<its version>/` and
+/// points `current` at it, so the first update has a version to roll back to. Does
+/// nothing when `current` already exists. Returns the version installed, if any.
+pub async fn install_bootstrap(
+    layout: &Layout,
+    binary: &Path,
+) -> Result<Option<Version>, UpdaterError> {
+    if layout.current()?.is_some() {
+        return Ok(None);
+    }
+    layout.create()?;
+    let version = stage::install_bootstrap(layout, binary, stage::SMOKE_TIMEOUT).await?;
+    let mut state = layout.load_state()?;
+    layout.switch(&mut state, &version)?;
+    Ok(Some(version))
+}
+
+/// Records the last check's outcome in the state file.
+pub fn record_check(layout: &Layout, outcome: CheckOutcome) -> Result<(), InstallError> {
+    let mut state = layout.load_state()?;
+    state.last_check = Some(crate::install::LastCheck::new(SystemTime::now(), outcome));
+    layout.save_state(&state)
+}
+
+/// Quarantines `version` with `reason` in the state file; returns the new state.
+pub fn quarantine(layout: &Layout, version: &Version, reason: &str) -> Result<State, InstallError> {
+    let mut state = layout.load_state()?;
+    state.quarantine(version, reason);
+    layout.save_state(&state)?;
+    Ok(state)
+}
+
+/// After a candidate passed its gate: points `current` at `version` (the old one becomes
+/// `previous`), raises the highest trusted version, saves the state and prunes old
+/// versions. Returns the new state.
+pub fn switch(layout: &Layout, version: &Version) -> Result<State, InstallError> {
+    let mut state = layout.load_state()?;
+    layout.switch(&mut state, version)?;
+    if let Err(err) = layout.prune(KEEP_VERSIONS) {
+        // Old versions left behind cost disk, not correctness.
+        tracing::warn!(error = %err, "pruning old versions failed");
+    }
+    Ok(state)
+}
+
+/// The quarantine as `status` lists it: `version: reason`.
+pub fn quarantine_list(state: &State) -> Vec<String> {
+    state
+        .quarantined
+        .iter()
+        .map(|(version, reason)| format!("{version}: {reason}"))
+        .collect()
 }

@@ -78,3 +78,31 @@ pub async fn aihummer(env: &[(&str, &str)], args: &[&str]) -> Output {
         .await
         .expect("run the aihummer CLI")
 }
+
+/// A fake gateway release: a shell script that answers `--version` as `version` (so it
+/// passes staging's smoke test) and otherwise runs `body` (e.g. `exit 3`, `exec sleep 600`).
+pub fn fake_gateway(dir: &Path, version: &str, body: &str) -> std::path::PathBuf {
+    let path = dir.join(format!("fake-gateway-{version}"));
+    crate::supervisor::install_script(
+        &path,
+        &format!(
+            "if [ \"$1\" = --version ]; then echo 'aihummer-gateway {version}'; exit 0; fi\n{body}"
+        ),
+    );
+    path
+}
+
+/// The `version` a gateway's `/healthz` reports at `url`, if it answers.
+pub async fn healthz_version(url: &str) -> Option<String> {
+    let (_, body) = crate::get_json(&crate::http(), url).await?;
+    body["version"].as_str().map(str::to_string)
+}
+
+/// The version a symlink in the install dir (`current`, `previous`) points at.
+pub fn link_version(state: &Path, name: &str) -> Option<String> {
+    std::fs::read_link(state.join(name))
+        .ok()?
+        .file_name()?
+        .to_str()
+        .map(str::to_string)
+}
