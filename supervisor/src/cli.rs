@@ -1,5 +1,5 @@
 //! The operator commands that talk to a running supervisor (`status`, `version`,
-//! `restart`) and `update --check`, which reads the same environment as the supervisor and
+//! `restart`, `update`, `rollback`) and `update --check`, which reads the same environment as the supervisor and
 //! works without one. Human output is short; `--json` prints one JSON document on stdout, stable
 //! for scripts. Failures are a [`ClientError`] whose one-line message `main` prints.
 
@@ -11,7 +11,9 @@ use serde_json::json;
 use semver::Version;
 
 use crate::config::{ConfigError, Settings};
-use crate::control::{self, Body, CallError, Command, ErrorCode, Progress, StatusReport};
+use crate::control::{
+    self, Body, CallError, Command, ErrorCode, Progress, RestartReport, Stage, StatusReport,
+};
 use crate::install::Layout;
 use crate::stage;
 use crate::updater::{Checked, Updater, UpdaterError};
@@ -193,6 +195,117 @@ pub async fn restart(path: &Path, json: bool) -> Result<(), ClientError> {
         );
     }
     Ok(())
+}
+
+/// `aihummer update [--version X] [--json]`: the supervisor checks, downloads, verifies,
+/// stages and hands off. Progress goes to stderr: a progress bar on a terminal, plain
+/// lines otherwise. Exits 0 only once the new version serves (or nothing newer exists).
+pub async fn update(path: &Path, version: Option<String>, json: bool) -> Result<(), ClientError> {
+    let mut shown = ProgressView::new(json, "update");
+    let body = ask(path, Command::Update { version }, |p| shown.show(p), None).await;
+    shown.finish();
+    match body? {
+        Body::Restarted(report) => print_handoff(&report, json, "updated"),
+        Body::UpToDate(report) => {
+            if json {
+                println!(
+                    "{}",
+                    to_json(&json!({ "result": "up_to_date", "version": report.version }))?
+                );
+            } else {
+                println!(
+                    "up to date: {} is serving and is the newest on this channel",
+                    report.version
+                );
+            }
+            Ok(())
+        }
+        other => Err(ClientError::Unexpected(format!("{other:?}"))),
+    }
+}
+
+/// `aihummer rollback [--json]`: hands back to the previous installed version with the
+/// same zero-downtime handoff; exits 0 once it serves.
+pub async fn rollback(path: &Path, json: bool) -> Result<(), ClientError> {
+    let mut shown = ProgressView::new(json, "rollback");
+    let body = ask(path, Command::Rollback, |p| shown.show(p), None).await;
+    shown.finish();
+    match body? {
+        Body::Restarted(report) => print_handoff(&report, json, "rolled back"),
+        other => Err(ClientError::Unexpected(format!("{other:?}"))),
+    }
+}
+
+fn print_handoff(report: &RestartReport, json: bool, what: &str) -> Result<(), ClientError> {
+    if json {
+        println!("{}", to_json(report)?);
+    } else {
+        println!(
+            "{what}: gateway {} (pid {}) serving{} in {}ms",
+            report.version.as_deref().unwrap_or("unknown"),
+            report.new_pid,
+            report
+                .old_pid
+                .map(|p| format!(", old pid {p} gone"))
+                .unwrap_or_default(),
+            report.duration_ms
+        );
+    }
+    Ok(())
+}
+
+/// Shows progress events on stderr: a byte progress bar for the download when stderr is
+/// a terminal, one plain line per event otherwise, nothing with `--json`.
+struct ProgressView {
+    quiet: bool,
+    terminal: bool,
+    prefix: &'static str,
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl ProgressView {
+    fn new(json: bool, prefix: &'static str) -> Self {
+        use std::io::IsTerminal;
+        ProgressView {
+            quiet: json,
+            terminal: std::io::stderr().is_terminal(),
+            prefix,
+            bar: None,
+        }
+    }
+
+    fn show(&mut self, p: &Progress) {
+        if self.quiet {
+            return;
+        }
+        match (p.stage, p.done, p.total, self.terminal) {
+            (Stage::Downloading, Some(done), Some(total), true) => {
+                let bar = self.bar.get_or_insert_with(|| {
+                    let bar = indicatif::ProgressBar::new(total);
+                    if let Ok(style) = indicatif::ProgressStyle::with_template(
+                        "{prefix}: [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+                    ) {
+                        bar.set_style(style.progress_chars("=> "));
+                    }
+                    bar.set_prefix(self.prefix);
+                    bar
+                });
+                bar.set_position(done);
+            }
+            _ => {
+                if let Some(bar) = self.bar.take() {
+                    bar.finish();
+                }
+                eprintln!("{}: {}", self.prefix, p.message);
+            }
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish();
+        }
+    }
 }
 
 /// `aihummer update --check [--json]`: asks the CDN whether a newer version than the

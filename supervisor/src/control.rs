@@ -10,6 +10,11 @@
 //! ← {"v":1,"type":"restarted","old_pid":4100,"new_pid":4242,"version":"0.1.0","duration_ms":1180}
 //! ```
 //!
+//! `update` (optionally `"version":"1.4.2"`) streams checking and download progress
+//! (`done`/`total` bytes) before the handoff's; it ends in `restarted` (the new version
+//! serves), `up_to_date`, or an error. `rollback` hands back to the `previous` version and
+//! ends like a restart.
+//!
 //! Every message carries the protocol version `v`; unknown fields are ignored so either
 //! side can grow. A client never hurts the supervisor or other clients: peers are checked
 //! with SO_PEERCRED (root or the supervisor's own uid), a request line is capped at
@@ -55,7 +60,7 @@ pub struct Request {
 }
 
 /// The commands a client can send.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case")]
 pub enum Command {
     /// The supervisor's state.
@@ -64,6 +69,15 @@ pub enum Command {
     Version,
     /// A zero-downtime restart of the installed gateway (a handoff).
     Restart,
+    /// Check, download, stage and hand off to the channel's newer version.
+    Update {
+        /// Install exactly this version (also one quarantined before); it must be the
+        /// version the channel offers.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        version: Option<String>,
+    },
+    /// Hand back to the `previous` installed version.
+    Rollback,
 }
 
 /// One reply line: the protocol version and a body.
@@ -86,8 +100,11 @@ pub enum Body {
     Status(Box<StatusReport>),
     /// The answer to [`Command::Version`].
     Version(VersionReport),
-    /// A successful [`Command::Restart`].
+    /// A successful [`Command::Restart`], [`Command::Update`] or [`Command::Rollback`]:
+    /// the handoff to the version named is done.
     Restarted(RestartReport),
+    /// [`Command::Update`] found nothing newer: the running version is the channel's.
+    UpToDate(UpToDateReport),
     /// The request failed or was refused.
     Error(ErrorReply),
 }
@@ -98,7 +115,8 @@ impl Body {
         !matches!(self, Body::Progress(_))
     }
 
-    fn error(code: ErrorCode, message: impl Into<String>) -> Body {
+    /// An [`Body::Error`] with `code` and `message`.
+    pub fn error(code: ErrorCode, message: impl Into<String>) -> Body {
         Body::Error(ErrorReply {
             code,
             message: message.into(),
@@ -116,6 +134,19 @@ pub struct Progress {
     /// The gateway the step concerns.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid: Option<u32>,
+    /// Bytes downloaded so far ([`Stage::Downloading`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub done: Option<u64>,
+    /// Bytes to download in all ([`Stage::Downloading`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total: Option<u64>,
+}
+
+/// The answer to an update that found nothing newer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpToDateReport {
+    /// The version that serves, the channel's newest.
+    pub version: String,
 }
 
 /// The steps of a handoff.
@@ -124,6 +155,12 @@ pub struct Progress {
 pub enum Stage {
     /// This request joined a handoff already under way.
     Joined,
+    /// Asking the CDN for the channel's manifest.
+    Checking,
+    /// Downloading the new version's artifact.
+    Downloading,
+    /// The new version is verified and installed beside the running one.
+    Staged,
     /// The candidate process runs.
     CandidateStarted,
     /// The candidate is ready; traffic is now its.
@@ -165,6 +202,10 @@ pub enum ErrorCode {
     HandoffFailed,
     /// No gateway serves right now.
     NotServing,
+    /// The update was refused or could not be checked, downloaded or staged.
+    UpdateFailed,
+    /// There is no version to roll back to.
+    NoRollback,
     /// The supervisor is stopping.
     Stopping,
     /// An error code this build does not know (from a newer peer).
@@ -333,6 +374,10 @@ pub trait Service: Send + Sync + 'static {
     /// Starts (or joins) a handoff: progress bodies, then one final body. A channel closed
     /// without a final body means the supervisor went away.
     fn restart(&self) -> mpsc::UnboundedReceiver<Body>;
+    /// Starts (or joins) an update, to `version` if given; reported like a restart.
+    fn update(&self, version: Option<String>) -> mpsc::UnboundedReceiver<Body>;
+    /// Starts a rollback to the previous version; reported like a restart.
+    fn rollback(&self) -> mpsc::UnboundedReceiver<Body>;
 }
 
 /// Who may use the socket: root and the supervisor's own uid.
@@ -456,21 +501,31 @@ pub async fn serve_connection<S: Service + ?Sized>(
         Command::Version => {
             let _ = write_message(&mut writer, Body::Version(service.version())).await;
         }
-        Command::Restart => {
-            let mut events = service.restart();
-            loop {
-                let body = events.recv().await.unwrap_or_else(|| {
-                    Body::error(
-                        ErrorCode::Stopping,
-                        "the supervisor stopped before the restart ended",
-                    )
-                });
-                let is_final = body.is_final();
-                // A client that stops reading loses its progress; the handoff goes on.
-                if write_message(&mut writer, body).await.is_err() || is_final {
-                    break;
-                }
-            }
+        Command::Restart => stream_events(&mut writer, service.restart(), "restart").await,
+        Command::Update { version } => {
+            stream_events(&mut writer, service.update(version), "update").await
+        }
+        Command::Rollback => stream_events(&mut writer, service.rollback(), "rollback").await,
+    }
+}
+
+/// Forwards a long operation's progress, then its final body, to the client.
+async fn stream_events(
+    writer: &mut (impl AsyncWrite + Unpin),
+    mut events: mpsc::UnboundedReceiver<Body>,
+    what: &str,
+) {
+    loop {
+        let body = events.recv().await.unwrap_or_else(|| {
+            Body::error(
+                ErrorCode::Stopping,
+                format!("the supervisor stopped before the {what} ended"),
+            )
+        });
+        let is_final = body.is_final();
+        // A client that stops reading loses its progress; the operation goes on.
+        if write_message(writer, body).await.is_err() || is_final {
+            break;
         }
     }
 }
@@ -748,6 +803,8 @@ mod tests {
                     stage,
                     message: format!("{stage:?}"),
                     pid: Some(3),
+                    done: None,
+                    total: None,
                 }));
             }
             let _ = tx.send(Body::Restarted(RestartReport {
@@ -758,6 +815,78 @@ mod tests {
             }));
             rx
         }
+
+        fn update(&self, version: Option<String>) -> mpsc::UnboundedReceiver<Body> {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let _ = tx.send(Body::Progress(Progress {
+                stage: Stage::Downloading,
+                message: "downloading".into(),
+                pid: None,
+                done: Some(5),
+                total: Some(10),
+            }));
+            let _ = tx.send(match version {
+                Some(v) => Body::error(ErrorCode::UpdateFailed, format!("{v} is not offered")),
+                None => Body::UpToDate(UpToDateReport {
+                    version: "1.0.0".into(),
+                }),
+            });
+            rx
+        }
+
+        fn rollback(&self) -> mpsc::UnboundedReceiver<Body> {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let _ = tx.send(Body::error(
+                ErrorCode::NoRollback,
+                "nothing to roll back to",
+            ));
+            rx
+        }
+    }
+
+    #[tokio::test]
+    async fn an_update_streams_download_progress_and_ends_up_to_date_or_with_its_reason() {
+        let (client, server) = UnixStream::pair().unwrap();
+        tokio::spawn(async move { serve_connection(server, Some(1000), ME, &Fake).await });
+        let mut bytes = Vec::new();
+        let body = call(client, Command::Update { version: None }, |p| {
+            bytes.push((p.stage, p.done, p.total))
+        })
+        .await
+        .unwrap();
+        assert_eq!(bytes, [(Stage::Downloading, Some(5), Some(10))]);
+        assert!(matches!(body, Body::UpToDate(r) if r.version == "1.0.0"));
+
+        let (client, server) = UnixStream::pair().unwrap();
+        tokio::spawn(async move { serve_connection(server, Some(1000), ME, &Fake).await });
+        let update = Command::Update {
+            version: Some("9.9.9".into()),
+        };
+        let body = call(client, update, |_| {}).await.unwrap();
+        assert!(
+            matches!(body, Body::Error(e) if e.code == ErrorCode::UpdateFailed && e.message.contains("9.9.9"))
+        );
+    }
+
+    #[test]
+    fn update_and_rollback_requests_are_typed_on_the_wire() {
+        let update = parse_request(br#"{"v":1,"cmd":"update","version":"1.4.2"}"#).unwrap();
+        assert_eq!(
+            update.command,
+            Command::Update {
+                version: Some("1.4.2".into())
+            }
+        );
+        let bare = parse_request(br#"{"v":1,"cmd":"update"}"#).unwrap();
+        assert_eq!(bare.command, Command::Update { version: None });
+        let rollback = parse_request(br#"{"v":1,"cmd":"rollback"}"#).unwrap();
+        assert_eq!(rollback.command, Command::Rollback);
+        let line = serde_json::to_string(&Request {
+            v: PROTOCOL_VERSION,
+            command: Command::Update { version: None },
+        })
+        .unwrap();
+        assert_eq!(line, r#"{"v":1,"cmd":"update"}"#);
     }
 
     const ME: Access = Access { uid: 1000 };

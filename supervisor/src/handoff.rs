@@ -193,6 +193,8 @@ impl Waiters {
                 stage: Stage::Joined,
                 message: "a handoff is already under way; waiting for its result".into(),
                 pid: None,
+                done: None,
+                total: None,
             }));
         }
         self.waiting.push(waiter);
@@ -205,11 +207,18 @@ impl Waiters {
 
     /// Sends a progress event to every waiter still listening.
     pub fn progress(&mut self, stage: Stage, pid: Option<u32>, message: impl Into<String>) {
-        let body = Body::Progress(Progress {
+        self.send(Progress {
             stage,
             message: message.into(),
             pid,
+            done: None,
+            total: None,
         });
+    }
+
+    /// Sends a progress event as it is to every waiter still listening.
+    pub fn send(&mut self, progress: Progress) {
+        let body = Body::Progress(progress);
         // A client that went away is simply dropped; the handoff goes on.
         self.waiting.retain(|w| w.send(body.clone()).is_ok());
     }

@@ -35,11 +35,22 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Check the release CDN for a newer gateway (exit 0: up to date, 100: newer available).
+    /// Download, verify, stage and hand off to the channel's newer gateway; exit 0 once it
+    /// serves. With --check only ask (exit 0: up to date, 100: newer available).
     Update {
-        /// Only check; print the newer version if there is one.
-        #[arg(long, required = true)]
+        /// Only check, without a supervisor if none runs; print the newer version if any.
+        #[arg(long)]
         check: bool,
+        /// Install exactly this version (one quarantined before, too); the channel must
+        /// offer it.
+        #[arg(long, conflicts_with = "check")]
+        version: Option<String>,
+        /// Print one JSON document, stable for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Hand back to the previously installed gateway with a zero-downtime handoff.
+    Rollback {
         /// Print one JSON document, stable for scripts.
         #[arg(long)]
         json: bool,
@@ -97,7 +108,15 @@ async fn run_client(command: Cmd, path: &Path) -> Result<u8, ClientError> {
         Cmd::Status { json } => cli::status(path, json).await.map(|()| 0),
         Cmd::Version { json } => cli::version(path, json).await.map(|()| 0),
         Cmd::Restart { json } => cli::restart(path, json).await.map(|()| 0),
-        Cmd::Update { check: _, json } => cli::update_check(path, json).await,
+        Cmd::Update {
+            check: true, json, ..
+        } => cli::update_check(path, json).await,
+        Cmd::Update {
+            check: false,
+            version,
+            json,
+        } => cli::update(path, version, json).await.map(|()| 0),
+        Cmd::Rollback { json } => cli::rollback(path, json).await.map(|()| 0),
         Cmd::Run => Ok(0),
     }
 }

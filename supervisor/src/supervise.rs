@@ -39,8 +39,9 @@ use crate::backoff::Backoff;
 use crate::child::{self, Gateway, Stopped};
 use crate::config::{Settings, UpdateMode};
 use crate::control::{
-    Body, Event, GatewayInfo, GatewayState, GatewayVersion, HandoffRecord, ProcessInfo,
-    RestartReport, Service, Stage, StatusReport, SupervisorState, UpdateInfo, VersionReport,
+    Body, ErrorCode, Event, GatewayInfo, GatewayState, GatewayVersion, HandoffRecord, ProcessInfo,
+    Progress, RestartReport, Service, Stage, StatusReport, SupervisorState, UpToDateReport,
+    UpdateInfo, VersionReport,
 };
 use crate::handoff::{Decision, Failure, Gate, Waiter, Waiters};
 use crate::install::{CheckOutcome, Layout};
@@ -65,8 +66,38 @@ pub enum Input {
     UpdateCheck,
     /// A client asked for a restart; progress and the result go to the waiter.
     Restart(Waiter),
-    /// An update check (and, in `apply` mode, a stage) run off the loop ended.
-    Checked(Box<updater::Run>),
+    /// A client asked for an update (to `version`, if given).
+    Update {
+        /// Progress and the result go here.
+        waiter: Waiter,
+        /// The version asked for explicitly.
+        version: Option<String>,
+    },
+    /// A client asked to hand back to the previous version.
+    Rollback(Waiter),
+    /// Download progress of the update clients wait on.
+    UpdateProgress(Progress),
+    /// An update check (and a stage, in `apply` mode or for a client) run off the loop
+    /// ended.
+    Checked {
+        /// What the pipeline did.
+        run: Box<updater::Run>,
+        /// Whether `aihummer update` asked for it (its waiters get the result).
+        explicit: bool,
+    },
+}
+
+/// Why a known binary is handed off to.
+#[derive(Debug, Clone)]
+enum Kind {
+    /// An update: a failure quarantines the version.
+    Update,
+    /// Back to `previous`: the version handed away from is quarantined for `reason`, so
+    /// an `apply` mode supervisor does not install it again by itself.
+    Rollback {
+        /// Why, for the quarantine and the log.
+        reason: String,
+    },
 }
 
 /// A known binary to hand off to, instead of whatever `current` is.
@@ -76,6 +107,8 @@ struct Target {
     version: Version,
     /// Its installed, versioned path.
     binary: PathBuf,
+    /// Why.
+    kind: Kind,
 }
 
 /// The state a state function hands over to the next.
@@ -113,6 +146,10 @@ pub struct Supervisor {
     /// For tasks that report back (update checks).
     sender: mpsc::UnboundedSender<Input>,
     start_waiters: Waiters,
+    /// Clients of the `aihummer update` under way, while it checks and stages.
+    update_waiters: Waiters,
+    /// Whether a client's update is checking or staging.
+    update_running: bool,
     announced_ready: bool,
 }
 
@@ -155,6 +192,8 @@ impl Supervisor {
             layout,
             sender,
             start_waiters: Waiters::default(),
+            update_waiters: Waiters::default(),
+            update_running: false,
             announced_ready: false,
         };
         let views = Views {
@@ -257,9 +296,21 @@ impl Supervisor {
                         waiters.join(waiter);
                         return self.handing_off(gateway, waiters, None).await;
                     }
-                    Input::Checked(run) => {
-                        if let Some(target) = self.on_checked(*run, true) {
-                            return self.handing_off(gateway, Waiters::default(), Some(target)).await;
+                    Input::Update { waiter, version } => self.start_update(waiter, version),
+                    Input::Rollback(waiter) => match self.rollback_target("asked by the operator") {
+                        Ok(target) => {
+                            let mut waiters = Waiters::default();
+                            waiters.join(waiter);
+                            return self.handing_off(gateway, waiters, Some(target)).await;
+                        }
+                        Err(message) => {
+                            let _ = waiter.send(Body::error(ErrorCode::NoRollback, message));
+                        }
+                    },
+                    Input::UpdateProgress(progress) => self.update_waiters.send(progress),
+                    Input::Checked { run, explicit } => {
+                        if let Some((target, waiters)) = self.on_checked(*run, explicit, true) {
+                            return self.handing_off(gateway, waiters, Some(target)).await;
                         }
                     }
                 },
@@ -302,13 +353,21 @@ impl Supervisor {
         let new = match self.start_candidate(&mut waiters, target.as_ref()).await {
             Gated::Ready(new) => new,
             Gated::Failed(failure) => {
-                if let Some(target) = &target {
-                    self.quarantine(&target.version, &failure.to_string());
+                if let Some(Target {
+                    version,
+                    kind: Kind::Update,
+                    ..
+                }) = &target
+                {
+                    self.quarantine(version, &failure.to_string());
                 }
                 let message = format!("{failure}; the old gateway pid {} keeps serving", old.pid);
                 self.record_error(message.clone());
-                self.record_handoff(false, requested, message);
-                waiters.finish(failure.reply());
+                self.record_handoff(false, requested, message.clone());
+                waiters.finish(match failure {
+                    Failure::Stopping => failure.reply(),
+                    _ => Body::error(ErrorCode::HandoffFailed, message),
+                });
                 return State::Running(old);
             }
             Gated::Stop(candidate) => {
@@ -322,6 +381,14 @@ impl Supervisor {
         // Switch: the new gateway is ready, and already accepts from the shared queue.
         if let Some(target) = &target {
             self.switch(&target.version);
+            if let (Kind::Rollback { reason }, Some(from)) = (&target.kind, &old.version)
+                && let Ok(from) = Version::parse(from)
+            {
+                self.quarantine(
+                    &from,
+                    &format!("rolled back to {}: {reason}", target.version),
+                );
+            }
         }
         self.status.send_modify(|s| {
             s.active = Some(info(&new, GatewayState::Ready));
@@ -361,9 +428,7 @@ impl Supervisor {
                     }
                     Input::UpdateCheck => self.request_update_check(true),
                     Input::Restart(waiter) => waiters.join(waiter),
-                    Input::Checked(run) => {
-                        self.on_checked(*run, false);
-                    }
+                    other => self.busy_input(other),
                 },
             }
         };
@@ -417,9 +482,7 @@ impl Supervisor {
                         self.start_waiters.join(waiter);
                         return State::Starting;
                     }
-                    Input::Checked(run) => {
-                        self.on_checked(*run, false);
-                    }
+                    other => self.busy_input(other),
                 },
             }
         }
@@ -503,9 +566,7 @@ impl Supervisor {
                         }
                         Input::UpdateCheck => self.request_update_check(true),
                         Input::Restart(waiter) => waiters.join(waiter),
-                        Input::Checked(run) => {
-                            self.on_checked(*run, false);
-                        }
+                        other => self.busy_input(other),
                     }
                     Decision::Wait
                 }
@@ -585,30 +646,11 @@ impl Supervisor {
             );
             return;
         };
-        let running = self
-            .status
-            .borrow()
-            .active
-            .as_ref()
-            .and_then(|a| a.version.as_deref().map(Version::parse));
-        let running = match running {
-            Some(Ok(version)) => version,
-            Some(Err(err)) => {
+        let running = match self.running_version() {
+            Ok(version) => version,
+            Err(reason) => {
                 self.updates.finished();
-                self.record_check(
-                    format!(
-                        "check failed: the gateway reports a version that is not SemVer ({err})"
-                    ),
-                    None,
-                );
-                return;
-            }
-            None => {
-                self.updates.finished();
-                self.record_check(
-                    "check failed: no gateway serves, so its version is unknown".into(),
-                    None,
-                );
+                self.record_check(format!("check failed: {reason}"), None);
                 return;
             }
         };
@@ -617,16 +659,151 @@ impl Supervisor {
         tracing::info!(url = %updater.manifest_url(), %running, apply, "checking for an update");
         tokio::spawn(async move {
             let run = updater.run(&running, None, apply, |_, _| {}).await;
-            let _ = sender.send(Input::Checked(Box::new(run)));
+            let _ = sender.send(Input::Checked {
+                run: Box::new(run),
+                explicit: false,
+            });
         });
+    }
+
+    /// The serving gateway's version.
+    fn running_version(&self) -> Result<Version, String> {
+        let status = self.status.borrow();
+        let reported = status
+            .active
+            .as_ref()
+            .and_then(|a| a.version.as_deref())
+            .ok_or("no gateway serves, so the running version is unknown")?;
+        Version::parse(reported).map_err(|err| {
+            format!("the gateway reports {reported:?}, not a SemVer version ({err})")
+        })
+    }
+
+    /// `aihummer update`: checks and stages in a task (progress comes back as
+    /// [`Input::UpdateProgress`], the outcome as [`Input::Checked`]); a second request
+    /// joins the one under way.
+    fn start_update(&mut self, waiter: Waiter, version: Option<String>) {
+        if self.update_running {
+            self.update_waiters.join(waiter);
+            return;
+        }
+        let fail = |message: String| {
+            let _ = waiter.send(Body::error(ErrorCode::UpdateFailed, message));
+        };
+        let requested = match version.as_deref().map(Version::parse).transpose() {
+            Ok(requested) => requested,
+            Err(err) => {
+                return fail(format!(
+                    "--version {version:?} is not a SemVer version: {err}"
+                ));
+            }
+        };
+        let Some(updater) = self.updater.clone() else {
+            return fail(updater::UpdaterError::NoSource.to_string());
+        };
+        let running = match self.running_version() {
+            Ok(version) => version,
+            Err(reason) => return fail(reason),
+        };
+        self.update_waiters.join(waiter);
+        self.update_running = true;
+        let sender = self.sender.clone();
+        tokio::spawn(async move {
+            let progress = |stage, message: String, done, total| {
+                let _ = sender.send(Input::UpdateProgress(Progress {
+                    stage,
+                    message,
+                    pid: None,
+                    done,
+                    total,
+                }));
+            };
+            progress(
+                Stage::Checking,
+                format!("checking {}", updater.manifest_url()),
+                None,
+                None,
+            );
+            let mut reported = 0;
+            let run = updater
+                .run(&running, requested.as_ref(), true, |done, total| {
+                    // One event per MiB (and the last): enough for a bar, few enough for
+                    // the inbox.
+                    if done == total || done >= reported + (1 << 20) {
+                        reported = done;
+                        progress(
+                            Stage::Downloading,
+                            format!("downloaded {done} of {total} bytes"),
+                            Some(done),
+                            Some(total),
+                        );
+                    }
+                })
+                .await;
+            let _ = sender.send(Input::Checked {
+                run: Box::new(run),
+                explicit: true,
+            });
+        });
+    }
+
+    /// The handoff back to `previous`, or why there is none.
+    fn rollback_target(&self, reason: &str) -> Result<Target, String> {
+        let layout = self.layout.as_ref().ok_or(
+            "rolling back needs AIHUMMER_STATE_DIR (the install dir holding the previous version)",
+        )?;
+        let previous = layout
+            .previous()
+            .map_err(|err| err.to_string())?
+            .ok_or("no previous version is installed to roll back to")?;
+        Ok(Target {
+            binary: layout.binary(&previous),
+            version: previous,
+            kind: Kind::Rollback {
+                reason: reason.to_string(),
+            },
+        })
+    }
+
+    /// Inputs that mean the same in every state where a start or a handoff is under way:
+    /// checks wait for it, updates and rollbacks are told to try again (or join an update
+    /// already checking), progress flows, finished checks are recorded.
+    fn busy_input(&mut self, input: Input) {
+        match input {
+            Input::UpdateCheck => self.request_update_check(true),
+            Input::Update { waiter, .. } if self.update_running => self.update_waiters.join(waiter),
+            Input::Update { waiter, .. } | Input::Rollback(waiter) => {
+                let _ = waiter.send(Body::error(
+                    ErrorCode::Busy,
+                    "a gateway start or handoff is under way; try again once it ends",
+                ));
+            }
+            Input::UpdateProgress(progress) => self.update_waiters.send(progress),
+            Input::Checked { run, explicit } => {
+                self.on_checked(*run, explicit, false);
+            }
+            // Each state handles these itself before asking here.
+            Input::Stop(_) | Input::Restart(_) => {}
+        }
     }
 
     /// A check ended: records it, quarantines a version whose stage failed, and returns
     /// the handoff to run when a version was staged and `can_apply` (the supervisor is
     /// idle). A staged version that arrives during a handoff is checked again afterwards
     /// (staging it again finds it installed and only smoke tests it).
-    fn on_checked(&mut self, run: updater::Run, can_apply: bool) -> Option<Target> {
-        self.updates.finished();
+    fn on_checked(
+        &mut self,
+        run: updater::Run,
+        explicit: bool,
+        can_apply: bool,
+    ) -> Option<(Target, Waiters)> {
+        let mut waiters = if explicit {
+            self.update_running = false;
+            std::mem::take(&mut self.update_waiters)
+        } else {
+            self.updates.finished();
+            Waiters::default()
+        };
         let (line, available, outcome) = match &run.checked {
             Ok(checked @ Checked::UpToDate(version)) => {
                 (format!("up to date: {version}"), None, checked.outcome())
@@ -653,24 +830,59 @@ impl Supervisor {
             tracing::warn!(error = %err, "cannot record the update check in the state file");
         }
         self.record_check(line, available);
+        let failed = |message: String| Body::error(ErrorCode::UpdateFailed, message);
         match run.staged {
-            None => None,
+            None => {
+                waiters.finish(match run.checked {
+                    Ok(Checked::UpToDate(version)) => Body::UpToDate(UpToDateReport {
+                        version: version.to_string(),
+                    }),
+                    Ok(Checked::Available(offer)) => {
+                        failed(format!("{} is available but was not staged", offer.version))
+                    }
+                    Ok(Checked::Refused(refusal)) => failed(refusal.to_string()),
+                    Err(err) => failed(err.to_string()),
+                });
+                None
+            }
             Some((version, Err(err))) => {
                 let message =
                     format!("staging {version} failed: {err}; the running gateway keeps serving");
                 if err.blames_release() {
                     self.quarantine(&version, &err.to_string());
                 }
-                self.record_error(message);
+                self.record_error(message.clone());
+                waiters.finish(failed(message));
                 None
             }
             Some((version, Ok(binary))) if can_apply => {
                 tracing::info!(%version, binary = %binary.display(), "update staged; handing off");
-                Some(Target { version, binary })
+                waiters.progress(
+                    Stage::Staged,
+                    None,
+                    format!("{version} verified and installed at {}", binary.display()),
+                );
+                Some((
+                    Target {
+                        version,
+                        binary,
+                        kind: Kind::Update,
+                    },
+                    waiters,
+                ))
             }
             Some((version, Ok(_))) => {
                 tracing::info!(%version, "update staged during a handoff; checking again after it");
-                self.updates.request(true);
+                if explicit {
+                    waiters.finish(Body::error(
+                        ErrorCode::Busy,
+                        format!(
+                            "{version} is staged, but a handoff ran meanwhile; run the update again"
+                        ),
+                    ));
+                } else {
+                    self.updates.request(true);
+                }
                 None
             }
         }
@@ -817,6 +1029,18 @@ impl Service for Handle {
         // If the supervisor is gone the waiter drops with the input, and the connection
         // reports that the supervisor stopped.
         let _ = self.inbox.send(Input::Restart(waiter));
+        events
+    }
+
+    fn update(&self, version: Option<String>) -> mpsc::UnboundedReceiver<Body> {
+        let (waiter, events) = mpsc::unbounded_channel();
+        let _ = self.inbox.send(Input::Update { waiter, version });
+        events
+    }
+
+    fn rollback(&self) -> mpsc::UnboundedReceiver<Body> {
+        let (waiter, events) = mpsc::unbounded_channel();
+        let _ = self.inbox.send(Input::Rollback(waiter));
         events
     }
 }
