@@ -18,6 +18,7 @@
 //! - [`control`]: the control socket's typed, versioned protocol and its server.
 //! - [`cli`]: the `status`, `version` and `restart` clients.
 //! - [`notify`]: systemd notifications (`READY=1`, `STATUS=`, `WATCHDOG=1`).
+//! - [`soak`]: the window after an update in which a crash-looping version is rolled back.
 //! - [`update`]: update check requests, merged while a check or a handoff runs.
 //! - [`updater`]: the update pipeline's I/O: fetch, verify, decide, stage.
 //! - [`manifest`]: a channel's `latest.json` parsed into a typed manifest; artifact URLs.
@@ -55,6 +56,7 @@ pub mod notify;
 pub mod probe;
 pub mod publish;
 pub mod signature;
+pub mod soak;
 pub mod stage;
 pub mod supervise;
 pub mod update;

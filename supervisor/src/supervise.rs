@@ -16,6 +16,8 @@
 //! so a slow CDN never blocks signals or status, and its outcome comes back as an input;
 //! in `apply` mode a staged version is handed off to with the gate expecting its version,
 //! then `current` is switched. A failure before the switch quarantines that version.
+//! After the switch the version soaks ([`crate::soak`]): if it keeps dying, `current` is
+//! pointed back at `previous` and the next start (gated like any) runs that.
 //!
 //! All inputs (signals, control requests, finished checks) arrive on one inbox, so they are handled in
 //! order and merged where the state calls for it: a restart during a handoff joins it, an
@@ -47,6 +49,7 @@ use crate::handoff::{Decision, Failure, Gate, Waiter, Waiters};
 use crate::install::{CheckOutcome, Layout};
 use crate::notify;
 use crate::probe;
+use crate::soak::{Soak, Verdict};
 use crate::update::{self, Action};
 use crate::updater::{self, Checked, Updater};
 
@@ -150,6 +153,8 @@ pub struct Supervisor {
     update_waiters: Waiters,
     /// Whether a client's update is checking or staging.
     update_running: bool,
+    /// The version switched to by the last update, while its soak window lasts.
+    soak: Option<Soak>,
     announced_ready: bool,
 }
 
@@ -194,6 +199,7 @@ impl Supervisor {
             start_waiters: Waiters::default(),
             update_waiters: Waiters::default(),
             update_running: false,
+            soak: None,
             announced_ready: false,
         };
         let views = Views {
@@ -239,6 +245,10 @@ impl Supervisor {
                 State::Running(gateway)
             }
             Gated::Failed(failure) => {
+                if self.soak_death() {
+                    waiters.finish(failure.reply());
+                    return State::Starting;
+                }
                 let delay = self.backoff.after_exit(Duration::ZERO);
                 self.record_error(format!(
                     "{failure}; trying again in {}",
@@ -321,6 +331,16 @@ impl Supervisor {
     /// The active gateway died on its own: schedule a new start. The public listener stays
     /// open meanwhile, so new connections queue instead of being refused.
     fn crashed(&mut self, gateway: &Gateway, status: Option<std::process::ExitStatus>) -> State {
+        self.status.send_modify(|s| {
+            s.active = None;
+            s.crash_restarts += 1;
+        });
+        self.active_probe.send_replace(None);
+        if self.soak_death() {
+            // `current` is `previous` again: start it now, gated like any start.
+            self.backoff = Backoff::default();
+            return State::Starting;
+        }
         let delay = self.backoff.after_exit(gateway.started.elapsed());
         let message = format!(
             "gateway pid {} exited with {} after {}; starting a new one in {}",
@@ -330,12 +350,57 @@ impl Supervisor {
             humantime::format_duration(delay)
         );
         self.record_error(message);
-        self.status.send_modify(|s| {
-            s.active = None;
-            s.crash_restarts += 1;
-        });
-        self.active_probe.send_replace(None);
         State::BackingOff(delay)
+    }
+
+    /// Counts a death against the version in its soak window. At the last one allowed,
+    /// quarantines it and points `current` back at `previous`, and returns true: the next
+    /// start runs the previous version.
+    fn soak_death(&mut self) -> bool {
+        let now = Instant::now();
+        let Some(soak) = self.soak.as_mut() else {
+            return false;
+        };
+        if soak.is_over(now) {
+            self.soak = None;
+            return false;
+        }
+        let Verdict::RollBack { reason } = soak.on_death(now) else {
+            return false;
+        };
+        let version = soak.version().clone();
+        self.soak = None;
+        let Some(layout) = &self.layout else {
+            return false;
+        };
+        self.quarantine(&version, &reason);
+        let previous = match layout.previous() {
+            Ok(Some(previous)) => previous,
+            Ok(None) => {
+                self.record_error(format!(
+                    "{version}: {reason}; no previous version to roll back to"
+                ));
+                return false;
+            }
+            Err(err) => {
+                self.record_error(format!("{version}: {reason}; cannot roll back: {err}"));
+                return false;
+            }
+        };
+        match updater::switch(layout, &previous) {
+            Ok(_) => {
+                self.record_error(format!(
+                    "automatic rollback from {version} to {previous}: {reason}"
+                ));
+                true
+            }
+            Err(err) => {
+                self.record_error(format!(
+                    "{version}: {reason}; rolling back to {previous} failed: {err}"
+                ));
+                false
+            }
+        }
     }
 
     /// A handoff from `old` to a new gateway, reported to `waiters`: to `target` when
@@ -381,6 +446,10 @@ impl Supervisor {
         // Switch: the new gateway is ready, and already accepts from the shared queue.
         if let Some(target) = &target {
             self.switch(&target.version);
+            self.soak = match target.kind {
+                Kind::Update => Some(Soak::new(target.version.clone(), Instant::now())),
+                Kind::Rollback { .. } => None,
+            };
             if let (Kind::Rollback { reason }, Some(from)) = (&target.kind, &old.version)
                 && let Ok(from) = Version::parse(from)
             {
