@@ -4,11 +4,12 @@
 //! rule is unit tested without touching global state. Variables not read here pass through
 //! to the gateway unchanged.
 
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+use aihummer_common::settings;
 use url::Url;
 
 use crate::decide::{Channel, UnknownChannel};
@@ -190,9 +191,11 @@ impl Settings {
             },
         };
         Ok(Self {
-            addr: parse_listen_addr(&addr_value).map_err(|reason| ConfigError::Address {
-                value: addr_value.clone(),
-                reason,
+            addr: settings::parse_listen_addr(&addr_value).map_err(|reason| {
+                ConfigError::Address {
+                    value: addr_value.clone(),
+                    reason,
+                }
             })?,
             socket: socket_path(get, uid),
             state_dir,
@@ -271,32 +274,12 @@ pub fn socket_path_from_env() -> PathBuf {
     socket_path(|name| std::env::var(name).ok(), current_uid())
 }
 
-/// `:PORT` means every interface; `HOST:PORT` may name a host, which is resolved.
-pub fn parse_listen_addr(value: &str) -> Result<SocketAddr, String> {
-    let value = value.trim();
-    let full = match value.strip_prefix(':') {
-        Some(port) => format!("0.0.0.0:{port}"),
-        None => value.to_string(),
-    };
-    if let Ok(addr) = full.parse() {
-        return Ok(addr);
-    }
-    full.to_socket_addrs()
-        .map_err(|err| err.to_string())?
-        .next()
-        .ok_or_else(|| "the host resolves to no address".to_string())
-}
-
-/// Accepts humantime forms (`30s`, `1m 30s`, `250ms`) and bare seconds (`30`).
+/// Parses a duration variable's value.
 pub fn parse_duration(var: &'static str, value: &str) -> Result<Duration, ConfigError> {
-    let value = value.trim();
-    if let Ok(secs) = value.parse::<u64>() {
-        return Ok(Duration::from_secs(secs));
-    }
-    humantime::parse_duration(value).map_err(|err| ConfigError::Duration {
+    settings::parse_duration(value).map_err(|reason| ConfigError::Duration {
         var,
-        value: value.to_string(),
-        reason: err.to_string(),
+        value: value.trim().to_string(),
+        reason,
     })
 }
 
@@ -446,10 +429,6 @@ mod tests {
         assert!(
             msg.contains("AIHUMMER_GATEWAY_ADDR") && msg.contains("port-eighty"),
             "{msg}"
-        );
-        assert_eq!(
-            parse_listen_addr("[::1]:80").unwrap(),
-            "[::1]:80".parse().unwrap()
         );
     }
 

@@ -28,7 +28,6 @@
 //! - [`stage`]: a downloaded or bootstrap gateway verified into `versions/<version>/`.
 //! - [`install`]: the install dir: `current`/`previous` links, pruning, `state.json`.
 //! - [`publish`]: the publisher side, writing the CDN layout (`aihummer-publish`).
-//! - [`logging`]: `tracing` output, human on a terminal, JSON otherwise.
 //! - [`app`]: wires the parts together for `aihummer run`.
 //!
 //! # Exit codes
@@ -50,7 +49,6 @@ pub mod fds;
 pub mod fetch;
 pub mod handoff;
 pub mod install;
-pub mod logging;
 pub mod manifest;
 pub mod notify;
 pub mod probe;
