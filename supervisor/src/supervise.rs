@@ -709,10 +709,7 @@ impl Supervisor {
     fn check_for_update(&mut self) {
         let Some(updater) = self.updater.clone() else {
             self.updates.finished();
-            self.record_check(
-                "no update source is configured (AIHUMMER_DOWNLOAD_BASE_URL is unset)".into(),
-                None,
-            );
+            self.record_check(updater::UpdaterError::NoSource.to_string(), None);
             return;
         };
         let running = match self.running_version() {
@@ -957,6 +954,7 @@ impl Supervisor {
         }
     }
 
+    /// Shows a check's outcome (and a newer version found, if any) in status and the log.
     fn record_check(&self, line: String, available: Option<String>) {
         tracing::info!(result = %line, "update check");
         self.status.send_modify(|s| {

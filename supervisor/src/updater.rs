@@ -55,13 +55,11 @@ pub enum UpdaterError {
 }
 
 impl UpdaterError {
-    /// Whether trying again later may help (network trouble, 5xx), as opposed to a
-    /// problem with the release itself, which quarantines its version when it was staged.
+    /// Whether a failed check may pass when tried again (network trouble, a 5xx), as
+    /// opposed to a refusal that repeats until someone changes something.
     pub fn is_transient(&self) -> bool {
         match self {
             UpdaterError::Fetch(err) => err.is_transient(),
-            UpdaterError::Stage(StageError::Fetch { source, .. }) => source.is_transient(),
-            UpdaterError::Stage(StageError::Busy { .. } | StageError::NoSpace { .. }) => true,
             _ => false,
         }
     }
@@ -145,7 +143,7 @@ impl Updater {
 
     /// The install state the decision reads: the state file, or a fresh one when no
     /// install dir is configured.
-    pub fn state(&self) -> Result<State, UpdaterError> {
+    fn state(&self) -> Result<State, UpdaterError> {
         match &self.layout {
             Some(layout) => Ok(layout.load_state()?),
             None => Ok(State::default()),

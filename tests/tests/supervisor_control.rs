@@ -225,7 +225,7 @@ async fn a_second_supervisor_on_a_live_socket_refuses_to_start_and_a_stale_socke
 }
 
 #[tokio::test]
-async fn sighup_runs_an_update_check_that_reports_no_update_source_yet() {
+async fn sighup_without_a_cdn_records_that_no_update_source_is_configured() {
     let supervisor = Supervisor::start(&[]);
     let gateway = supervisor.wait_serving(Duration::from_secs(30)).await;
     supervisor.signal(nix::sys::signal::Signal::SIGHUP);

@@ -1,11 +1,16 @@
-//! `aihummer update --check` without a supervisor: it reads the same environment one would,
-//! asks the loopback CDN, and answers with its exit code (0 up to date, 100 newer
-//! available, other non-zero with the reason). The offered release is a gateway stamped
+//! Checking for updates: `aihummer update --check` without a supervisor (it reads the same
+//! environment one would, asks the loopback CDN, and answers with its exit code: 0 up to
+//! date, 100 newer available, other non-zero with the reason), and a supervisor in the
+//! default notify-only mode showing a newer version in status. The offered release is a gateway stamped
 //! 1.1.0 (built once; see `aihummer_tests::update::stamped_gateway`).
 
-use aihummer_tests::binary;
+use std::time::Duration;
+
+use aihummer_tests::supervisor::Supervisor;
 use aihummer_tests::update::{Fault, stamped_gateway};
 use aihummer_tests::updating::{Offering, aihummer};
+use aihummer_tests::{binary, wait_for};
+use nix::sys::signal::Signal;
 
 fn text(out: &std::process::Output) -> String {
     format!(
@@ -106,4 +111,40 @@ async fn update_check_without_a_supervisor_reports_available_up_to_date_and_fail
         "{}",
         text(&out)
     );
+}
+
+#[tokio::test]
+async fn with_a_cdn_and_no_mode_set_sighup_checks_and_shows_the_newer_version_without_installing() {
+    let offering = Offering::start(&stamped_gateway("1.1.0"), "1.1.0").await;
+    let supervisor = Supervisor::start(&[("AIHUMMER_DOWNLOAD_BASE_URL", &offering.base_url())]);
+    let pid = supervisor.wait_serving(Duration::from_secs(30)).await;
+    supervisor.signal(Signal::SIGHUP);
+    let status = wait_for(
+        Duration::from_secs(20),
+        "the check's outcome in status",
+        || async {
+            let status = supervisor.status().await?;
+            status["update"]["available"].is_string().then_some(status)
+        },
+    )
+    .await;
+    assert_eq!(status["update"]["mode"], "check", "check is the default");
+    assert_eq!(status["update"]["available"], "1.1.0");
+    assert_eq!(status["update"]["last_result"], "update available: 1.1.0");
+    assert_eq!(
+        status["active"]["pid"], pid,
+        "notify only: nothing installed"
+    );
+    assert!(supervisor.logs().contains("update available: 1.1.0"));
+    // With a supervisor running, the CLI check agrees.
+    let socket = supervisor.socket.to_str().expect("utf-8 path");
+    let out = aihummer(
+        &[
+            ("AIHUMMER_SUPERVISOR_SOCKET", socket),
+            ("AIHUMMER_DOWNLOAD_BASE_URL", &offering.base_url()),
+        ],
+        &["update", "--check"],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(100), "{}", text(&out));
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use aihummer_tests::supervisor::{Load, Supervisor, alive};
 use aihummer_tests::update::stamped_gateway;
-use aihummer_tests::updating::{Offering, healthz_version, link_version};
+use aihummer_tests::updating::{Offering, fake_gateway, healthz_version, link_version};
 use aihummer_tests::wait_for;
 use serde_json::Value;
 
@@ -140,6 +140,29 @@ async fn update_and_rollback_hand_off_under_load_without_a_failed_request() {
         .await,
     );
     durations.push(hand_off_under_load(&supervisor, &["rollback", "--json"], "1.0.0").await);
+
+    // A release whose gateway exits at once: the command fails with the reason, and the
+    // same old gateway still serves.
+    let pid = supervisor.wait_serving(Duration::from_secs(30)).await;
+    let scripts = tempfile::tempdir().expect("tempdir");
+    offering
+        .publish(&fake_gateway(scripts.path(), "1.2.0", "exit 3"), "1.2.0")
+        .await;
+    let out = supervisor.cli(&["update"]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("exited with exit code 3") && stderr.contains("keeps serving"),
+        "{stderr}"
+    );
+    assert_eq!(supervisor.wait_serving(Duration::from_secs(5)).await, pid);
+    assert_eq!(
+        healthz_version(&supervisor.url("/healthz"))
+            .await
+            .as_deref(),
+        Some("1.0.0")
+    );
+
     durations.sort_unstable();
     println!(
         "handoff from the command to the old gateway gone (download excluded): median {}ms, worst {}ms over {:?}",
