@@ -2,8 +2,8 @@
 //!
 //! `aihummer run` owns the public listener and the control socket, runs
 //! `aihummer-gateway` as its child, restarts it after a crash and hands off to a new child
-//! without refusing or failing a request. The other subcommands are clients of a running
-//! supervisor's control socket.
+//! without refusing or failing a request, also to a new version from the release CDN. The
+//! other subcommands are clients of a running supervisor's control socket.
 //!
 //! # Layout
 //!
@@ -16,7 +16,8 @@
 //! - [`handoff`]: the pure parts of a handoff: the readiness gate and its failures.
 //! - [`supervise`]: the supervisor's state machine, one function per state.
 //! - [`control`]: the control socket's typed, versioned protocol and its server.
-//! - [`cli`]: the `status`, `version` and `restart` clients.
+//! - [`cli`]: the `status`, `version`, `restart`, `update` and `rollback` clients, and
+//!   `update --check`, which also works without a supervisor.
 //! - [`notify`]: systemd notifications (`READY=1`, `STATUS=`, `WATCHDOG=1`).
 //! - [`soak`]: the window after an update in which a crash-looping version is rolled back.
 //! - [`update`]: update check requests, merged while a check or a handoff runs.

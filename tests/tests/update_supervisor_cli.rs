@@ -23,7 +23,9 @@ async fn hand_off_under_load(supervisor: &Supervisor, args: &[&str], expect: &st
         || async { (load.served_by(old_pid) > 20).then_some(()) },
     )
     .await;
+    let started = std::time::Instant::now();
     let out = supervisor.cli(args).await;
+    let command = started.elapsed();
     assert!(
         out.status.success(),
         "{args:?}: {}\n{}\n{}",
@@ -52,7 +54,8 @@ async fn hand_off_under_load(supervisor: &Supervisor, args: &[&str], expect: &st
         .collect();
     let duration = report["duration_ms"].as_u64().expect("duration");
     println!(
-        "{args:?} -> {expect}: handoff {duration}ms, {} requests, {} failed",
+        "{args:?} -> {expect}: handoff {duration}ms (whole command {}ms), {} requests, {} failed",
+        command.as_millis(),
         samples.len(),
         failures.len()
     );
