@@ -8,8 +8,9 @@
 //! - [`wait_for`]: every wait polls a real signal (an HTTP answer, a row, an exit) under a
 //!   deadline; nothing sleeps a fixed time hoping something happened.
 //!
-//! The binaries come from the workspace's target directory; the harness builds them (once
-//! per run) before the first test uses one, so `cargo nextest run --workspace` is enough.
+//! The binaries come from the workspace's target directory. `cargo nextest run --workspace`
+//! builds them (through the `gateway/tests` and `supervisor/tests` integration tests); a
+//! run limited to this package (`-p aihummer-tests`) would use whatever was built last.
 
 pub mod supervisor;
 pub mod update;
@@ -45,57 +46,16 @@ pub fn target_dir() -> PathBuf {
         .to_path_buf()
 }
 
-/// A built binary of the workspace, by name, built from the current sources.
+/// A built binary of the workspace, by name. `cargo nextest run --workspace` builds them:
+/// each binary's package has an integration test, which makes cargo build its executables.
 pub fn binary(name: &str) -> PathBuf {
-    ensure_built();
     let path = target_dir().join(name);
     assert!(
         path.exists(),
-        "{} is missing after the build",
+        "{} is missing: run the suites with `cargo nextest run --workspace`, which builds it",
         path.display()
     );
     path
-}
-
-/// Builds the workspace's binaries once per test run. `cargo test`/`nextest` build only
-/// test targets, not the `aihummer` and `aihummer-gateway` executables the suites run, and
-/// would otherwise leave them missing or stale. nextest runs every test in its own process,
-/// so a marker named after the run (under a file lock) keeps it to one build per run.
-fn ensure_built() {
-    static BUILT: std::sync::Once = std::sync::Once::new();
-    BUILT.call_once(|| {
-        let dir = target_dir();
-        let lock = std::fs::File::create(dir.join(".aihummer-build.lock")).expect("build lock");
-        let _lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
-            .expect("take the build lock");
-        let marker = std::env::var("NEXTEST_RUN_ID")
-            .ok()
-            .map(|run| dir.join(format!(".aihummer-built-{run}")));
-        if marker.as_ref().is_some_and(|m| m.exists()) {
-            return;
-        }
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut build = std::process::Command::new(cargo);
-        build
-            .args([
-                "build",
-                "-q",
-                "-p",
-                "aihummer",
-                "-p",
-                "aihummer-gateway",
-                "--bins",
-            ])
-            .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."));
-        if dir.file_name().is_some_and(|d| d == "release") {
-            build.arg("--release");
-        }
-        let status = build.status().expect("run cargo build");
-        assert!(status.success(), "building the workspace's binaries failed");
-        if let Some(marker) = marker {
-            std::fs::write(marker, b"").expect("write the build marker");
-        }
-    });
 }
 
 /// Polls `probe` every 50ms until it yields a value, panicking with `what` after `deadline`.
