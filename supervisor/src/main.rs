@@ -81,16 +81,42 @@ fn main() -> ExitCode {
                 }
             }
         }
-        command => match client(command) {
-            Ok(code) => ExitCode::from(code),
-            Err(err) => {
-                eprintln!("aihummer: {err:#}");
-                let code = err
-                    .downcast_ref::<ClientError>()
-                    .map_or(1, ClientError::exit_code);
-                ExitCode::from(code)
+        command => {
+            let json = command.wants_json();
+            match client(command) {
+                Ok(code) => ExitCode::from(code),
+                Err(err) => {
+                    eprintln!("aihummer: {err:#}");
+                    let code = err
+                        .downcast_ref::<ClientError>()
+                        .map_or(1, ClientError::exit_code);
+                    // Scripts asked for one JSON document on stdout, failures included.
+                    if json {
+                        let doc = serde_json::json!({
+                            "ok": false,
+                            "error": format!("{err:#}"),
+                            "exit_code": code,
+                        });
+                        println!("{doc}");
+                    }
+                    ExitCode::from(code)
+                }
             }
-        },
+        }
+    }
+}
+
+impl Cmd {
+    /// Whether the command was asked for JSON output.
+    fn wants_json(&self) -> bool {
+        match self {
+            Cmd::Run => false,
+            Cmd::Status { json }
+            | Cmd::Version { json }
+            | Cmd::Update { json, .. }
+            | Cmd::Rollback { json }
+            | Cmd::Restart { json } => *json,
+        }
     }
 }
 

@@ -977,7 +977,14 @@ impl Supervisor {
             },
             None => vec![format!("{version}: {reason}")],
         };
-        self.status.send_modify(|s| s.quarantined = listed);
+        let version = version.to_string();
+        self.status.send_modify(|s| {
+            s.quarantined = listed;
+            // A quarantined version is no longer on offer until asked for by name.
+            if s.update.available.as_deref() == Some(version.as_str()) {
+                s.update.available = None;
+            }
+        });
     }
 
     /// Points `current` at `version` after its gateway passed the gate. A failure here

@@ -225,6 +225,16 @@ impl Fixture {
             "no handoff report: {}",
             text(&out)
         );
+        if args.contains(&"--json") {
+            let doc: Value =
+                serde_json::from_slice(&out.stdout).expect("one JSON document on stdout");
+            assert_eq!(doc["ok"], false, "{doc}");
+            assert_eq!(doc["exit_code"], 1, "{doc}");
+            assert!(
+                doc["error"].as_str().is_some_and(|e| e.contains(reason)),
+                "{doc}"
+            );
+        }
         stderr
     }
 
@@ -437,6 +447,12 @@ async fn bad_downloads_and_a_binary_of_another_version_are_refused_while_1_0_0_s
     f.still_serving(Shown::LastError, reason).await;
     let entry = f.quarantined("1.1.0").await.expect("1.1.0 quarantined");
     assert!(entry.contains(reason), "{entry}");
+    let status = f.supervisor.status().await.expect("status");
+    assert_eq!(
+        status["update"]["available"],
+        Value::Null,
+        "a quarantined version is not on offer: {status}"
+    );
     // Not downloaded again by a plain update.
     let fetched = f.downloads("1.1.0");
     f.refused(&["update"], "1.1.0 is quarantined (sha256 mismatch")
