@@ -148,7 +148,15 @@ async fn a_client_of_another_uid_is_refused_and_the_supervisor_keeps_serving() {
         "{stderr}"
     );
     assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
-    assert!(out.stdout.is_empty());
+    // `--json` asked for one document on stdout, and a refusal is one too.
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("a JSON document");
+    assert_eq!(doc["ok"], false, "{doc}");
+    assert!(
+        doc["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("uid 65534 may not control this supervisor")),
+        "{doc}"
+    );
 
     status_answers(&supervisor).await;
 }
