@@ -164,21 +164,19 @@ impl TestDb {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
-        // Synchronous on purpose: runs on panic too, and outside any runtime.
-        let mut sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE);", self.name);
-        for role in &self.roles {
-            sql.push_str(&format!("DROP ROLE IF EXISTS {role};"));
-        }
-        let _ = std::process::Command::new("psql")
+        // Synchronous on purpose: runs on panic too, and outside any runtime. One `-c` per
+        // statement: psql runs a multi-statement `-c` as one transaction, which DROP
+        // DATABASE refuses.
+        let mut psql = std::process::Command::new("psql");
+        psql.args(["-q", "-d", &format!("{}/postgres", server_url())])
             .args([
-                "-q",
-                "-d",
-                &format!("{}/postgres", server_url()),
                 "-c",
-                &sql,
-            ])
-            .stdout(Stdio::null())
-            .status();
+                &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+            ]);
+        for role in &self.roles {
+            psql.args(["-c", &format!("DROP ROLE IF EXISTS {role}")]);
+        }
+        let _ = psql.stdout(Stdio::null()).status();
     }
 }
 
