@@ -1,8 +1,86 @@
-//! Parsers for values of `AIHUMMER_*` variables. They return the reason a value is refused;
-//! each binary wraps it in its own error naming the variable.
+//! Reading `AIHUMMER_*` variables: one [`Env`] reader both binaries use, and the value
+//! parsers behind it. A refused value is a [`SettingError`] naming the variable and the
+//! value, so the operator knows what to fix; each binary's own config error wraps it.
+//!
+//! The reader takes a lookup function instead of the process environment, so every rule
+//! is unit tested without touching global state.
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
+
+/// A setting that cannot be used, named so the operator knows what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingError {
+    /// A listen address that does not parse or resolve.
+    #[error("{var}={value:?} is not a listen address ({reason}); expected HOST:PORT or :PORT")]
+    Address {
+        /// The variable's name.
+        var: &'static str,
+        /// What it was set to.
+        value: String,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// A duration that does not parse.
+    #[error("{var}={value:?} is not a duration ({reason}); expected e.g. 30s, 500ms or 2m")]
+    Duration {
+        /// The variable's name.
+        var: &'static str,
+        /// What it was set to.
+        value: String,
+        /// Why it was refused.
+        reason: String,
+    },
+}
+
+/// The environment as a binary reads it: a lookup where an empty or blank value counts
+/// as unset, with typed getters that fall back to a default.
+pub struct Env<F> {
+    lookup: F,
+}
+
+impl Env<fn(&str) -> Option<String>> {
+    /// The process environment.
+    pub fn process() -> Self {
+        Env {
+            lookup: |name| std::env::var(name).ok(),
+        }
+    }
+}
+
+impl<F: Fn(&str) -> Option<String>> Env<F> {
+    /// Reads variables through `lookup`.
+    pub fn new(lookup: F) -> Self {
+        Env { lookup }
+    }
+
+    /// The value of `var`, or `None` when it is unset, empty or blank.
+    pub fn get(&self, var: &str) -> Option<String> {
+        (self.lookup)(var).filter(|v| !v.trim().is_empty())
+    }
+
+    /// A duration, or `default` when unset.
+    pub fn duration(&self, var: &'static str, default: Duration) -> Result<Duration, SettingError> {
+        match self.get(var) {
+            None => Ok(default),
+            Some(value) => parse_duration(&value).map_err(|reason| SettingError::Duration {
+                var,
+                value: value.trim().to_string(),
+                reason,
+            }),
+        }
+    }
+
+    /// A listen address (`HOST:PORT` or `:PORT`), or `default` when unset.
+    pub fn listen_addr(
+        &self,
+        var: &'static str,
+        default: &str,
+    ) -> Result<SocketAddr, SettingError> {
+        let value = self.get(var).unwrap_or_else(|| default.to_string());
+        parse_listen_addr(&value).map_err(|reason| SettingError::Address { var, value, reason })
+    }
+}
 
 /// `:PORT` means every interface; `HOST:PORT` may name a host, which is resolved.
 pub fn parse_listen_addr(value: &str) -> Result<SocketAddr, String> {
@@ -52,6 +130,39 @@ mod tests {
         );
         assert!(parse_listen_addr("nonsense").is_err());
         assert!(parse_listen_addr(":99999").is_err());
+    }
+
+    fn env(vars: &'static [(&'static str, &'static str)]) -> Env<impl Fn(&str) -> Option<String>> {
+        Env::new(move |name: &str| {
+            vars.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_string())
+        })
+    }
+
+    #[test]
+    fn empty_and_blank_values_count_as_unset() {
+        let env = env(&[("A", ""), ("B", "  "), ("C", "x")]);
+        assert_eq!((env.get("A"), env.get("B")), (None, None));
+        assert_eq!(env.get("C").as_deref(), Some("x"));
+    }
+
+    #[test]
+    fn a_refused_value_names_the_variable_and_the_value() {
+        let env = env(&[("AIHUMMER_X", "soon"), ("AIHUMMER_ADDR", "port-eighty")]);
+        let err = env.duration("AIHUMMER_X", Duration::ZERO).unwrap_err();
+        assert!(err.to_string().contains("AIHUMMER_X=\"soon\""), "{err}");
+        let err = env.listen_addr("AIHUMMER_ADDR", ":1").unwrap_err();
+        assert!(
+            err.to_string().contains("AIHUMMER_ADDR=\"port-eighty\""),
+            "{err}"
+        );
+        assert_eq!(
+            env.duration("AIHUMMER_UNSET", Duration::from_secs(3))
+                .unwrap(),
+            Duration::from_secs(3)
+        );
+        assert_eq!(env.listen_addr("AIHUMMER_UNSET", ":9").unwrap().port(), 9);
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::str::FromStr;
 use std::time::Duration;
 
-use aihummer_common::settings;
+use aihummer_common::settings::{Env, SettingError};
 use reqwest::Url;
 use sqlx::postgres::PgConnectOptions;
 use uuid::Uuid;
@@ -27,26 +27,9 @@ pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 /// A setting that cannot be used, named so the operator knows what to fix.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// The listen address does not parse or resolve.
-    #[error("{var}={value:?} is not a listen address ({reason}); expected HOST:PORT or :PORT")]
-    Address {
-        /// The variable's name.
-        var: &'static str,
-        /// What it was set to.
-        value: String,
-        /// Why it was refused.
-        reason: String,
-    },
-    /// A duration that does not parse.
-    #[error("{var}={value:?} is not a duration ({reason}); expected e.g. 30s, 500ms or 2m")]
-    Duration {
-        /// The variable's name.
-        var: &'static str,
-        /// What it was set to.
-        value: String,
-        /// Why it was refused.
-        reason: String,
-    },
+    /// A value that does not parse.
+    #[error(transparent)]
+    Setting(#[from] SettingError),
     /// `AIHUMMER_DEFAULT_WORKSPACE_ID` is not a UUID.
     #[error("AIHUMMER_DEFAULT_WORKSPACE_ID={value:?} is not a UUID: {reason}")]
     Workspace {
@@ -144,14 +127,9 @@ impl Config {
 
     /// Reads settings through `get`; an empty value counts as unset.
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let get = |name: &str| get(name).filter(|v| !v.trim().is_empty());
-        let addr_value = get("AIHUMMER_GATEWAY_ADDR").unwrap_or_else(|| DEFAULT_ADDR.into());
-        let duration = |var: &'static str, default: Duration| {
-            get(var)
-                .map(|v| parse_duration(var, &v))
-                .transpose()
-                .map(|d| d.unwrap_or(default))
-        };
+        let env = Env::new(get);
+        let get = |name: &str| env.get(name);
+        let duration = |var, default| env.duration(var, default);
         Ok(Self {
             database: get("AIHUMMER_DATABASE_URL")
                 .map(|url| parse_database_url("AIHUMMER_DATABASE_URL", &url))
@@ -159,13 +137,7 @@ impl Config {
             app_database: get("AIHUMMER_DB_APP_URL")
                 .map(|url| parse_database_url("AIHUMMER_DB_APP_URL", &url))
                 .transpose()?,
-            addr: settings::parse_listen_addr(&addr_value).map_err(|reason| {
-                ConfigError::Address {
-                    var: "AIHUMMER_GATEWAY_ADDR",
-                    value: addr_value.clone(),
-                    reason,
-                }
-            })?,
+            addr: env.listen_addr("AIHUMMER_GATEWAY_ADDR", DEFAULT_ADDR)?,
             drain_timeout: duration("AIHUMMER_DRAIN_TIMEOUT", DEFAULT_DRAIN_TIMEOUT)?,
             inbound_secret: get("AIHUMMER_INBOUND_SECRET").map(Secret),
             default_workspace: get("AIHUMMER_DEFAULT_WORKSPACE_ID")
@@ -208,15 +180,6 @@ fn parse_database_url(var: &'static str, url: &str) -> Result<DbTarget, ConfigEr
     })?;
     Ok(DbTarget {
         options: options.application_name("aihummer-gateway"),
-    })
-}
-
-/// Parses a duration variable's value.
-pub fn parse_duration(var: &'static str, value: &str) -> Result<Duration, ConfigError> {
-    settings::parse_duration(value).map_err(|reason| ConfigError::Duration {
-        var,
-        value: value.trim().to_string(),
-        reason,
     })
 }
 

@@ -10,10 +10,10 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, PgPool};
 use uuid::Uuid;
 
-use crate::backoff::Backoff;
 use crate::config::DbTarget;
 use crate::migrate::{self, MigrationError};
 use crate::state::{Phase, Pools, Shared};
+use aihummer_common::backoff::Backoff;
 
 /// The role the app pool serves as; created by the migrations.
 pub const APP_ROLE: &str = "aihummer_app";

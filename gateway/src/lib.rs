@@ -8,7 +8,6 @@
 //! - [`state`]: the readiness phase and the draining/leader flags the routes report.
 //! - [`routes`]: the HTTP surface (`/healthz`, `/readyz`, `/v1/ping`).
 //! - [`serve`]: accepting and serving connections, and the lame-duck drain.
-//! - [`backoff`]: retry delays, a pure value.
 //! - [`database`]: pools and the startup sequence (connect, migrate, verify the app role).
 //! - [`migrate`]: embedded migrations applied under an advisory lock.
 //! - [`tenant`]: transactions scoped to one workspace for row-level security.
@@ -22,7 +21,6 @@
 
 pub mod admin;
 pub mod app;
-pub mod backoff;
 pub mod config;
 pub mod database;
 pub mod inbound;

@@ -1,9 +1,9 @@
-//! Crash-restart delays, a pure value so the schedule is unit tested.
-//!
-//! The delay doubles after each crash up to a cap, and starts over once a child has run
-//! long enough to count as healthy, so one crash a day never waits the capped delay.
+//! Crash-restart delays: the shared exponential schedule, started over once a child has
+//! run long enough to count as healthy, so one crash a day never waits the capped delay.
 
 use std::time::Duration;
+
+use aihummer_common::backoff::Backoff;
 
 /// The first delay after a crash: short, because clients wait in the listen queue.
 pub const INITIAL: Duration = Duration::from_millis(100);
@@ -14,26 +14,22 @@ pub const STABLE_AFTER: Duration = Duration::from_secs(30);
 
 /// Doubles from [`INITIAL`] up to [`MAX`]; resets after a stable run.
 #[derive(Debug, Clone)]
-pub struct Backoff {
-    next: Duration,
-}
+pub struct RestartDelay(Backoff);
 
-impl Default for Backoff {
+impl Default for RestartDelay {
     fn default() -> Self {
-        Self { next: INITIAL }
+        Self(Backoff::new(INITIAL, MAX))
     }
 }
 
-impl Backoff {
+impl RestartDelay {
     /// The delay before the next start, after a child that ran for `ran_for` died or
     /// failed to start.
     pub fn after_exit(&mut self, ran_for: Duration) -> Duration {
         if ran_for >= STABLE_AFTER {
-            self.next = INITIAL;
+            self.0.reset();
         }
-        let delay = self.next;
-        self.next = (self.next * 2).min(MAX);
-        delay
+        self.0.next_delay()
     }
 }
 
@@ -43,7 +39,7 @@ mod tests {
 
     #[test]
     fn delays_double_until_the_cap() {
-        let mut b = Backoff::default();
+        let mut b = RestartDelay::default();
         let got: Vec<_> = (0..9)
             .map(|_| b.after_exit(Duration::ZERO).as_millis())
             .collect();
@@ -52,7 +48,7 @@ mod tests {
 
     #[test]
     fn a_child_that_ran_long_enough_resets_the_schedule() {
-        let mut b = Backoff::default();
+        let mut b = RestartDelay::default();
         b.after_exit(Duration::ZERO);
         b.after_exit(Duration::ZERO);
         assert_eq!(b.after_exit(STABLE_AFTER), INITIAL);

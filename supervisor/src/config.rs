@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
-use aihummer_common::settings;
+use aihummer_common::settings::{Env, SettingError};
 use url::Url;
 
 use crate::decide::{Channel, UnknownChannel};
@@ -33,26 +33,9 @@ pub const GATEWAY_FILE: &str = "aihummer-gateway";
 /// A setting that cannot be used, named so the operator knows what to fix.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// The listen address does not parse or resolve.
-    #[error(
-        "AIHUMMER_GATEWAY_ADDR={value:?} is not a listen address ({reason}); expected HOST:PORT or :PORT"
-    )]
-    Address {
-        /// What it was set to.
-        value: String,
-        /// Why it was refused.
-        reason: String,
-    },
-    /// A duration that does not parse.
-    #[error("{var}={value:?} is not a duration ({reason}); expected e.g. 30s, 500ms or 2m")]
-    Duration {
-        /// The variable's name.
-        var: &'static str,
-        /// What it was set to.
-        value: String,
-        /// Why it was refused.
-        reason: String,
-    },
+    /// A value that does not parse.
+    #[error(transparent)]
+    Setting(#[from] SettingError),
     /// `AIHUMMER_AUTO_UPDATE` is not one of the three modes.
     #[error("AIHUMMER_AUTO_UPDATE={0:?} is not an update mode; expected off, check or apply")]
     UpdateMode(String),
@@ -165,14 +148,9 @@ impl Settings {
         uid: u32,
         exe_dir: Option<PathBuf>,
     ) -> Result<Self, ConfigError> {
-        let get = |name: &str| get(name).filter(|v| !v.trim().is_empty());
-        let addr_value = get("AIHUMMER_GATEWAY_ADDR").unwrap_or_else(|| DEFAULT_ADDR.into());
-        let duration = |var: &'static str, default: Duration| {
-            get(var)
-                .map(|v| parse_duration(var, &v))
-                .transpose()
-                .map(|d| d.unwrap_or(default))
-        };
+        let env = Env::new(get);
+        let get = |name: &str| env.get(name);
+        let duration = |var, default| env.duration(var, default);
         let download_base_url = get("AIHUMMER_DOWNLOAD_BASE_URL")
             .map(|v| fetch::parse_base_url(&v, false))
             .transpose()?;
@@ -191,12 +169,7 @@ impl Settings {
             },
         };
         Ok(Self {
-            addr: settings::parse_listen_addr(&addr_value).map_err(|reason| {
-                ConfigError::Address {
-                    value: addr_value.clone(),
-                    reason,
-                }
-            })?,
+            addr: env.listen_addr("AIHUMMER_GATEWAY_ADDR", DEFAULT_ADDR)?,
             socket: socket_path(get, uid),
             state_dir,
             gateway_bin: get("AIHUMMER_GATEWAY_BIN").map(PathBuf::from),
@@ -272,15 +245,6 @@ pub fn socket_path(get: impl Fn(&str) -> Option<String>, uid: u32) -> PathBuf {
 /// The control socket path from the process environment.
 pub fn socket_path_from_env() -> PathBuf {
     socket_path(|name| std::env::var(name).ok(), current_uid())
-}
-
-/// Parses a duration variable's value.
-pub fn parse_duration(var: &'static str, value: &str) -> Result<Duration, ConfigError> {
-    settings::parse_duration(value).map_err(|reason| ConfigError::Duration {
-        var,
-        value: value.trim().to_string(),
-        reason,
-    })
 }
 
 #[cfg(test)]

@@ -37,7 +37,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::VERSION;
-use crate::backoff::Backoff;
+use crate::backoff::RestartDelay;
 use crate::child::{self, Gateway, Stopped};
 use crate::config::{Settings, UpdateMode};
 use crate::control::{
@@ -140,7 +140,7 @@ pub struct Supervisor {
     inbox: mpsc::UnboundedReceiver<Input>,
     status: watch::Sender<StatusReport>,
     active_probe: watch::Sender<Option<(u32, SocketAddr)>>,
-    backoff: Backoff,
+    backoff: RestartDelay,
     updates: update::Requests,
     /// The update pipeline; none without a CDN.
     updater: Option<Arc<Updater>>,
@@ -191,7 +191,7 @@ impl Supervisor {
             inbox,
             status,
             active_probe,
-            backoff: Backoff::default(),
+            backoff: RestartDelay::default(),
             updates: update::Requests::default(),
             updater: updater.map(Arc::new),
             layout,
@@ -338,7 +338,7 @@ impl Supervisor {
         self.active_probe.send_replace(None);
         if self.soak_death() {
             // `current` is `previous` again: start it now, gated like any start.
-            self.backoff = Backoff::default();
+            self.backoff = RestartDelay::default();
             return State::Starting;
         }
         let delay = self.backoff.after_exit(gateway.started.elapsed());

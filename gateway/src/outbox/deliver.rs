@@ -16,7 +16,7 @@ use tokio::task::JoinSet;
 
 use super::policy::{self, Attempt, Verdict};
 use super::store::{self, Claimed};
-use crate::backoff::Backoff;
+use aihummer_common::backoff::Backoff;
 
 /// Rows claimed, and posted concurrently, per round.
 const BATCH: i64 = 32;

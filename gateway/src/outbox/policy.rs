@@ -2,10 +2,12 @@
 
 use std::time::Duration;
 
+use aihummer_common::backoff::{Backoff, jitter};
+
 /// The most attempts a reply gets before it is dead-lettered.
 pub const MAX_ATTEMPTS: i32 = 10;
-const FIRST_RETRY: Duration = Duration::from_secs(1);
-const LONGEST_RETRY: Duration = Duration::from_secs(300);
+/// Doubling from a second, capped at 5 minutes.
+const RETRIES: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(300));
 
 /// What an attempt ended in, as the receiver (or the network) answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,14 +49,11 @@ pub fn judge(attempt: &Attempt, attempts: i32) -> Verdict {
 }
 
 /// The wait before retry number `attempts` (1-based): doubling from 1s, capped at 5
-/// minutes, spread by `jitter` in `[0, 1)` to ±20% so a burst of failures does not retry
+/// minutes, spread by `unit` in `[0, 1)` to ±20% so a burst of failures does not retry
 /// in lockstep.
-pub fn retry_delay(attempts: i32, jitter: f64) -> Duration {
-    let doublings = attempts.saturating_sub(1).clamp(0, 20) as u32;
-    let base = FIRST_RETRY
-        .saturating_mul(1 << doublings)
-        .min(LONGEST_RETRY);
-    base.mul_f64(0.8 + 0.4 * jitter.clamp(0.0, 1.0))
+pub fn retry_delay(attempts: i32, unit: f64) -> Duration {
+    let n = u32::try_from(attempts.saturating_sub(1)).unwrap_or(0);
+    jitter(RETRIES.nth(n), 0.2, unit)
 }
 
 #[cfg(test)]
