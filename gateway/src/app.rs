@@ -10,12 +10,12 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, ConfigError, DbTarget};
 use crate::database::{self, StartupError};
-use crate::inbound::Inbound;
+use crate::http::inbound::Inbound;
+use crate::http::routes;
 use crate::leader::Elector;
 use crate::listeners::{self, ListenerError, Listeners};
 use crate::outbox::deliver::Deliverer;
 use crate::responder::Builtin;
-use crate::routes;
 use crate::scheduler::{self, Scheduler};
 use crate::serve::{Drained, Server};
 use crate::state::{Pools, Shared};
@@ -96,7 +96,8 @@ fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
     })
 }
 
-/// Starts the leader election (with the scheduler) and the outbox deliverer.
+/// Starts the leader election, publishing on `leadership`, the scheduler following it,
+/// and the outbox deliverer.
 fn start_background(
     config: &Config,
     db: &DbTarget,
@@ -104,6 +105,7 @@ fn start_background(
     shared: &Arc<Shared>,
     tasks: &TaskTracker,
     stop: &watch::Sender<bool>,
+    leadership: watch::Sender<bool>,
 ) {
     let context = scheduler::Context {
         pool: pools.owner.clone(),
@@ -114,7 +116,8 @@ fn start_background(
         shared.instance.clone(),
         config.housekeeping_interval,
     );
-    let elector = Elector::new(db.options.clone(), shared.clone(), scheduler);
+    tasks.spawn(scheduler.run(leadership.subscribe()));
+    let elector = Elector::new(db.options.clone(), shared.instance.clone(), leadership);
     tasks.spawn(elector.run(stop.subscribe()));
     let Some(webhook) = &config.reply_webhook else {
         tracing::warn!(
@@ -160,7 +163,9 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), GatewayError> {
-    let shared = Arc::new(Shared::new(config.database.is_some()));
+    // The elector publishes on `leadership` once the database is up; /healthz reads it.
+    let (leadership, leading) = watch::channel(false);
+    let shared = Arc::new(Shared::new(config.database.is_some(), leading));
     let inbound = Arc::new(Inbound {
         shared: shared.clone(),
         secret: config.inbound_secret.clone(),
@@ -201,7 +206,7 @@ pub async fn run(
                 if !open_public.send_replace(true) {
                     tracing::info!("ready: accepting client traffic on the shared socket");
                 }
-                start_background(&config, db, &pools, &shared, &background, &stop);
+                start_background(&config, db, &pools, &shared, &background, &stop, leadership);
             }
             None => tracing::warn!(
                 "AIHUMMER_DATABASE_URL is not set: health-only mode, /readyz answers 503"

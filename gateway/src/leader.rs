@@ -1,4 +1,5 @@
-//! Leader election across every gateway on one database, and the scheduler it drives.
+//! Leader election across every gateway on one database. The elector publishes whether
+//! this gateway leads on a `watch` channel; the scheduler and `/healthz` read it.
 //!
 //! ```text
 //!            ┌──────────── follower ─────────────┐
@@ -6,77 +7,85 @@
 //!            │ wait in pg_advisory_lock's queue  │
 //!            │ (reconnect after a tick on error) │
 //!            └───────┬───────────────────────────┘
-//!           got lock │            ▲ connection check failed: step down at once
-//!                    ▼            │ (dropping the connection ends the session and its lock)
+//!  got lock: publish │            ▲ connection check failed: publish false, step down
+//!       true         ▼            │ (dropping the connection ends the session and its lock)
 //!            ┌──────────── leader ───────────────┐
-//!            │ each tick: check the connection,  │
-//!            │ then run the jobs that are due    │
+//!            │ each tick: check the connection   │
 //!            └───────┬───────────────────────────┘
-//!               stop │ unlock (checked), close: the next waiter holds the lock at once
-//!                    ▼
-//!                  done
+//!               stop │ publish false, then unlock (checked) and close:
+//!                    ▼ the next waiter holds the lock at once
+//!                  done (the channel closes, so the scheduler ends too)
 //! ```
 //!
 //! A session advisory lock dies with its connection. Locally a killed leader's socket is
 //! closed by the kernel and the lock is gone at once; across a network the server only
 //! notices a vanished peer through TCP keepalive, so the leader's session sets short
 //! server-side keepalives. The leader itself notices a dead connection within one check.
-//! Scheduled work is fenced in the database as well (see [`crate::scheduler`]), so even
+//! Leadership is published `false` before the lock is given up, so this gateway's
+//! scheduler stops before another's can start. Scheduled work is fenced in the database as well (see [`crate::scheduler`]), so even
 //! two leaders in a partition cannot run one slot twice.
 
-use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{ConnectOptions, Connection};
 use tokio::sync::watch;
+use tokio::time::Interval;
 
-use crate::scheduler::Scheduler;
-use crate::state::Shared;
+use crate::advisory;
 
 /// Advisory lock key for leadership ("aihmlead" in ASCII).
 pub const LOCK_KEY: i64 = 0x6169_686d_6c65_6164;
-/// How often the leader checks its connection, and how long a follower waits before
-/// replacing a failed connection.
+/// How often the leader checks its connection (and the scheduler looks for due jobs), and
+/// how long a follower waits before replacing a failed connection.
 pub const TICK: Duration = Duration::from_millis(500);
 /// How long a connection check or lock attempt may take before it counts as lost.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Why a term of leadership ended.
 enum TermEnd {
-    Resigned,
+    /// Stop was asked for; the connection still holds the lock.
+    Resigned(PgConnection),
+    /// The connection failed, and the lock went with it.
     Lost(String),
 }
 
 /// Runs the election for this gateway until `stop`.
 pub struct Elector {
     options: PgConnectOptions,
-    shared: Arc<Shared>,
-    scheduler: Scheduler,
+    instance: String,
+    leadership: watch::Sender<bool>,
 }
 
 impl Elector {
-    /// An elector connecting with the owner `options`, reporting into `shared`.
-    pub fn new(options: PgConnectOptions, shared: Arc<Shared>, scheduler: Scheduler) -> Self {
+    /// An elector connecting with the owner `options` as `instance`, publishing on
+    /// `leadership` whether it leads.
+    pub fn new(
+        options: PgConnectOptions,
+        instance: String,
+        leadership: watch::Sender<bool>,
+    ) -> Self {
         Self {
             options: options.application_name("aihummer-gateway leader"),
-            shared,
-            scheduler,
+            instance,
+            leadership,
         }
     }
 
     /// Follows and leads in turn until `stop` turns true; a leader then resigns at once.
-    pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
+    /// Returning drops the sender, which closes the leadership channel.
+    pub async fn run(self, mut stop: watch::Receiver<bool>) {
         loop {
             let Some(conn) = self.follow(&mut stop).await else {
                 return;
             };
-            self.shared.set_leader(true);
-            tracing::info!(instance = %self.shared.instance, "gained leadership");
-            let end = self.lead(conn, &mut stop).await;
-            self.shared.set_leader(false);
+            self.leadership.send_replace(true);
+            tracing::info!(instance = %self.instance, "gained leadership");
+            let end = lead(conn, &mut stop).await;
+            self.leadership.send_replace(false);
             match end {
-                TermEnd::Resigned => {
+                TermEnd::Resigned(conn) => {
+                    resign(conn).await;
                     tracing::info!("resigned leadership");
                     return;
                 }
@@ -93,11 +102,7 @@ impl Elector {
     async fn follow(&self, stop: &mut watch::Receiver<bool>) -> Option<PgConnection> {
         let mut retry = tokio::time::interval(TICK);
         loop {
-            tokio::select! {
-                _ = retry.tick() => {}
-                _ = stop.changed() => {}
-            }
-            if *stop.borrow() {
+            if stopped_at_tick(&mut retry, stop).await {
                 return None;
             }
             let Some(mut conn) = connect(&self.options).await else {
@@ -105,7 +110,7 @@ impl Elector {
             };
             // On stop the wait is abandoned by dropping the connection, which leaves the queue.
             let waited = tokio::select! {
-                locked = lock(&mut conn) => Some(locked),
+                locked = advisory::lock(&mut conn, LOCK_KEY) => Some(locked),
                 _ = stop.changed() => None,
             };
             match waited {
@@ -117,33 +122,36 @@ impl Elector {
             }
         }
     }
+}
 
-    /// Holds the lock: checks the connection and runs due jobs each tick.
-    async fn lead(&mut self, mut conn: PgConnection, stop: &mut watch::Receiver<bool>) -> TermEnd {
-        let mut tick = tokio::time::interval(TICK);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = stop.changed() => {}
-            }
-            if *stop.borrow() {
-                resign(conn).await;
-                return TermEnd::Resigned;
-            }
-            match tokio::time::timeout(CHECK_TIMEOUT, ping(&mut conn)).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(err)) => return TermEnd::Lost(err.to_string()),
-                Err(_) => return TermEnd::Lost(format!("no answer within {CHECK_TIMEOUT:?}")),
-            }
-            self.scheduler.run_due(SystemTime::now()).await;
+/// Holds the lock: checks the connection each tick until it fails or `stop` turns true.
+async fn lead(mut conn: PgConnection, stop: &mut watch::Receiver<bool>) -> TermEnd {
+    let mut tick = tokio::time::interval(TICK);
+    loop {
+        if stopped_at_tick(&mut tick, stop).await {
+            return TermEnd::Resigned(conn);
+        }
+        match tokio::time::timeout(CHECK_TIMEOUT, ping(&mut conn)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(err)) => return TermEnd::Lost(err.to_string()),
+            Err(_) => return TermEnd::Lost(format!("no answer within {CHECK_TIMEOUT:?}")),
         }
     }
+}
+
+/// Waits for the next tick of `interval` or a change of `stop`; whether stop is now true.
+async fn stopped_at_tick(interval: &mut Interval, stop: &mut watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        _ = interval.tick() => {}
+        _ = stop.changed() => {}
+    }
+    *stop.borrow()
 }
 
 /// Unlocks on the session that locked, then ends the session, which releases the lock
 /// even if the unlock did not.
 async fn resign(mut conn: PgConnection) {
-    match tokio::time::timeout(CHECK_TIMEOUT, unlock(&mut conn)).await {
+    match tokio::time::timeout(CHECK_TIMEOUT, advisory::unlock(&mut conn, LOCK_KEY)).await {
         Ok(Ok(true)) => {}
         Ok(Ok(false)) => tracing::warn!("leadership lock was not held at unlock"),
         Ok(Err(err)) => tracing::warn!(error = %err, "unlocking leadership failed"),
@@ -169,23 +177,9 @@ async fn connect(options: &PgConnectOptions) -> Option<PgConnection> {
     }
 }
 
-// The election's SQL, as small verbs kept out of the state machine. (`raw_sql` is avoided:
-// its future is not `Send` for every lifetime, which a spawned task requires.)
-
-async fn lock(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
-    sqlx::query("SELECT pg_advisory_lock($1)")
-        .bind(LOCK_KEY)
-        .execute(conn)
-        .await
-        .map(drop)
-}
-
-async fn unlock(conn: &mut PgConnection) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar("SELECT pg_advisory_unlock($1)")
-        .bind(LOCK_KEY)
-        .fetch_one(conn)
-        .await
-}
+// The election's SQL, as small verbs kept out of the state machine (the lock's own are in
+// `advisory`). (`raw_sql` is avoided: its future is not `Send` for every lifetime, which a
+// spawned task requires.)
 
 async fn ping(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
     sqlx::query("SELECT 1").execute(conn).await.map(drop)

@@ -6,30 +6,33 @@
 //! - [`listeners`]: sockets inherited systemd-style (`LISTEN_FDS`) or bound here; the only
 //!   module with `unsafe`.
 //! - [`state`]: the readiness phase and the draining/leader flags the routes report.
-//! - [`routes`]: the HTTP surface (`/healthz`, `/readyz`, `/v1/ping`).
+//! - [`http`]: the HTTP surface: the router, the inbound handler, the JSON error answer.
 //! - [`serve`]: accepting and serving connections, and the lame-duck drain.
 //! - [`database`]: pools and the startup sequence (connect, migrate, verify the app role).
 //! - [`migrate`]: embedded migrations applied under an advisory lock.
+//! - [`advisory`]: session advisory locks (migrations, leadership) as small verbs.
 //! - [`tenant`]: transactions scoped to one workspace for row-level security.
-//! - [`inbound`]: `POST /v1/inbound/generic`, signed messages in, replies queued.
+//! - [`inbound`]: inbound messages: validation, and storing each with its reply.
 //! - [`responder`]: the turn that writes a reply (built-in, deterministic).
 //! - [`outbox`]: delivery of queued replies to the webhook, at least once, idempotently.
-//! - [`leader`]: one leader across all gateways, by advisory lock.
-//! - [`scheduler`]: jobs the leader runs, fenced per time slot in the database.
+//! - [`leader`]: one leader across all gateways, by advisory lock, published on a channel.
+//! - [`scheduler`]: jobs run while that channel says this gateway leads, fenced per time
+//!   slot in the database.
 //! - [`admin`]: operator commands (`aihummer-gateway outbox ...`).
 //! - [`app`]: wires the parts together; [`app::run`] is what `main` calls.
 
 pub mod admin;
+pub mod advisory;
 pub mod app;
 pub mod config;
 pub mod database;
+pub mod http;
 pub mod inbound;
 pub mod leader;
 pub mod listeners;
 pub mod migrate;
 pub mod outbox;
 pub mod responder;
-pub mod routes;
 pub mod scheduler;
 pub mod serve;
 pub mod state;

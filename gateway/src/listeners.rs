@@ -1,11 +1,16 @@
 //! Where the gateway's sockets come from: inherited systemd-style, or bound here.
 //!
-//! A supervisor (or systemd socket activation) passes listening sockets from fd 3 with
-//! `LISTEN_FDS`, optionally naming them in `LISTEN_FDNAMES`. The one named `probe` is a
-//! private readiness listener; the other is the public one. With nothing inherited, the
-//! gateway binds `AIHUMMER_GATEWAY_ADDR` itself. This is the crate's only `unsafe` code.
+//! A supervisor (or systemd socket activation) passes listening sockets from [`FIRST_FD`]
+//! on with `LISTEN_FDS`, optionally naming them in `LISTEN_FDNAMES`. The one named
+//! [`PROBE`] is a private readiness listener; the other is the public one whatever its
+//! name (a supervisor names it [`PUBLIC`](aihummer_common::sockets::PUBLIC); systemd may
+//! name it anything). With nothing inherited, the gateway binds `AIHUMMER_GATEWAY_ADDR`
+//! itself. This is the crate's only `unsafe` code.
 
 use std::net::{SocketAddr, TcpListener};
+use std::os::fd::RawFd;
+
+use aihummer_common::sockets::{FIRST_FD, LISTEN_VARS, PROBE};
 
 /// The listeners the gateway serves on (the same routes on both).
 #[derive(Debug)]
@@ -32,7 +37,7 @@ pub enum ListenerError {
     #[error("inherited fd {fd} ({name}) is not a TCP listening socket: {source}")]
     NotTcp {
         /// The descriptor number.
-        fd: usize,
+        fd: RawFd,
         /// Its name from `LISTEN_FDNAMES`.
         name: String,
         /// Why it was refused.
@@ -59,9 +64,9 @@ pub enum ListenerError {
     NonBlocking(std::io::Error),
 }
 
-/// Takes the sockets passed with `LISTEN_FDS` and removes `LISTEN_PID`, `LISTEN_FDS` and
-/// `LISTEN_FDNAMES` from the environment, so nothing the gateway starts inherits them.
-/// `Ok(None)` when nothing was passed.
+/// Takes the sockets passed with `LISTEN_FDS` and removes every one of [`LISTEN_VARS`]
+/// from the environment, so nothing the gateway starts inherits them. `Ok(None)` when
+/// nothing was passed.
 ///
 /// # Safety
 ///
@@ -69,11 +74,12 @@ pub enum ListenerError {
 /// unsound while another thread may read it.
 pub unsafe fn take_inherited() -> Result<Option<Listeners>, ListenerError> {
     let names = std::env::var("LISTEN_FDNAMES").ok();
-    // SAFETY: the caller guarantees this process is still single-threaded.
-    unsafe { std::env::remove_var("LISTEN_FDNAMES") };
-    // `from_env` removes LISTEN_PID and LISTEN_FDS itself, and takes the sockets only when
-    // LISTEN_PID is absent or names this process.
+    // `from_env` takes the sockets only when LISTEN_PID is absent or names this process.
     let mut fds = listenfd::ListenFd::from_env();
+    for var in LISTEN_VARS {
+        // SAFETY: the caller guarantees this process is still single-threaded.
+        unsafe { std::env::remove_var(var) };
+    }
     if fds.len() == 0 {
         return Ok(None);
     }
@@ -94,14 +100,14 @@ pub unsafe fn take_inherited() -> Result<Option<Listeners>, ListenerError> {
             .take_tcp_listener(index)
             .and_then(|l| l.ok_or_else(|| std::io::Error::other("already taken")))
             .map_err(|source| ListenerError::NotTcp {
-                fd: 3 + index,
+                fd: FIRST_FD + index as RawFd,
                 name: name.clone(),
                 source,
             })?;
         listener
             .set_nonblocking(true)
             .map_err(ListenerError::NonBlocking)?;
-        let slot = if name == "probe" {
+        let slot = if name == PROBE {
             &mut probe
         } else {
             &mut public

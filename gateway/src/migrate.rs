@@ -15,6 +15,7 @@ use sqlx::migrate::{MigrateError, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{ConnectOptions, Connection};
 
+use crate::advisory;
 use crate::state::Phase;
 
 /// Advisory lock key for migrations ("aihmmigr" in ASCII). Advisory locks are scoped to
@@ -131,27 +132,17 @@ async fn apply_locked(
     conn: &mut PgConnection,
     report: &impl Fn(Phase),
 ) -> Result<(), MigrationError> {
-    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-        .bind(LOCK_KEY)
-        .fetch_one(&mut *conn)
+    let locked = advisory::try_lock(conn, LOCK_KEY)
         .await
         .map_err(sql_error)?;
     if !locked {
         report(Phase::WaitingForMigrationLock);
-        sqlx::query("SELECT pg_advisory_lock($1)")
-            .bind(LOCK_KEY)
-            .execute(&mut *conn)
-            .await
-            .map_err(sql_error)?;
+        advisory::lock(conn, LOCK_KEY).await.map_err(sql_error)?;
     }
     report(Phase::Migrating);
     let migrator = migrator();
     migrator.run(&mut *conn).await?;
-    let released: bool = sqlx::query_scalar("SELECT pg_advisory_unlock($1)")
-        .bind(LOCK_KEY)
-        .fetch_one(&mut *conn)
-        .await
-        .map_err(sql_error)?;
+    let released = advisory::unlock(conn, LOCK_KEY).await.map_err(sql_error)?;
     if !released {
         tracing::warn!("the migration lock was not held at unlock; the session ends anyway");
     }

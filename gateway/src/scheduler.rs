@@ -1,5 +1,9 @@
-//! Scheduled jobs, run only by the leader. The job list is a table of name, interval and
-//! function, so a new job is one line.
+//! Scheduled jobs, run only while this gateway leads. The job list is a table of name,
+//! interval and function, so a new job is one line.
+//!
+//! The scheduler follows the leadership the elector publishes ([`crate::leader`]): it
+//! waits while that reads `false`, runs due jobs each tick while it reads `true`, and ends
+//! when the elector is gone.
 //!
 //! Time is cut into slots of each job's interval. Before a job's effect, its run is
 //! recorded in `job_runs` under the primary key (job, slot): a second leader (say, during
@@ -12,8 +16,10 @@ use std::pin::Pin;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sqlx::PgPool;
+use tokio::sync::watch;
 
-use crate::outbox::store;
+use crate::leader::TICK;
+use crate::outbox::housekeeping;
 
 /// What a job gets to work with.
 #[derive(Clone)]
@@ -52,13 +58,41 @@ impl Scheduler {
         let jobs = vec![Job {
             name: "outbox_housekeeping",
             every: housekeeping_every,
-            run: |ctx| Box::pin(async move { housekeeping(&ctx).await }),
+            run: |ctx| Box::pin(async move { outbox_housekeeping(&ctx).await }),
         }];
         Self {
             ctx,
             leader,
             jobs,
             handled: HashMap::new(),
+        }
+    }
+
+    /// Runs due jobs while `leadership` reads `true`, until its sender is dropped.
+    pub async fn run(mut self, mut leadership: watch::Receiver<bool>) {
+        // The condition's `Ref` is dropped before the body awaits anything.
+        while leadership.wait_for(|leading| *leading).await.is_ok() {
+            if self.lead(&mut leadership).await == Term::Closed {
+                return;
+            }
+        }
+    }
+
+    /// Runs due jobs each tick until leadership turns `false` or its sender is gone. A
+    /// job under way is never cut short: an unfinished run would stay unrecorded.
+    async fn lead(&mut self, leadership: &mut watch::Receiver<bool>) -> Term {
+        let mut tick = tokio::time::interval(TICK);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                changed = leadership.changed() => if changed.is_err() {
+                    return Term::Closed;
+                },
+            }
+            if !*leadership.borrow_and_update() {
+                return Term::Ended;
+            }
+            self.run_due(SystemTime::now()).await;
         }
     }
 
@@ -92,6 +126,15 @@ impl Scheduler {
             self.handled.insert(job.name, slot);
         }
     }
+}
+
+/// How a term of running jobs ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Term {
+    /// Leadership turned `false`; it may come back.
+    Ended,
+    /// The elector is gone; it will not.
+    Closed,
 }
 
 /// The start of the slot `now` falls in, in milliseconds since the epoch.
@@ -141,52 +184,11 @@ async fn finish_slot(
     Ok(())
 }
 
-/// Purges delivered replies and answered inbound messages past the retention period, and
-/// reports the outbox by state and anything stuck.
-async fn housekeeping(ctx: &Context) -> Result<String, sqlx::Error> {
-    let keep = ctx.retention.as_secs_f64();
-    let replies = sqlx::query(
-        "DELETE FROM outbox WHERE status = 'delivered'
-         AND delivered_at < now() - make_interval(secs => $1)",
-    )
-    .bind(keep)
-    .execute(&ctx.pool)
-    .await?
-    .rows_affected();
-    let messages = sqlx::query(
-        "DELETE FROM inbound_messages i WHERE received_at < now() - make_interval(secs => $1)
-         AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.inbound_id = i.id)",
-    )
-    .bind(keep)
-    .execute(&ctx.pool)
-    .await?
-    .rows_affected();
-    let overdue: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM outbox WHERE status = 'pending'
-         AND next_attempt_at < now() - interval '1 minute'
-         AND (lease_expires_at IS NULL OR lease_expires_at < now())",
-    )
-    .fetch_one(&ctx.pool)
-    .await?;
-    let stats = store::stats(&ctx.pool).await?;
-    tracing::info!(
-        pending = stats.pending,
-        leased = stats.leased,
-        delivered = stats.delivered,
-        dead = stats.dead,
-        purged_replies = replies,
-        purged_messages = messages,
-        "outbox"
-    );
-    if overdue > 0 {
-        tracing::warn!(
-            overdue,
-            "replies are overdue: is a deliverer running with AIHUMMER_REPLY_WEBHOOK_URL set?"
-        );
-    }
-    Ok(format!(
-        "purged {replies} replies and {messages} messages; {overdue} overdue"
-    ))
+/// The housekeeping job: one [`housekeeping::sweep`], logged, summed up in one line.
+async fn outbox_housekeeping(ctx: &Context) -> Result<String, sqlx::Error> {
+    let sweep = housekeeping::sweep(&ctx.pool, ctx.retention).await?;
+    sweep.log();
+    Ok(sweep.to_string())
 }
 
 #[cfg(test)]

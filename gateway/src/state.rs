@@ -1,5 +1,6 @@
 //! What the gateway reports about itself: its startup phase, whether it drains, whether it
-//! leads. Shared by the startup task (which writes) and the routes (which read).
+//! leads. Shared by the startup task (which writes) and the routes (which read); whether
+//! it leads is read from the channel the leader elector publishes on.
 //!
 //! ```text
 //! HealthOnly                                  (no AIHUMMER_DATABASE_URL; stays here)
@@ -14,6 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 use sqlx::PgPool;
+use tokio::sync::watch;
 
 /// The startup phase, as `/readyz` reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,7 +77,7 @@ pub struct Shared {
     phase: Mutex<Phase>,
     pools: OnceLock<Pools>,
     draining: AtomicBool,
-    leader: AtomicBool,
+    leadership: watch::Receiver<bool>,
     /// Whether a database is configured at all.
     pub full_mode: bool,
     /// This process's id, reported so a supervisor can tell children apart.
@@ -85,8 +87,9 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// Fresh state: `Connecting` with a database configured, `HealthOnly` without.
-    pub fn new(full_mode: bool) -> Self {
+    /// Fresh state: `Connecting` with a database configured, `HealthOnly` without;
+    /// whether this gateway leads is read from `leadership`.
+    pub fn new(full_mode: bool, leadership: watch::Receiver<bool>) -> Self {
         let phase = if full_mode {
             Phase::Connecting
         } else {
@@ -96,7 +99,7 @@ impl Shared {
             phase: Mutex::new(phase),
             pools: OnceLock::new(),
             draining: AtomicBool::new(false),
-            leader: AtomicBool::new(false),
+            leadership,
             full_mode,
             pid: std::process::id(),
             instance: format!(
@@ -147,13 +150,9 @@ impl Shared {
         self.draining.load(Ordering::SeqCst)
     }
 
-    /// Records whether this gateway holds the scheduler's leadership.
-    pub fn set_leader(&self, leader: bool) {
-        self.leader.store(leader, Ordering::SeqCst);
-    }
-
-    /// Whether this gateway holds the scheduler's leadership.
+    /// Whether this gateway holds the scheduler's leadership: the elector's last word,
+    /// `false` before it has any and after it is gone.
     pub fn is_leader(&self) -> bool {
-        self.leader.load(Ordering::SeqCst)
+        *self.leadership.borrow()
     }
 }

@@ -4,7 +4,9 @@
 //! - [`store`]: the SQL verbs, one statement or transaction each.
 //! - [`policy`]: what a delivery attempt's result means, and when to retry (pure).
 //! - [`deliver`]: the worker that claims due rows and posts them to the webhook.
+//! - [`housekeeping`]: the leader's periodic purge, counts and overdue warning.
 
 pub mod deliver;
+pub mod housekeeping;
 pub mod policy;
 pub mod store;

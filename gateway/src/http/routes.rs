@@ -1,4 +1,5 @@
-//! The gateway's HTTP surface. Every error is JSON `{"error":{"code","message"}}`.
+//! The gateway's router: health, readiness, ping and outbox counts, the inbound route
+//! merged in, and fallbacks. Every error is an [`ApiError`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +14,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::VERSION;
+use crate::http::error::ApiError;
+use crate::http::inbound::{self, Inbound};
 use crate::state::{Phase, Shared};
 
 /// The longest artificial delay `/v1/ping?delay_ms=` accepts.
@@ -21,22 +24,16 @@ pub const MAX_PING_DELAY: Duration = Duration::from_secs(30);
 const DB_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The router, served on the public and the probe listener alike.
-pub fn router(shared: Arc<Shared>, inbound: Arc<crate::inbound::Inbound>) -> Router {
+pub fn router(shared: Arc<Shared>, inbound: Arc<Inbound>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/v1/ping", get(ping))
         .route("/v1/outbox/stats", get(outbox_stats))
         .with_state(shared)
-        .merge(crate::inbound::routes(inbound))
+        .merge(inbound::routes(inbound))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-}
-
-/// A JSON error response.
-pub fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
-    let body = json!({ "error": { "code": code, "message": message.into() } });
-    (status, Json(body)).into_response()
 }
 
 async fn healthz(State(shared): State<Arc<Shared>>) -> Response {
@@ -100,54 +97,49 @@ struct PingParams {
 async fn ping(
     State(shared): State<Arc<Shared>>,
     params: Result<Query<PingParams>, QueryRejection>,
-) -> Response {
-    let Query(params) = match params {
-        Ok(p) => p,
-        Err(err) => return error(StatusCode::BAD_REQUEST, "bad_query", err.body_text()),
-    };
+) -> Result<Response, ApiError> {
+    let bad_query = |message: String| ApiError::new(StatusCode::BAD_REQUEST, "bad_query", message);
+    let Query(params) = params.map_err(|err| bad_query(err.body_text()))?;
     if let Some(ms) = params.delay_ms {
         let delay = Duration::from_millis(ms);
         if delay > MAX_PING_DELAY {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "bad_query",
-                format!("delay_ms may be at most {}", MAX_PING_DELAY.as_millis()),
-            );
+            return Err(bad_query(format!(
+                "delay_ms may be at most {}",
+                MAX_PING_DELAY.as_millis()
+            )));
         }
         tokio::time::sleep(delay).await;
     }
-    Json(json!({ "pong": true, "version": VERSION, "pid": shared.pid })).into_response()
+    Ok(Json(json!({ "pong": true, "version": VERSION, "pid": shared.pid })).into_response())
 }
 
 /// Outbox counts by state, across all workspaces (counts only, no content).
-async fn outbox_stats(State(shared): State<Arc<Shared>>) -> Response {
-    let Some(pools) = shared.pools() else {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not_ready",
-            shared.phase().reason(),
-        );
-    };
-    match crate::outbox::store::stats(&pools.owner).await {
-        Ok(stats) => Json(stats).into_response(),
-        Err(err) => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "database_error",
-            format!("cannot read the outbox: {err}"),
-        ),
-    }
+async fn outbox_stats(State(shared): State<Arc<Shared>>) -> Result<Response, ApiError> {
+    let pools = shared
+        .pools()
+        .ok_or_else(|| ApiError::not_ready(&shared.phase()))?;
+    let stats = crate::outbox::store::stats(&pools.owner)
+        .await
+        .map_err(|err| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "database_error",
+                format!("cannot read the outbox: {err}"),
+            )
+        })?;
+    Ok(Json(stats).into_response())
 }
 
-async fn not_found(method: Method, uri: Uri) -> Response {
-    error(
+async fn not_found(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
         StatusCode::NOT_FOUND,
         "not_found",
         format!("no route for {method} {}", uri.path()),
     )
 }
 
-async fn method_not_allowed(method: Method, uri: Uri) -> Response {
-    error(
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
         format!("{method} is not allowed on {}", uri.path()),
