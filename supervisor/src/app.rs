@@ -9,9 +9,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{self, ConfigError, Settings};
 use crate::control::{self, Access, BindError};
-use crate::fds::{self, FdError};
-use crate::notify;
-use crate::supervise::{self, Handle, Supervisor};
+use crate::process::fds::{self, FdError};
+use crate::process::notify;
+use crate::supervise::{self, Driver, Handle};
 use crate::updater::{Updater, UpdaterError};
 
 /// Why the supervisor could not run.
@@ -85,7 +85,7 @@ async fn serve(
         Err(UpdaterError::NoSource) => None,
         Err(err) => return Err(err.into()),
     };
-    let (supervisor, views) = Supervisor::new(settings, public, (inbox.clone(), inputs), updater);
+    let (driver, views) = Driver::new(settings, public, (inbox.clone(), inputs), updater).await;
     let handle = Arc::new(Handle::new(views.status, inbox));
     let access = Access {
         uid: config::current_uid(),
@@ -98,7 +98,7 @@ async fn serve(
         tracing::info!(interval = ?interval, "systemd watchdog enabled");
         tokio::spawn(notify::watchdog(interval, views.active_probe));
     }
-    supervisor.run().await;
+    driver.run().await;
     drop(stop_server);
     let _ = server.await;
     tracing::info!("aihummer supervisor stopped");

@@ -8,19 +8,14 @@
 //! # Layout
 //!
 //! - [`config`]: the environment turned into typed settings (addresses, paths, timeouts).
-//! - [`fds`]: every piece of raw descriptor plumbing: sockets inherited from systemd, the
-//!   listeners handed to children. The crate's only `unsafe`.
-//! - [`child`]: spawning one gateway with its sockets, signalling, reaping.
-//! - [`probe`]: asking a child's private probe listener whether it is ready.
-//! - [`backoff`]: crash-restart delays, a pure value.
-//! - [`handoff`]: the pure parts of a handoff: the readiness gate and its failures.
-//! - [`supervise`]: the supervisor's state machine, one function per state.
+//! - [`process`]: the gateway processes and systemd: raw descriptor plumbing (the
+//!   crate's only `unsafe`), spawning, signalling and reaping a child, probing it,
+//!   notifying systemd.
+//! - [`supervise`]: the supervisor's state machine (no I/O, one function per state) and
+//!   the driver that carries out what it decides.
 //! - [`control`]: the control socket's typed, versioned protocol and its server.
 //! - [`cli`]: the `status`, `version`, `restart`, `update` and `rollback` clients, and
 //!   `update --check`, which also works without a supervisor.
-//! - [`notify`]: systemd notifications (`READY=1`, `STATUS=`, `WATCHDOG=1`).
-//! - [`soak`]: the window after an update in which a crash-looping version is rolled back.
-//! - [`update`]: update check requests, merged while a check or a handoff runs.
 //! - [`updater`]: the update pipeline's I/O: fetch, verify, decide, stage.
 //! - [`manifest`]: a channel's `latest.json` parsed into a typed manifest; artifact URLs.
 //! - [`decide`]: the update decision (channels, SemVer, downgrade floor, quarantine), pure.
@@ -40,25 +35,18 @@
 #![warn(missing_docs)]
 
 pub mod app;
-pub mod backoff;
-pub mod child;
 pub mod cli;
 pub mod config;
 pub mod control;
 pub mod decide;
-pub mod fds;
 pub mod fetch;
-pub mod handoff;
 pub mod install;
 pub mod manifest;
-pub mod notify;
-pub mod probe;
+pub mod process;
 pub mod publish;
 pub mod signature;
-pub mod soak;
 pub mod stage;
 pub mod supervise;
-pub mod update;
 pub mod updater;
 
 /// This binary's version: the package version, or `AIHUMMER_BUILD_VERSION` at build time.

@@ -6,7 +6,8 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use aihummer::cli::{self, ClientError};
-use aihummer::{VERSION, app, config, fds};
+use aihummer::process::fds;
+use aihummer::{VERSION, app, config};
 use aihummer_common::logging;
 use anyhow::Context;
 use clap::{Parser, Subcommand};

@@ -13,7 +13,7 @@
 use std::time::Duration;
 
 use semver::Version;
-use tokio::time::Instant;
+use std::time::Instant;
 
 /// How long after a switch deaths count against the new version.
 pub const WINDOW: Duration = Duration::from_secs(5 * 60);

@@ -3,7 +3,7 @@
 //! asks for a watchdog. Outside systemd (`NOTIFY_SOCKET` unset) every call does nothing.
 //!
 //! `NOTIFY_SOCKET` stays in this process's environment (sd-notify reads it on each call);
-//! children never see it, see [`crate::child`].
+//! children never see it, see [`super::child`].
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -11,7 +11,7 @@ use std::time::Duration;
 use sd_notify::NotifyState;
 use tokio::sync::watch;
 
-use crate::probe;
+use super::probe;
 
 fn send(states: &[NotifyState]) {
     if let Err(err) = sd_notify::notify(states) {

@@ -1,6 +1,5 @@
-//! The pure parts of starting a gateway and handing off to it: the readiness gate, the
-//! ways a candidate fails, and the fan-out of progress to every client waiting on a
-//! handoff. The I/O around them lives in [`crate::supervise`].
+//! The readiness gate of one candidate, and the ways a candidate fails. Pure: fed probe
+//! verdicts, its exit and the clock, it says whether to wait, switch or give up.
 //!
 //! ```text
 //!            probe: not ready (before the deadline)
@@ -14,11 +13,10 @@
 
 use std::time::Duration;
 
-use tokio::sync::mpsc;
-use tokio::time::Instant;
+use std::time::Instant;
 
-use crate::control::{Body, ErrorCode, ErrorReply, Progress, Stage};
-use crate::probe::Verdict;
+use super::events::{FailureKind, Outcome};
+use crate::process::probe::Verdict;
 
 /// Why a candidate did not take over. The old gateway, if any, keeps serving untouched.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -60,16 +58,13 @@ pub enum Failure {
 }
 
 impl Failure {
-    /// The reply a waiting client gets.
-    pub fn reply(&self) -> Body {
-        let code = match self {
-            Failure::Stopping => ErrorCode::Stopping,
-            _ => ErrorCode::HandoffFailed,
+    /// What a waiting client is told.
+    pub fn outcome(&self) -> Outcome {
+        let kind = match self {
+            Failure::Stopping => FailureKind::Stopping,
+            _ => FailureKind::HandoffFailed,
         };
-        Body::Error(ErrorReply {
-            code,
-            message: self.to_string(),
-        })
+        Outcome::failed(kind, self.to_string())
     }
 }
 
@@ -106,7 +101,7 @@ impl Gate {
             pid,
             expected_version: None,
             timeout,
-            deadline: now + timeout,
+            deadline: super::machine::after(now, timeout),
             last_reason: "no probe answered yet".into(),
         }
     }
@@ -118,9 +113,9 @@ impl Gate {
         self
     }
 
-    /// The last reason the candidate gave for not being ready.
-    pub fn last_reason(&self) -> &str {
-        &self.last_reason
+    /// When the gate gives up on a candidate that has not become ready.
+    pub fn deadline(&self) -> Instant {
+        self.deadline
     }
 
     /// A probe verdict arrived at `now`.
@@ -172,62 +167,6 @@ impl Gate {
             pid: self.pid,
             status,
         })
-    }
-}
-
-/// A client waiting for a handoff's result: it receives progress, then one final body.
-pub type Waiter = mpsc::UnboundedSender<Body>;
-
-/// Everyone waiting on the handoff (or start) under way. A second `restart` joins the
-/// running one instead of starting another candidate.
-#[derive(Debug, Default)]
-pub struct Waiters {
-    waiting: Vec<Waiter>,
-}
-
-impl Waiters {
-    /// Adds a client; later joiners are told they joined a handoff already under way.
-    pub fn join(&mut self, waiter: Waiter) {
-        if !self.waiting.is_empty() {
-            let _ = waiter.send(Body::Progress(Progress {
-                stage: Stage::Joined,
-                message: "a handoff is already under way; waiting for its result".into(),
-                pid: None,
-                done: None,
-                total: None,
-            }));
-        }
-        self.waiting.push(waiter);
-    }
-
-    /// Whether anyone waits.
-    pub fn is_empty(&self) -> bool {
-        self.waiting.is_empty()
-    }
-
-    /// Sends a progress event to every waiter still listening.
-    pub fn progress(&mut self, stage: Stage, pid: Option<u32>, message: impl Into<String>) {
-        self.send(Progress {
-            stage,
-            message: message.into(),
-            pid,
-            done: None,
-            total: None,
-        });
-    }
-
-    /// Sends a progress event as it is to every waiter still listening.
-    pub fn send(&mut self, progress: Progress) {
-        let body = Body::Progress(progress);
-        // A client that went away is simply dropped; the handoff goes on.
-        self.waiting.retain(|w| w.send(body.clone()).is_ok());
-    }
-
-    /// Sends the final body to everyone and forgets them.
-    pub fn finish(&mut self, body: Body) {
-        for waiter in self.waiting.drain(..) {
-            let _ = waiter.send(body.clone());
-        }
     }
 }
 
@@ -306,29 +245,5 @@ mod tests {
             failure.to_string(),
             "the new gateway (pid 9) exited with exit code 1 before it was ready"
         );
-    }
-
-    #[test]
-    fn joiners_are_told_and_every_waiter_gets_the_same_result() {
-        let (first, mut first_rx) = mpsc::unbounded_channel();
-        let (second, mut second_rx) = mpsc::unbounded_channel();
-        let (gone, gone_rx) = mpsc::unbounded_channel();
-        drop(gone_rx);
-        let mut waiters = Waiters::default();
-        waiters.join(first);
-        waiters.join(gone);
-        waiters.join(second);
-        waiters.progress(Stage::CandidateStarted, Some(5), "started");
-        waiters.finish(Failure::Stopping.reply());
-        assert!(
-            matches!(first_rx.try_recv(), Ok(Body::Progress(p)) if p.stage == Stage::CandidateStarted)
-        );
-        assert!(matches!(first_rx.try_recv(), Ok(Body::Error(e)) if e.code == ErrorCode::Stopping));
-        assert!(matches!(second_rx.try_recv(), Ok(Body::Progress(p)) if p.stage == Stage::Joined));
-        assert!(
-            matches!(second_rx.try_recv(), Ok(Body::Progress(p)) if p.stage == Stage::CandidateStarted)
-        );
-        assert!(matches!(second_rx.try_recv(), Ok(Body::Error(_))));
-        assert!(waiters.is_empty());
     }
 }

@@ -8,17 +8,20 @@
 //! descriptor this process opens is close-on-exec (std and tokio open them so), which keeps
 //! the control socket out of the child.
 
+use aihummer_common::sockets;
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::OwnedFd;
 
 use command_fds::FdMapping;
 
 /// The descriptor a child finds its public listener on (`SD_LISTEN_FDS_START`).
-pub const CHILD_PUBLIC_FD: i32 = 3;
+pub const CHILD_PUBLIC_FD: i32 = sockets::FIRST_FD;
 /// The descriptor a child finds its probe listener on.
-pub const CHILD_PROBE_FD: i32 = 4;
+pub const CHILD_PROBE_FD: i32 = sockets::FIRST_FD + 1;
 /// `LISTEN_FDNAMES` for a child, in descriptor order.
-pub const CHILD_FD_NAMES: &str = "public:probe";
+pub fn child_fd_names() -> String {
+    format!("{}:{}", sockets::PUBLIC, sockets::PROBE)
+}
 
 /// A socket that cannot be set up.
 #[derive(Debug, thiserror::Error)]

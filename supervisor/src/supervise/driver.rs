@@ -1,0 +1,442 @@
+//! The thin async driver around [`Machine`]: it feeds the machine inputs (from its inbox)
+//! and the time, and carries out the effects the machine asks for: spawning and
+//! signalling gateways, probing them, running update checks off the loop, switching the
+//! install, replying to clients and notifying systemd. It decides nothing itself.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use semver::Version;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use super::events::{
+    Binary, CheckReport, CheckRequest, ChildId, ClientId, Effect, Found, Input, Notify, Stage,
+    StageFailure, Staged, Step,
+};
+use super::inputs::{self, Message};
+use super::machine::{Config, Machine};
+use crate::config::{Settings, UpdateMode};
+use crate::control::{Body, ProcessInfo, StatusReport};
+use crate::install::{CheckOutcome, Layout};
+use crate::process::child::{self, Gateway};
+use crate::process::{notify, probe};
+use crate::updater::{self, Checked, Updater};
+
+/// What the rest of the process reads from a running supervisor.
+pub struct Views {
+    /// The status report, updated on every change.
+    pub status: watch::Receiver<StatusReport>,
+    /// The serving gateway's pid and probe address, for the watchdog.
+    pub active_probe: watch::Receiver<Option<(u32, SocketAddr)>>,
+}
+
+/// Owns the public listener, every gateway child and the machine deciding about them.
+pub struct Driver {
+    settings: Settings,
+    public: TcpListener,
+    machine: Machine,
+    inbox: mpsc::UnboundedReceiver<Message>,
+    sender: mpsc::UnboundedSender<Message>,
+    updater: Option<Arc<Updater>>,
+    layout: Option<Layout>,
+    children: HashMap<ChildId, Gateway>,
+    clients: HashMap<ClientId, mpsc::UnboundedSender<Body>>,
+    next_client: u64,
+    me: ProcessInfo,
+    status: watch::Sender<StatusReport>,
+    active_probe: watch::Sender<Option<(u32, SocketAddr)>>,
+}
+
+impl Driver {
+    /// A supervisor serving `public`, taking its inputs from `inbox`, into which `sender`
+    /// sends. `updater` is the update pipeline, if a CDN is configured. Installs the
+    /// gateway about to run into an empty install dir first, so a rollback target exists
+    /// after the first update.
+    pub async fn new(
+        settings: Settings,
+        public: TcpListener,
+        (sender, inbox): (
+            mpsc::UnboundedSender<Message>,
+            mpsc::UnboundedReceiver<Message>,
+        ),
+        updater: Option<Updater>,
+    ) -> (Self, Views) {
+        let layout = settings.state_dir.clone().map(Layout::new);
+        if let Some(layout) = &layout {
+            install_bootstrap(&settings, layout).await;
+        }
+        let mut quarantined = Vec::new();
+        let mut previous = None;
+        if let Some(layout) = &layout {
+            match layout.load_state() {
+                Ok(state) => quarantined = updater::quarantine_list(&state),
+                Err(err) => tracing::warn!(error = %err, "cannot read the install state"),
+            }
+            match layout.previous() {
+                Ok(version) => previous = version,
+                Err(err) => tracing::warn!(error = %err, "cannot read the previous version"),
+            }
+        }
+        let config = Config {
+            ready_timeout: settings.ready_timeout,
+            drain_timeout: settings.drain_timeout,
+            apply: settings.update_mode == UpdateMode::Apply,
+            update_source: match &updater {
+                Some(_) => Ok(()),
+                None => Err(updater::UpdaterError::NoSource.to_string()),
+            },
+            install: layout.as_ref().map(|_| previous),
+        };
+        let now = Instant::now();
+        let machine = Machine::new(config, quarantined, now.into_std());
+        let me = ProcessInfo {
+            version: crate::VERSION.to_string(),
+            pid: std::process::id(),
+            started_at: super::status::rfc3339(SystemTime::now()),
+        };
+        let report = machine.status().report(
+            me.clone(),
+            (
+                settings.update_mode.as_str(),
+                settings.update_channel.as_str(),
+            ),
+            (now.into_std(), SystemTime::now()),
+        );
+        let (status, status_rx) = watch::channel(report);
+        let (active_probe, active_rx) = watch::channel(None);
+        let driver = Driver {
+            settings,
+            public,
+            machine,
+            inbox,
+            sender,
+            updater: updater.map(Arc::new),
+            layout,
+            children: HashMap::new(),
+            clients: HashMap::new(),
+            next_client: 0,
+            me,
+            status,
+            active_probe,
+        };
+        let views = Views {
+            status: status_rx,
+            active_probe: active_rx,
+        };
+        (driver, views)
+    }
+
+    /// Runs until a stop has drained every child.
+    pub async fn run(mut self) {
+        if self.settings.update_mode != UpdateMode::Off {
+            tokio::spawn(inputs::update_timer(
+                self.sender.clone(),
+                self.settings.update_interval,
+            ));
+        }
+        loop {
+            self.carry_out();
+            self.publish();
+            if self.machine.is_stopped() {
+                return;
+            }
+            let timeout = self.machine.poll_timeout().map(Instant::from_std);
+            tokio::select! {
+                message = self.inbox.recv() => match message {
+                    Some(message) => self.receive(message),
+                    // Every sender is gone: nothing more can arrive but the timeouts.
+                    None => std::future::pending::<()>().await,
+                },
+                () = sleep_until(timeout) => {
+                    self.machine.handle_timeout(Instant::now().into_std());
+                }
+            }
+        }
+    }
+
+    fn receive(&mut self, message: Message) {
+        let input = match message {
+            Message::Input(input) => input,
+            Message::Client { request, replies } => {
+                let client = ClientId(self.next_client);
+                self.next_client += 1;
+                self.clients.insert(client, replies);
+                request.input(client)
+            }
+        };
+        let exited = match &input {
+            Input::Exited { child, .. } => Some(*child),
+            _ => None,
+        };
+        self.machine.handle(Instant::now().into_std(), input);
+        if let Some(child) = exited {
+            self.children.remove(&child);
+        }
+    }
+
+    /// Carries out every effect asked for, feeding back the results that are known at
+    /// once, until the machine asks for nothing more.
+    fn carry_out(&mut self) {
+        loop {
+            let effects = self.machine.take_effects();
+            if effects.is_empty() {
+                return;
+            }
+            for effect in effects {
+                if let Some(input) = self.perform(effect) {
+                    self.machine.handle(Instant::now().into_std(), input);
+                }
+            }
+        }
+    }
+
+    fn perform(&mut self, effect: Effect) -> Option<Input> {
+        match effect {
+            Effect::Spawn { child, binary } => Some(self.spawn(child, binary)),
+            Effect::Probe(child) => {
+                if let Some(gateway) = self.children.get(&child) {
+                    let (addr, pid) = (gateway.probe, gateway.pid);
+                    let sender = self.sender.clone();
+                    tokio::spawn(async move {
+                        let verdict = probe::readiness(addr, pid).await;
+                        let _ = sender.send(Message::Input(Input::Probed { child, verdict }));
+                    });
+                }
+                None
+            }
+            Effect::Terminate(child) => {
+                if let Some(gateway) = self.children.get(&child) {
+                    gateway.terminate();
+                }
+                None
+            }
+            Effect::Kill(child) => {
+                if let Some(gateway) = self.children.get(&child) {
+                    gateway.kill();
+                }
+                None
+            }
+            Effect::Reply { client, reply } => {
+                let done = matches!(reply, super::events::Reply::Done(_));
+                if let Some(replies) = self.clients.get(&client) {
+                    // A client that went away is simply forgotten; the operation goes on.
+                    let _ = replies.send(inputs::body(reply));
+                }
+                if done {
+                    self.clients.remove(&client);
+                }
+                None
+            }
+            Effect::Notify(Notify::Ready(line)) => {
+                notify::ready(&line);
+                None
+            }
+            Effect::Notify(Notify::Status(line)) => {
+                notify::status(&line);
+                None
+            }
+            Effect::Notify(Notify::Stopping) => {
+                notify::stopping();
+                None
+            }
+            Effect::Check(request) => {
+                self.check(request);
+                None
+            }
+            Effect::Switch(version) => Some(self.switch(version)),
+            Effect::Quarantine { version, reason } => Some(self.quarantine(version, reason)),
+            Effect::Exit => None,
+        }
+    }
+
+    fn spawn(&mut self, child: ChildId, binary: Binary) -> Input {
+        let path = match binary {
+            Binary::Current => self
+                .settings
+                .gateway_binary()
+                .map_err(|err| err.to_string()),
+            Binary::Installed(version) => match &self.layout {
+                Some(layout) => Ok(layout.binary(&version)),
+                None => Err(format!(
+                    "{version} is not installed: AIHUMMER_STATE_DIR is unset"
+                )),
+            },
+            Binary::Staged(path) => Ok(path),
+        };
+        let sender = self.sender.clone();
+        let spawned = path.and_then(|path| {
+            let on_exit = move |status| {
+                let status = child::describe(status);
+                let _ = sender.send(Message::Input(Input::Exited { child, status }));
+            };
+            Gateway::spawn(&path, &self.public, on_exit)
+                .map(|gateway| (gateway, path))
+                .map_err(|err| err.to_string())
+        });
+        match spawned {
+            Ok((gateway, binary)) => {
+                let pid = gateway.pid;
+                self.children.insert(child, gateway);
+                Input::Spawned { child, pid, binary }
+            }
+            Err(reason) => Input::SpawnFailed { child, reason },
+        }
+    }
+
+    /// Runs a check (and a stage) in its own task, so a slow CDN never blocks signals or
+    /// status; progress and the outcome come back as inputs.
+    fn check(&self, request: CheckRequest) {
+        let Some(updater) = self.updater.clone() else {
+            return;
+        };
+        let layout = self.layout.clone();
+        let sender = self.sender.clone();
+        let url = updater.manifest_url().to_string();
+        tokio::spawn(async move {
+            let progress = |stage, message: String, bytes| {
+                if request.explicit {
+                    let step = Step {
+                        stage,
+                        message,
+                        pid: None,
+                        bytes,
+                    };
+                    let _ = sender.send(Message::Input(Input::UpdateProgress(step)));
+                }
+            };
+            progress(Stage::Checking, format!("checking {url}"), None);
+            let mut reported = 0;
+            let run = updater
+                .run(
+                    &request.running,
+                    request.requested.as_ref(),
+                    request.stage,
+                    |done, total| {
+                        // One event per MiB (and the last): enough for a bar, few enough
+                        // for the inbox.
+                        if done == total || done >= reported + (1 << 20) {
+                            reported = done;
+                            let message = format!("downloaded {done} of {total} bytes");
+                            progress(Stage::Downloading, message, Some((done, total)));
+                        }
+                    },
+                )
+                .await;
+            if let Some(layout) = &layout {
+                let outcome = match &run.checked {
+                    Ok(checked) => checked.outcome(),
+                    Err(err) => CheckOutcome::Failed {
+                        reason: err.to_string(),
+                    },
+                };
+                if let Err(err) = updater::record_check(layout, outcome) {
+                    tracing::warn!(error = %err, "cannot record the update check in the state file");
+                }
+            }
+            let report = CheckReport {
+                explicit: request.explicit,
+                found: match &run.checked {
+                    Ok(Checked::UpToDate(version)) => Found::UpToDate(version.clone()),
+                    Ok(Checked::Available(offer)) => Found::Available(offer.version.clone()),
+                    Ok(Checked::Refused(refusal)) => Found::Refused(refusal.to_string()),
+                    Err(err) => Found::Failed(err.to_string()),
+                },
+                staged: run.staged.map(|(version, result)| Staged {
+                    version,
+                    result: result.map_err(|err| StageFailure {
+                        message: err.to_string(),
+                        blames_release: err.blames_release(),
+                    }),
+                }),
+            };
+            let _ = sender.send(Message::Input(Input::Checked(report)));
+        });
+    }
+
+    fn switch(&self, version: Version) -> Input {
+        let result = match &self.layout {
+            Some(layout) => updater::switch(layout, &version)
+                .map(|state| state.previous)
+                .map_err(|err| err.to_string()),
+            None => Err("AIHUMMER_STATE_DIR is unset".to_string()),
+        };
+        Input::Switched { version, result }
+    }
+
+    fn quarantine(&self, version: Version, reason: String) -> Input {
+        let result = match &self.layout {
+            Some(layout) => updater::quarantine(layout, &version, &reason)
+                .map(|state| updater::quarantine_list(&state))
+                .map_err(|err| err.to_string()),
+            None => Err("AIHUMMER_STATE_DIR is unset".to_string()),
+        };
+        Input::Quarantined {
+            version,
+            reason,
+            result,
+        }
+    }
+
+    /// Publishes the status and the serving gateway's probe address when they changed.
+    fn publish(&mut self) {
+        let report = self.machine.status().report(
+            self.me.clone(),
+            (
+                self.settings.update_mode.as_str(),
+                self.settings.update_channel.as_str(),
+            ),
+            (Instant::now().into_std(), SystemTime::now()),
+        );
+        self.status.send_if_modified(|current| {
+            let changed = *current != report;
+            if changed {
+                *current = report;
+            }
+            changed
+        });
+        let active = self.machine.status().active.as_ref().map(|a| a.pid);
+        let probe = active.and_then(|pid| {
+            self.children
+                .values()
+                .find(|g| g.pid == pid)
+                .map(|g| (g.pid, g.probe))
+        });
+        self.active_probe.send_if_modified(|current| {
+            let changed = *current != probe;
+            *current = probe;
+            changed
+        });
+    }
+}
+
+/// On a first start with an install dir but nothing installed, installs the gateway
+/// about to run as `versions/<its version>/` and `current`. A failure is logged; the
+/// gateway still runs from where it is.
+async fn install_bootstrap(settings: &Settings, layout: &Layout) {
+    let binary: PathBuf = match settings.gateway_binary() {
+        Ok(binary) => binary,
+        Err(err) => {
+            tracing::warn!(error = %err, "no gateway to install into the install dir");
+            return;
+        }
+    };
+    match updater::install_bootstrap(layout, &binary).await {
+        Ok(Some(version)) => {
+            tracing::info!(%version, from = %binary.display(), "installed the bootstrap gateway");
+        }
+        Ok(None) => {}
+        Err(err) => tracing::warn!(error = %err, "cannot install the bootstrap gateway"),
+    }
+}
+
+/// Sleeps until `deadline`, or for ever without one.
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,305 @@
+//! The machine's vocabulary: the inputs it is fed, the effects it asks for, and what it
+//! tells waiting clients. Plain data: no channels, no sockets, no processes, so the
+//! machine can be driven by a test as easily as by [`super::driver`].
+//!
+//! Children and clients are named by ids the machine hands out ([`ChildId`]) or the
+//! driver does ([`ClientId`]); the driver keeps what those ids stand for.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use semver::Version;
+
+use crate::process::probe::Verdict;
+
+/// A gateway child, as the machine names it (pids are known only once it runs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ChildId(pub u64);
+
+/// A control-socket client waiting for an answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ClientId(pub u64);
+
+/// Something for the machine to act on. Each comes with the time it is handled at.
+#[derive(Debug, Clone)]
+pub enum Input {
+    /// SIGTERM or SIGINT: drain every gateway and exit.
+    Stop(&'static str),
+    /// SIGHUP or the periodic timer: check for an update.
+    CheckRequested,
+    /// `aihummer restart`.
+    Restart(ClientId),
+    /// `aihummer update [--version X]`.
+    Update {
+        /// Who waits for the outcome.
+        client: ClientId,
+        /// The version asked for, as typed.
+        version: Option<String>,
+    },
+    /// `aihummer rollback`.
+    Rollback(ClientId),
+    /// Download progress of the update clients wait on.
+    UpdateProgress(Step),
+    /// A check (and a stage, when asked) ended.
+    Checked(CheckReport),
+    /// A child asked for by [`Effect::Spawn`] runs.
+    Spawned {
+        /// The child.
+        child: ChildId,
+        /// Its pid.
+        pid: u32,
+        /// The binary it runs, resolved.
+        binary: PathBuf,
+    },
+    /// A child asked for by [`Effect::Spawn`] could not be started.
+    SpawnFailed {
+        /// The child.
+        child: ChildId,
+        /// Why, for people.
+        reason: String,
+    },
+    /// A probe asked for by [`Effect::Probe`] answered (or gave up).
+    Probed {
+        /// The child probed.
+        child: ChildId,
+        /// What the probe learned.
+        verdict: Verdict,
+    },
+    /// A child exited and was reaped.
+    Exited {
+        /// The child.
+        child: ChildId,
+        /// Its exit status, described for people.
+        status: String,
+    },
+    /// An [`Effect::Switch`] was carried out: `current` points at `version` now, or the
+    /// reason it does not.
+    Switched {
+        /// The version switched to.
+        version: Version,
+        /// The rollback target after the switch, or why the switch failed.
+        result: Result<Option<Version>, String>,
+    },
+    /// An [`Effect::Quarantine`] was carried out.
+    Quarantined {
+        /// The version quarantined.
+        version: Version,
+        /// Why it was.
+        reason: String,
+        /// The quarantine as `status` lists it, or why it could not be saved.
+        result: Result<Vec<String>, String>,
+    },
+}
+
+/// Which binary a new child runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Binary {
+    /// Whatever is installed (`current`) or configured: a restart or a plain start.
+    Current,
+    /// This installed version (`versions/<version>/`): a rollback.
+    Installed(Version),
+    /// This freshly staged file: an update.
+    Staged(PathBuf),
+}
+
+/// What the machine asks its driver to do, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    /// Start a gateway; answer with [`Input::Spawned`] or [`Input::SpawnFailed`].
+    Spawn {
+        /// The id to report it under.
+        child: ChildId,
+        /// What to run.
+        binary: Binary,
+    },
+    /// Probe a child's readiness; answer with [`Input::Probed`].
+    Probe(ChildId),
+    /// Send SIGTERM: the child drains and exits.
+    Terminate(ChildId),
+    /// Send SIGKILL: the drain deadline passed.
+    Kill(ChildId),
+    /// Tell a waiting client something.
+    Reply {
+        /// Who.
+        client: ClientId,
+        /// What.
+        reply: Reply,
+    },
+    /// Tell systemd something.
+    Notify(Notify),
+    /// Run an update check (and a stage) off the loop; answer with [`Input::Checked`].
+    Check(CheckRequest),
+    /// Point `current` at `version`; answer with [`Input::Switched`].
+    Switch(Version),
+    /// Quarantine `version`; answer with [`Input::Quarantined`].
+    Quarantine {
+        /// The version.
+        version: Version,
+        /// Why.
+        reason: String,
+    },
+    /// Every child is gone after a stop: the supervisor may exit.
+    Exit,
+}
+
+/// A systemd notification.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notify {
+    /// `READY=1` with a status line: the first gateway serves.
+    Ready(String),
+    /// `STATUS=`: a one-line status.
+    Status(String),
+    /// `STOPPING=1`.
+    Stopping,
+}
+
+/// What the pipeline is asked to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckRequest {
+    /// The version serving now.
+    pub running: Version,
+    /// The version an operator asked for by name.
+    pub requested: Option<Version>,
+    /// Whether to stage an available version.
+    pub stage: bool,
+    /// Whether `aihummer update` asked (its clients get progress and the outcome).
+    pub explicit: bool,
+}
+
+/// What a check found, as the machine needs it.
+#[derive(Debug, Clone)]
+pub struct CheckReport {
+    /// Whether `aihummer update` asked for it.
+    pub explicit: bool,
+    /// The check's outcome.
+    pub found: Found,
+    /// The stage of the version found, when one was asked for.
+    pub staged: Option<Staged>,
+}
+
+/// A check's outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Found {
+    /// The running version is the channel's.
+    UpToDate(Version),
+    /// A newer version is on offer.
+    Available(Version),
+    /// The channel offers something this install refuses; the reason.
+    Refused(String),
+    /// The check could not be done; the reason.
+    Failed(String),
+}
+
+/// A staged version, or why staging it failed.
+#[derive(Debug, Clone)]
+pub struct Staged {
+    /// The version.
+    pub version: Version,
+    /// Where it lies now, or why staging failed.
+    pub result: Result<PathBuf, StageFailure>,
+}
+
+/// Why staging failed.
+#[derive(Debug, Clone)]
+pub struct StageFailure {
+    /// For people.
+    pub message: String,
+    /// Whether the release itself is at fault (a bad hash, a binary that does not run),
+    /// which quarantines it, rather than this host or the network.
+    pub blames_release: bool,
+}
+
+/// What a waiting client is told: steps, then exactly one outcome.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reply {
+    /// A step of the operation.
+    Step(Step),
+    /// The end.
+    Done(Outcome),
+}
+
+/// A step of a handoff or an update.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step {
+    /// Which.
+    pub stage: Stage,
+    /// For people.
+    pub message: String,
+    /// The gateway it concerns.
+    pub pid: Option<u32>,
+    /// Bytes downloaded so far and in all ([`Stage::Downloading`]).
+    pub bytes: Option<(u64, u64)>,
+}
+
+/// The steps of a handoff or an update.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// This request joined one already under way.
+    Joined,
+    /// Asking the CDN for the channel's manifest.
+    Checking,
+    /// Downloading the new version.
+    Downloading,
+    /// The new version is verified and installed beside the running one.
+    Staged,
+    /// The candidate process runs.
+    CandidateStarted,
+    /// The candidate is ready; traffic is now its.
+    Switched,
+    /// The old gateway was told to drain.
+    Draining,
+    /// The old gateway is gone.
+    Drained,
+    /// The failed candidate is being stopped.
+    Aborting,
+}
+
+/// How a client's request ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// A gateway serves after a start, restart, update or rollback.
+    HandedOff {
+        /// The gateway it took over from, if one served.
+        old_pid: Option<u32>,
+        /// The gateway serving now.
+        new_pid: u32,
+        /// The version it reported.
+        version: Option<String>,
+        /// From the request to the old gateway gone.
+        took: Duration,
+    },
+    /// Nothing newer: this version serves and is the channel's.
+    UpToDate(Version),
+    /// The request failed or was refused; the old gateway, if any, still serves.
+    Failed {
+        /// What kind of failure.
+        kind: FailureKind,
+        /// One line for people.
+        message: String,
+    },
+}
+
+/// Kinds of [`Outcome::Failed`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// A start or handoff is under way; try again once it ends.
+    Busy,
+    /// The candidate did not take over.
+    HandoffFailed,
+    /// The update was refused or could not be checked, downloaded or staged.
+    UpdateFailed,
+    /// There is no version to roll back to.
+    NoRollback,
+    /// The supervisor is stopping.
+    Stopping,
+}
+
+impl Outcome {
+    /// A failure of `kind`.
+    pub fn failed(kind: FailureKind, message: impl Into<String>) -> Outcome {
+        Outcome::Failed {
+            kind,
+            message: message.into(),
+        }
+    }
+}

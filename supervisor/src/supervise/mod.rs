@@ -1,0 +1,29 @@
+//! The supervisor proper: a state machine that decides ([`machine`], [`updates`]) and a
+//! driver that acts ([`driver`]), meeting only in the plain data of [`events`].
+//!
+//! - [`events`]: inputs, effects and replies, the machine's whole vocabulary.
+//! - [`machine`]: the states and their transitions, one function per state; no I/O.
+//! - [`updates`]: the machine's update side: checks, staging outcomes, quarantine, soak.
+//! - [`gate`], [`soak`], [`backoff`], [`checks`], [`clients`]: pure pieces it uses.
+//! - [`status`]: what `aihummer status` shows, converted to the protocol's report at the edge.
+//! - [`driver`]: carries out effects (processes, probes, checks, install, replies).
+//! - [`inputs`]: signals, the update timer, and the control socket's adapter.
+
+pub mod backoff;
+pub mod checks;
+pub mod clients;
+pub mod driver;
+pub mod events;
+pub mod gate;
+pub mod inputs;
+pub mod machine;
+pub mod soak;
+pub mod status;
+mod updates;
+
+#[cfg(test)]
+mod tests;
+
+pub use driver::{Driver, Views};
+pub use inputs::{Handle, Message, forward_signals};
+pub use machine::{Config, Machine};

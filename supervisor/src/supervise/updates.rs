@@ -1,0 +1,376 @@
+//! The machine's update side: when checks run (merged, never stacked), what a finished
+//! check means (record it, quarantine a release that failed staging, hand off to a staged
+//! version), rollback targets, quarantine, and the soak window that rolls a crash-looping
+//! version back. Still no I/O: checks, switches and quarantines are effects whose results
+//! come back as inputs.
+
+use std::time::{Duration, Instant};
+
+use semver::Version;
+
+use super::checks::Action;
+use super::clients::Waiters;
+use super::events::{
+    Binary, CheckReport, CheckRequest, ClientId, Effect, FailureKind, Found, Outcome, Stage,
+};
+use super::machine::{Death, Kind, Machine, RollingBack, State, Target};
+use super::soak::Verdict;
+
+impl Machine {
+    /// A check asked for by SIGHUP or the timer: now when idle, once after the start or
+    /// handoff under way when `busy`.
+    pub(super) fn request_check(&mut self, busy: bool) {
+        match self.checks.request(busy) {
+            Action::CheckNow => self.check_for_update(),
+            Action::Deferred => {
+                tracing::info!("update check requested; it runs once the current handoff ends");
+            }
+            Action::Merged => tracing::info!("update check already pending; request merged"),
+        }
+    }
+
+    /// Asks for a background check; its outcome comes back as a [`CheckReport`].
+    pub(super) fn check_for_update(&mut self) {
+        if let Err(reason) = self.config.update_source.clone() {
+            self.checks.finished();
+            self.record_check(reason, None);
+            return;
+        }
+        let running = match self.running_version() {
+            Ok(version) => version,
+            Err(reason) => {
+                self.checks.finished();
+                self.record_check(format!("check failed: {reason}"), None);
+                return;
+            }
+        };
+        tracing::info!(%running, apply = self.config.apply, "checking for an update");
+        self.effects.push(Effect::Check(CheckRequest {
+            running,
+            requested: None,
+            stage: self.config.apply,
+            explicit: false,
+        }));
+    }
+
+    /// The serving gateway's version.
+    fn running_version(&self) -> Result<Version, String> {
+        let reported = self
+            .status
+            .active
+            .as_ref()
+            .and_then(|a| a.version.as_deref())
+            .ok_or("no gateway serves, so the running version is unknown")?;
+        Version::parse(reported).map_err(|err| {
+            format!("the gateway reports {reported:?}, not a SemVer version ({err})")
+        })
+    }
+
+    /// `aihummer update`: checks and stages off the loop; a second request joins the one
+    /// under way.
+    pub(super) fn start_update(&mut self, client: ClientId, version: Option<String>) {
+        if self.update_running {
+            self.update_waiters.join(client, &mut self.effects);
+            return;
+        }
+        let requested = match version.as_deref().map(Version::parse).transpose() {
+            Ok(requested) => requested,
+            Err(err) => {
+                let message = format!("--version {version:?} is not a SemVer version: {err}");
+                return self.reply(client, Outcome::failed(FailureKind::UpdateFailed, message));
+            }
+        };
+        if let Err(reason) = self.config.update_source.clone() {
+            return self.reply(client, Outcome::failed(FailureKind::UpdateFailed, reason));
+        }
+        let running = match self.running_version() {
+            Ok(version) => version,
+            Err(reason) => {
+                return self.reply(client, Outcome::failed(FailureKind::UpdateFailed, reason));
+            }
+        };
+        self.update_waiters.join(client, &mut self.effects);
+        self.update_running = true;
+        self.effects.push(Effect::Check(CheckRequest {
+            running,
+            requested,
+            stage: true,
+            explicit: true,
+        }));
+    }
+
+    /// A check ended: records it, quarantines a version whose stage the release is to
+    /// blame for, and returns the handoff to run when a version was staged and
+    /// `can_apply` (nothing else runs). A version staged while a handoff ran is checked
+    /// again afterwards (staging it again finds it installed and only smoke tests it).
+    pub(super) fn on_checked(
+        &mut self,
+        now: Instant,
+        report: CheckReport,
+        can_apply: bool,
+    ) -> Option<(Target, Waiters)> {
+        let mut waiters = if report.explicit {
+            self.update_running = false;
+            std::mem::take(&mut self.update_waiters)
+        } else {
+            self.checks.finished();
+            Waiters::default()
+        };
+        let (line, available) = match &report.found {
+            Found::UpToDate(version) => (format!("up to date: {version}"), None),
+            Found::Available(version) => (
+                format!("update available: {version}"),
+                Some(version.to_string()),
+            ),
+            Found::Refused(reason) => (format!("refused: {reason}"), None),
+            Found::Failed(reason) => (format!("check failed: {reason}"), None),
+        };
+        self.status.last_check = Some(now);
+        self.record_check(line, available);
+        let failed = |message: String| Outcome::failed(FailureKind::UpdateFailed, message);
+        let Some(staged) = report.staged else {
+            let outcome = match report.found {
+                Found::UpToDate(version) => Outcome::UpToDate(version),
+                Found::Available(version) => {
+                    failed(format!("{version} is available but was not staged"))
+                }
+                Found::Refused(reason) | Found::Failed(reason) => failed(reason),
+            };
+            waiters.finish(outcome, &mut self.effects);
+            return None;
+        };
+        let version = staged.version;
+        match staged.result {
+            Err(failure) => {
+                let message = format!(
+                    "staging {version} failed: {}; the running gateway keeps serving",
+                    failure.message
+                );
+                if failure.blames_release {
+                    self.quarantine(&version, &failure.message);
+                }
+                self.record_error(now, message.clone());
+                waiters.finish(failed(message), &mut self.effects);
+                None
+            }
+            Ok(binary) if can_apply => {
+                tracing::info!(%version, binary = %binary.display(), "update staged; handing off");
+                waiters.step(
+                    Stage::Staged,
+                    None,
+                    format!("{version} verified and installed at {}", binary.display()),
+                    &mut self.effects,
+                );
+                let target = Target {
+                    version,
+                    binary: Binary::Staged(binary),
+                    kind: Kind::Update,
+                };
+                Some((target, waiters))
+            }
+            Ok(_) => {
+                tracing::info!(%version, "update staged during a handoff; checking again after it");
+                if report.explicit {
+                    let message = format!(
+                        "{version} is staged, but a handoff ran meanwhile; run the update again"
+                    );
+                    waiters.finish(
+                        Outcome::failed(FailureKind::Busy, message),
+                        &mut self.effects,
+                    );
+                } else {
+                    self.checks.request(true);
+                }
+                None
+            }
+        }
+    }
+
+    /// Shows a check's outcome (and a newer version found, if any) in status and the log.
+    fn record_check(&mut self, line: String, available: Option<String>) {
+        tracing::info!(result = %line, "update check");
+        self.status.last_result = Some(line);
+        self.status.available = available;
+    }
+
+    /// The handoff back to `previous`, or why there is none.
+    pub(super) fn rollback_target(&self, reason: &str) -> Result<Target, String> {
+        let previous = self.config.install.as_ref().ok_or(
+            "rolling back needs AIHUMMER_STATE_DIR (the install dir holding the previous version)",
+        )?;
+        let previous = previous
+            .clone()
+            .ok_or("no previous version is installed to roll back to")?;
+        Ok(Target {
+            binary: Binary::Installed(previous.clone()),
+            version: previous,
+            kind: Kind::Rollback {
+                reason: reason.to_string(),
+            },
+        })
+    }
+
+    /// Quarantines `version`: saved in the install dir when there is one, shown in status.
+    /// The version serving is never quarantined: refusing what runs would leave a node
+    /// with no version it may start.
+    pub(super) fn quarantine(&mut self, version: &Version, reason: &str) {
+        let serving = self
+            .status
+            .active
+            .as_ref()
+            .and_then(|a| a.version.as_deref());
+        if serving.and_then(|v| Version::parse(v).ok()).as_ref() == Some(version) {
+            tracing::warn!(%version, %reason, "not quarantining the version that serves");
+            return;
+        }
+        tracing::error!(%version, %reason, "version quarantined");
+        // A quarantined version is no longer on offer until asked for by name.
+        if self.status.available.as_deref() == Some(version.to_string().as_str()) {
+            self.status.available = None;
+        }
+        if self.config.install.is_some() {
+            self.effects.push(Effect::Quarantine {
+                version: version.clone(),
+                reason: reason.to_string(),
+            });
+        } else {
+            self.listed_in_quarantine(version, reason);
+        }
+    }
+
+    /// The install dir saved a quarantine, or could not.
+    pub(super) fn on_quarantined(
+        &mut self,
+        version: Version,
+        reason: String,
+        result: Result<Vec<String>, String>,
+    ) {
+        match result {
+            Ok(listed) => self.status.quarantined = listed,
+            Err(err) => {
+                tracing::error!(error = %err, "cannot persist the quarantine");
+                self.listed_in_quarantine(&version, &reason);
+            }
+        }
+    }
+
+    fn listed_in_quarantine(&mut self, version: &Version, reason: &str) {
+        let line = format!("{version}: {reason}");
+        if !self.status.quarantined.contains(&line) {
+            self.status.quarantined.push(line);
+        }
+    }
+
+    /// `current` was switched (or not): after a handoff that is only reported; after a
+    /// soak rollback the next start depends on it.
+    pub(super) fn on_switched(
+        &mut self,
+        now: Instant,
+        version: Version,
+        result: Result<Option<Version>, String>,
+    ) {
+        if let (Ok(previous), Some(install)) = (&result, self.config.install.as_mut()) {
+            install.clone_from(previous);
+        }
+        let rolling = match std::mem::replace(&mut self.state, State::Stopped) {
+            State::RollingBack(rolling) if rolling.to == version => rolling,
+            other => {
+                self.state = other;
+                match result {
+                    Ok(previous) => {
+                        let previous = previous.map(|v| v.to_string()).unwrap_or_default();
+                        tracing::info!(%version, %previous, "current switched");
+                        self.status.available = None;
+                    }
+                    Err(err) => self.record_error(
+                        now,
+                        format!(
+                            "gateway {version} serves, but switching current to it failed: {err}"
+                        ),
+                    ),
+                }
+                return;
+            }
+        };
+        let RollingBack {
+            death,
+            from,
+            to,
+            reason,
+        } = rolling;
+        match result {
+            Ok(_) => {
+                self.record_error(
+                    now,
+                    format!("automatic rollback from {from} to {to}: {reason}"),
+                );
+                if let Death::Crash { .. } = death {
+                    self.restart_delay = Default::default();
+                }
+                self.enter_starting(now);
+            }
+            Err(err) => {
+                self.record_error(
+                    now,
+                    format!("{from}: {reason}; rolling back to {to} failed: {err}"),
+                );
+                self.back_off_after(now, death);
+            }
+        }
+    }
+
+    /// Counts a death against the version in its soak window. At the last one allowed,
+    /// quarantines it, asks for `current` to point back at `previous`, and returns true:
+    /// the machine then waits for that switch before starting anything.
+    pub(super) fn soak_death(&mut self, now: Instant, death: Death) -> bool {
+        let Some(soak) = self.soak.as_mut() else {
+            return false;
+        };
+        if soak.is_over(now) {
+            self.soak = None;
+            return false;
+        }
+        let Verdict::RollBack { reason } = soak.on_death(now) else {
+            return false;
+        };
+        let from = soak.version().clone();
+        self.soak = None;
+        let Some(previous) = self.config.install.clone() else {
+            return false;
+        };
+        self.quarantine(&from, &reason);
+        let Some(to) = previous else {
+            self.record_error(
+                now,
+                format!("{from}: {reason}; no previous version to roll back to"),
+            );
+            return false;
+        };
+        self.effects.push(Effect::Switch(to.clone()));
+        self.state = State::RollingBack(RollingBack {
+            death,
+            from,
+            to,
+            reason,
+        });
+        true
+    }
+
+    /// Backs off after `death`, as if no rollback had been tried.
+    fn back_off_after(&mut self, now: Instant, death: Death) {
+        match death {
+            Death::Crash { message, ran_for } => self.back_off(now, ran_for, |delay| {
+                format!(
+                    "{message}; starting a new one in {}",
+                    humantime::format_duration(delay)
+                )
+            }),
+            Death::StartFailed(failure) => self.back_off(now, Duration::ZERO, |delay| {
+                format!(
+                    "{failure}; trying again in {}",
+                    humantime::format_duration(delay)
+                )
+            }),
+        }
+    }
+}
