@@ -15,9 +15,13 @@
 //! - [`backoff`]: crash-restart delays, a pure value.
 //! - [`handoff`]: the pure parts of a handoff: the readiness gate and its failures.
 //! - [`supervise`]: the supervisor's state machine, one function per state.
-//! - [`control`]: the control socket's typed, versioned protocol and its server.
-//! - [`cli`]: the `status`, `version`, `restart`, `update` and `rollback` clients, and
-//!   `update --check`, which also works without a supervisor.
+//! - [`control`]: the control socket in layers: `protocol` (typed, versioned wire types),
+//!   `framing` (the one newline-delimited JSON framing, capped and timed), `server` (one
+//!   connection over any stream, and the accept loop), `socket` (binding the socket file,
+//!   the SO_PEERCRED check) and `client` (one request with its progress).
+//! - [`cli`]: the `status`, `version`, `restart`, `update` and `rollback` commands and their
+//!   human and `--json` output, over `control::client`; and `update --check`, which also
+//!   works without a supervisor.
 //! - [`notify`]: systemd notifications (`READY=1`, `STATUS=`, `WATCHDOG=1`).
 //! - [`soak`]: the window after an update in which a crash-looping version is rolled back.
 //! - [`update`]: update check requests, merged while a check or a handoff runs.
