@@ -238,6 +238,11 @@ mod tests {
         connections
     }
 
+    async fn assert_still_serves(server: &mpsc::UnboundedSender<UnixStream>) {
+        let body = call(connect(server), Command::Status, |_| {}).await;
+        assert!(matches!(body, Ok(Body::Status(_))), "{body:?}");
+    }
+
     fn connect(server: &mpsc::UnboundedSender<UnixStream>) -> UnixStream {
         let (client, ours) = UnixStream::pair().unwrap();
         server.send(ours).unwrap();
@@ -357,10 +362,7 @@ mod tests {
             let reply: Message = serde_json::from_str(&read_line(reader).await).unwrap();
             assert_eq!(error(reply).code, ErrorCode::BadRequest);
         }
-        let body = call(connect(&server), Command::Status, |_| {})
-            .await
-            .unwrap();
-        assert!(matches!(body, Body::Status(_)));
+        assert_still_serves(&server).await;
     }
 
     #[tokio::test]
@@ -466,10 +468,7 @@ mod tests {
         events.send(progress(Stage::Switched)).unwrap();
         events.send(progress(Stage::Draining)).unwrap();
         events.closed().await;
-        let body = call(connect(&server), Command::Status, |_| {})
-            .await
-            .unwrap();
-        assert!(matches!(body, Body::Status(_)));
+        assert_still_serves(&server).await;
     }
 
     #[tokio::test]
