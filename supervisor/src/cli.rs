@@ -1,9 +1,11 @@
 //! The operator commands that talk to a running supervisor (`status`, `version`,
-//! `restart`, `update`, `rollback`) and `update --check`, which reads the same environment as the supervisor and
-//! works without one. Human output is short; `--json` prints one JSON document on stdout, stable
-//! for scripts. Failures are a [`ClientError`] whose one-line message `main` prints.
+//! `restart`, `update`, `rollback`) through [`control::client`], and `update --check`, which
+//! reads the same environment as the supervisor and works without one. This module only
+//! chooses the request and renders the answer: human output is short; `--json` prints one
+//! JSON document on stdout, stable for scripts. Failures are a [`ClientError`] whose
+//! one-line message `main` prints.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use serde_json::json;
@@ -11,9 +13,8 @@ use serde_json::json;
 use semver::Version;
 
 use crate::config::{ConfigError, Settings};
-use crate::control::{
-    self, Body, CallError, Command, ErrorCode, Progress, RestartReport, Stage, StatusReport,
-};
+use crate::control::client::{CallError, ask};
+use crate::control::{self, Body, Command, Progress, RestartReport, Stage, StatusReport};
 use crate::install::Layout;
 use crate::stage;
 use crate::updater::{Checked, Updater, UpdaterError};
@@ -25,40 +26,18 @@ const QUICK_ANSWER: Duration = Duration::from_secs(10);
 /// Why a client command failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    /// Nothing listens at the control socket.
-    #[error("no supervisor is running at {} ({reason}); start one with `aihummer run`", path.display())]
-    NoSupervisor {
-        /// The socket.
-        path: PathBuf,
-        /// What connecting said.
-        reason: String,
-    },
-    /// Connecting failed otherwise.
-    #[error("cannot connect to the supervisor at {}: {source}", path.display())]
-    Connect {
-        /// The socket.
-        path: PathBuf,
-        /// What failed.
-        source: std::io::Error,
-    },
-    /// The supervisor refused this user.
-    #[error("{0}")]
-    Refused(String),
-    /// The supervisor answered with a failure.
-    #[error("{0}")]
-    Failed(String),
-    /// The exchange broke.
+    /// Talking to the supervisor failed, or it answered with a refusal or failure.
     #[error(transparent)]
     Call(#[from] CallError),
-    /// No answer in time.
-    #[error("the supervisor did not answer within {}", humantime::format_duration(*.0))]
-    Timeout(Duration),
     /// The environment does not describe a usable setup.
     #[error(transparent)]
     Config(#[from] ConfigError),
     /// The update check or install failed.
     #[error(transparent)]
     Update(#[from] UpdaterError),
+    /// The update check found the channel's offer unacceptable.
+    #[error("{0}")]
+    UpdateRefused(String),
     /// The version of the gateway that runs could not be established.
     #[error("cannot tell which gateway version runs: {0}")]
     RunningVersion(String),
@@ -71,50 +50,9 @@ impl ClientError {
     /// The process exit code for this failure.
     pub fn exit_code(&self) -> u8 {
         match self {
-            ClientError::NoSupervisor { .. } => EXIT_NO_SUPERVISOR,
+            ClientError::Call(CallError::NoSupervisor { .. }) => EXIT_NO_SUPERVISOR,
             _ => 1,
         }
-    }
-}
-
-/// Sends one command and returns the final answer; errors from the supervisor become
-/// [`ClientError`]s.
-pub async fn ask(
-    path: &Path,
-    command: Command,
-    on_progress: impl FnMut(&Progress),
-    timeout: Option<Duration>,
-) -> Result<Body, ClientError> {
-    let stream = control::connect(path).await.map_err(|source| {
-        use std::io::ErrorKind::*;
-        match source.kind() {
-            NotFound | ConnectionRefused => ClientError::NoSupervisor {
-                path: path.to_path_buf(),
-                reason: source.to_string(),
-            },
-            PermissionDenied => ClientError::Refused(format!(
-                "permission denied on {}: only root and the supervisor's user may use it",
-                path.display()
-            )),
-            _ => ClientError::Connect {
-                path: path.to_path_buf(),
-                source,
-            },
-        }
-    })?;
-    let call = control::call(stream, command, on_progress);
-    let body = match timeout {
-        Some(limit) => tokio::time::timeout(limit, call)
-            .await
-            .map_err(|_| ClientError::Timeout(limit))??,
-        None => call.await?,
-    };
-    match body {
-        Body::Error(reply) if reply.code == ErrorCode::Refused => {
-            Err(ClientError::Refused(reply.message))
-        }
-        Body::Error(reply) => Err(ClientError::Failed(reply.message)),
-        body => Ok(body),
     }
 }
 
@@ -138,8 +76,8 @@ pub async fn version(path: &Path, json: bool) -> Result<(), ClientError> {
     let report = match ask(path, Command::Version, |_| {}, Some(QUICK_ANSWER)).await {
         Ok(Body::Version(report)) => Some(report),
         Ok(other) => return Err(ClientError::Unexpected(format!("{other:?}"))),
-        Err(ClientError::NoSupervisor { .. }) => None,
-        Err(err) => return Err(err),
+        Err(CallError::NoSupervisor { .. }) => None,
+        Err(err) => return Err(err.into()),
     };
     if json {
         let doc = json!({
@@ -330,7 +268,7 @@ pub async fn update_check(path: &Path, json: bool) -> Result<u8, ClientError> {
             &offer.version,
             format!("update available: {} (running {running})", offer.version),
         ),
-        Checked::Refused(refusal) => return Err(ClientError::Failed(refusal.to_string())),
+        Checked::Refused(refusal) => return Err(ClientError::UpdateRefused(refusal.to_string())),
     };
     if json {
         let doc = json!({
@@ -441,71 +379,49 @@ pub fn render_status(r: &StatusReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::{
-        Event, GatewayInfo, GatewayState, ProcessInfo, SupervisorState, UpdateInfo,
-    };
+    use crate::control::fixtures;
+    use crate::control::{Event, SupervisorState};
 
     #[test]
     fn the_human_status_names_the_gateway_and_the_last_error() {
-        let report = StatusReport {
-            supervisor: ProcessInfo {
-                version: "0.1.0".into(),
-                pid: 10,
-                started_at: "t0".into(),
-            },
-            state: SupervisorState::HandingOff,
-            active: Some(GatewayInfo {
-                pid: 11,
-                version: Some("0.1.0".into()),
-                state: GatewayState::Ready,
-                health_only: true,
-                binary: "/bin/gw".into(),
-                started_at: "t1".into(),
-            }),
-            candidate: None,
-            draining: None,
-            update: UpdateInfo {
-                mode: "off".into(),
-                channel: "stable".into(),
-                last_check: None,
-                last_result: None,
-                available: None,
-            },
-            quarantined: vec![],
-            last_error: Some(Event {
-                at: "t2".into(),
-                message: "the new gateway (pid 12) exited with exit code 1".into(),
-            }),
-            last_handoff: None,
-            crash_restarts: 0,
-        };
+        let mut report = fixtures::status();
+        report.state = SupervisorState::HandingOff;
+        if let Some(active) = &mut report.active {
+            active.health_only = true;
+        }
+        report.last_error = Some(Event {
+            at: "t2".into(),
+            message: "the new gateway (pid 2) exited with exit code 1".into(),
+        });
         let text = render_status(&report);
         assert!(
-            text.contains("supervisor: 0.1.0 (pid 10), handing_off"),
+            text.contains("supervisor: 1.0.0 (pid 1), handing_off"),
             "{text}"
         );
         assert!(
-            text.contains("active gateway: pid 11, version 0.1.0, ready (health-only)"),
+            text.contains("active gateway: pid 2, version 1.0.0, ready (health-only)"),
             "{text}"
         );
         assert!(
-            text.contains("last error: t2: the new gateway (pid 12) exited"),
+            text.contains("last error: t2: the new gateway (pid 2) exited"),
             "{text}"
         );
     }
 
     #[test]
     fn only_a_missing_supervisor_has_its_own_exit_code() {
-        let missing = ClientError::NoSupervisor {
+        let missing = ClientError::from(CallError::NoSupervisor {
             path: "/run/x.sock".into(),
             reason: "No such file or directory".into(),
-        };
+        });
         assert_eq!(missing.exit_code(), EXIT_NO_SUPERVISOR);
         assert!(
             missing
                 .to_string()
                 .starts_with("no supervisor is running at /run/x.sock")
         );
-        assert_eq!(ClientError::Failed("x".into()).exit_code(), 1);
+        let failed = ClientError::from(CallError::Failed("x".into()));
+        assert_eq!(failed.exit_code(), 1);
+        assert_eq!(ClientError::UpdateRefused("x".into()).exit_code(), 1);
     }
 }

@@ -13,9 +13,13 @@
 //!   notifying systemd.
 //! - [`supervise`]: the supervisor's state machine (no I/O, one function per state) and
 //!   the driver that carries out what it decides.
-//! - [`control`]: the control socket's typed, versioned protocol and its server.
-//! - [`cli`]: the `status`, `version`, `restart`, `update` and `rollback` clients, and
-//!   `update --check`, which also works without a supervisor.
+//! - [`control`]: the control socket in layers: `protocol` (typed, versioned wire types),
+//!   `framing` (the one newline-delimited JSON framing, capped and timed), `server` (one
+//!   connection over any stream, and the accept loop), `socket` (binding the socket file,
+//!   the SO_PEERCRED check) and `client` (one request with its progress).
+//! - [`cli`]: the `status`, `version`, `restart`, `update` and `rollback` commands and their
+//!   human and `--json` output, over `control::client`; and `update --check`, which also
+//!   works without a supervisor.
 //! - [`updater`]: the update pipeline's I/O: fetch, verify, decide, stage.
 //! - [`manifest`]: a channel's `latest.json` parsed into a typed manifest; artifact URLs.
 //! - [`decide`]: the update decision (channels, SemVer, downgrade floor, quarantine), pure.

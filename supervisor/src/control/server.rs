@@ -1,0 +1,512 @@
+//! The control server. [`serve_connection`] answers one connection over any byte stream:
+//! refuses a peer [`Access`] does not allow, reads one request, and writes the reply (or
+//! a long operation's progress, then its final reply). [`serve`] is the accept loop: each
+//! connection in its own task, at most [`MAX_CONNECTIONS`] at once, the rest told the
+//! supervisor is busy. The supervisor is reached only through the [`Service`] trait, and no
+//! client can hurt it or the other clients.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{Semaphore, mpsc};
+
+use super::framing::{Connection, FrameError, Limits};
+use super::protocol::{
+    Body, Command, ErrorCode, ErrorReply, MAX_CONNECTIONS, MAX_REQUEST_BYTES, Message,
+    READ_TIMEOUT, Request, StatusReport, VersionReport, WRITE_TIMEOUT, parse_request,
+};
+use super::socket::{self, Access};
+
+/// What the server asks of the supervisor.
+pub trait Service: Send + Sync + 'static {
+    /// The current state.
+    fn status(&self) -> StatusReport;
+    /// Versions and pids.
+    fn version(&self) -> VersionReport;
+    /// Starts (or joins) a handoff: progress bodies, then one final body. A channel closed
+    /// without a final body means the supervisor went away.
+    fn restart(&self) -> mpsc::UnboundedReceiver<Body>;
+    /// Starts (or joins) an update, to `version` if given; reported like a restart.
+    fn update(&self, version: Option<String>) -> mpsc::UnboundedReceiver<Body>;
+    /// Starts a rollback to the previous version; reported like a restart.
+    fn rollback(&self) -> mpsc::UnboundedReceiver<Body>;
+}
+
+/// Where the accept loop gets its connections: the bound control socket, or in tests any
+/// source of connected sockets.
+pub trait Incoming: Send {
+    /// The next connection.
+    fn next(&mut self) -> impl Future<Output = std::io::Result<UnixStream>> + Send;
+}
+
+impl Incoming for UnixListener {
+    async fn next(&mut self) -> std::io::Result<UnixStream> {
+        self.accept().await.map(|(stream, _)| stream)
+    }
+}
+
+/// The server's side of the framing: requests are small and must come promptly.
+const LIMITS: Limits = Limits {
+    max_line: MAX_REQUEST_BYTES,
+    read_timeout: Some(READ_TIMEOUT),
+    write_timeout: WRITE_TIMEOUT,
+};
+
+/// Accepts control connections until `shutdown` resolves, each in its own task.
+pub async fn serve<S: Service>(
+    mut incoming: impl Incoming,
+    service: Arc<S>,
+    access: Access,
+    shutdown: impl Future<Output = ()>,
+) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    tokio::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            _ = &mut shutdown => return,
+            accepted = incoming.next() => accepted,
+        };
+        let stream = match accepted {
+            Ok(stream) => stream,
+            Err(err) => {
+                // EMFILE and the like: pause instead of spinning while no descriptor is free.
+                tracing::warn!(error = %err, "control socket accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let peer_uid = socket::peer_uid(&stream);
+        let service = service.clone();
+        match slots.clone().try_acquire_owned() {
+            Ok(slot) => {
+                tokio::spawn(async move {
+                    serve_connection(stream, peer_uid, access, &*service).await;
+                    drop(slot);
+                });
+            }
+            Err(_) => {
+                tokio::spawn(async move {
+                    let busy =
+                        Body::error(ErrorCode::Busy, "too many control connections; try again");
+                    let _ = Connection::new(stream, LIMITS)
+                        .write(&Message::new(busy))
+                        .await;
+                });
+            }
+        }
+    }
+}
+
+/// Serves one connection from a peer with `peer_uid` (`None`: unknown, refused).
+pub async fn serve_connection<S: Service + ?Sized>(
+    stream: impl AsyncRead + AsyncWrite,
+    peer_uid: Option<u32>,
+    access: Access,
+    service: &S,
+) {
+    let mut connection = Connection::new(stream, LIMITS);
+    if !peer_uid.is_some_and(|uid| access.allows(uid)) {
+        let who =
+            peer_uid.map_or_else(|| "an unknown user".to_string(), |uid| format!("uid {uid}"));
+        tracing::warn!(peer = %who, "refused a control connection");
+        let message = format!(
+            "permission denied: {who} may not control this supervisor (only root and uid {} may)",
+            access.uid
+        );
+        let refusal = Message::new(Body::error(ErrorCode::Refused, message));
+        let _ = connection.write(&refusal).await;
+        return;
+    }
+    let request = match read_request(&mut connection).await {
+        Ok(request) => request,
+        Err(reply) => {
+            tracing::debug!(code = ?reply.code, message = %reply.message, "bad control request");
+            let _ = connection.write(&Message::new(Body::Error(reply))).await;
+            return;
+        }
+    };
+    match request.command {
+        Command::Status => {
+            let status = Body::Status(Box::new(service.status()));
+            let _ = connection.write(&Message::new(status)).await;
+        }
+        Command::Version => {
+            let version = Body::Version(service.version());
+            let _ = connection.write(&Message::new(version)).await;
+        }
+        Command::Restart => stream_events(&mut connection, service.restart(), "restart").await,
+        Command::Update { version } => {
+            stream_events(&mut connection, service.update(version), "update").await
+        }
+        Command::Rollback => stream_events(&mut connection, service.rollback(), "rollback").await,
+    }
+}
+
+/// Reads the one request line. Errors are the reply to send.
+async fn read_request<S: AsyncRead + AsyncWrite>(
+    connection: &mut Connection<S>,
+) -> Result<Request, ErrorReply> {
+    let error = |code, message: String| Err(ErrorReply { code, message });
+    match connection.read_line().await {
+        Ok(Some(line)) => parse_request(&line),
+        Ok(None) | Err(FrameError::Unfinished) => error(
+            ErrorCode::BadRequest,
+            "the connection ended before the request line did (requests end with a newline)".into(),
+        ),
+        Err(FrameError::ReadTimeout(limit)) => error(
+            ErrorCode::Timeout,
+            format!(
+                "no complete request line within {}",
+                humantime::format_duration(limit)
+            ),
+        ),
+        Err(FrameError::TooLong(max)) => error(
+            ErrorCode::TooLarge,
+            format!("the request line exceeds {max} bytes"),
+        ),
+        Err(FrameError::NotUtf8) => error(
+            ErrorCode::BadRequest,
+            "the request is not JSON: the line is not UTF-8".into(),
+        ),
+        Err(err) => error(
+            ErrorCode::BadRequest,
+            format!("cannot read the request: {err}"),
+        ),
+    }
+}
+
+/// Forwards a long operation's progress, then its final body, to the client.
+async fn stream_events<S: AsyncRead + AsyncWrite>(
+    connection: &mut Connection<S>,
+    mut events: mpsc::UnboundedReceiver<Body>,
+    what: &str,
+) {
+    loop {
+        let body = events.recv().await.unwrap_or_else(|| {
+            Body::error(
+                ErrorCode::Stopping,
+                format!("the supervisor stopped before the {what} ended"),
+            )
+        });
+        let is_final = body.is_final();
+        // A client that stops reading loses its progress; the operation goes on.
+        if connection.write(&Message::new(body)).await.is_err() || is_final {
+            break;
+        }
+    }
+}
+
+/// The server over socket pairs and in-memory pipes: no bound socket, no processes.
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+    use super::*;
+    use crate::control::client::call;
+    use crate::control::fixtures::{self, Fake};
+    use crate::control::protocol::{Progress, Stage};
+
+    const ME: Access = Access { uid: 1000 };
+
+    /// The accept loop fed from a channel: each test connection is one end of a socket pair.
+    impl Incoming for mpsc::UnboundedReceiver<UnixStream> {
+        async fn next(&mut self) -> std::io::Result<UnixStream> {
+            match self.recv().await {
+                Some(stream) => Ok(stream),
+                None => std::future::pending().await,
+            }
+        }
+    }
+
+    /// Runs the accept loop for `service`, allowing this process's own uid.
+    fn start(service: impl Service) -> mpsc::UnboundedSender<UnixStream> {
+        let (connections, incoming) = mpsc::unbounded_channel();
+        let access = Access {
+            uid: crate::config::current_uid(),
+        };
+        tokio::spawn(serve(
+            incoming,
+            Arc::new(service),
+            access,
+            std::future::pending(),
+        ));
+        connections
+    }
+
+    async fn assert_still_serves(server: &mpsc::UnboundedSender<UnixStream>) {
+        let body = call(connect(server), Command::Status, |_| {}).await;
+        assert!(matches!(body, Ok(Body::Status(_))), "{body:?}");
+    }
+
+    fn connect(server: &mpsc::UnboundedSender<UnixStream>) -> UnixStream {
+        let (client, ours) = UnixStream::pair().unwrap();
+        server.send(ours).unwrap();
+        client
+    }
+
+    /// The lines a client reads until the server closes.
+    async fn lines(stream: impl AsyncRead + Unpin) -> Vec<Message> {
+        let mut lines = BufReader::new(stream).lines();
+        let mut messages = Vec::new();
+        while let Some(line) = lines.next_line().await.unwrap() {
+            messages.push(serde_json::from_str(&line).unwrap());
+        }
+        messages
+    }
+
+    /// Sends `raw` (then ends the request side) and reads the one reply. Lines are read one by
+    /// one as real clients do: a server that closes with input unread makes the socket report
+    /// a reset after its reply.
+    async fn exchange(raw: &[u8], peer: Option<u32>) -> Message {
+        let (client, server) = UnixStream::pair().unwrap();
+        let serving = tokio::spawn(async move { serve_connection(server, peer, ME, &Fake).await });
+        let (reader, mut writer) = tokio::io::split(client);
+        let _ = writer.write_all(raw).await;
+        let _ = writer.shutdown().await;
+        let line = read_line(reader).await;
+        serving.await.unwrap();
+        serde_json::from_str(&line).unwrap()
+    }
+
+    async fn read_line(reader: impl AsyncRead + Unpin) -> String {
+        let mut line = String::new();
+        BufReader::new(reader).read_line(&mut line).await.unwrap();
+        line
+    }
+
+    fn error(message: Message) -> ErrorReply {
+        match message.body {
+            Body::Error(e) => e,
+            other => panic!("expected an error, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_status_request_is_answered_with_the_status_report() {
+        let (client, server) = UnixStream::pair().unwrap();
+        tokio::spawn(async move { serve_connection(server, Some(1000), ME, &Fake).await });
+        let body = call(client, Command::Status, |_| {}).await.unwrap();
+        assert_eq!(body, Body::Status(Box::new(fixtures::status())));
+    }
+
+    #[tokio::test]
+    async fn a_restart_streams_its_progress_then_exactly_one_final_reply_and_closes() {
+        let (client, server) = UnixStream::pair().unwrap();
+        tokio::spawn(async move { serve_connection(server, Some(0), ME, &Fake).await });
+        let (reader, mut writer) = tokio::io::split(client);
+        writer
+            .write_all(b"{\"v\":1,\"cmd\":\"restart\"}\n")
+            .await
+            .unwrap();
+        let messages = lines(reader).await;
+        let finals: Vec<bool> = messages.iter().map(|m| m.body.is_final()).collect();
+        assert_eq!(finals, [false, false, true]);
+        assert!(matches!(&messages[2].body, Body::Restarted(r) if r.new_pid == 3));
+    }
+
+    #[tokio::test]
+    async fn an_update_streams_download_progress_and_ends_up_to_date_or_with_its_reason() {
+        let (client, server) = UnixStream::pair().unwrap();
+        tokio::spawn(async move { serve_connection(server, Some(1000), ME, &Fake).await });
+        let mut bytes = Vec::new();
+        let body = call(client, Command::Update { version: None }, |p| {
+            bytes.push((p.stage, p.done, p.total))
+        })
+        .await
+        .unwrap();
+        assert_eq!(bytes, [(Stage::Downloading, Some(5), Some(10))]);
+        assert!(matches!(body, Body::UpToDate(r) if r.version == "1.0.0"));
+
+        let (client, server) = UnixStream::pair().unwrap();
+        tokio::spawn(async move { serve_connection(server, Some(1000), ME, &Fake).await });
+        let update = Command::Update {
+            version: Some("9.9.9".into()),
+        };
+        let body = call(client, update, |_| {}).await.unwrap();
+        assert!(
+            matches!(body, Body::Error(e) if e.code == ErrorCode::UpdateFailed && e.message.contains("9.9.9"))
+        );
+    }
+
+    #[tokio::test]
+    async fn the_reply_is_tagged_and_versioned_and_unknown_request_fields_are_ignored() {
+        let message = exchange(
+            b"{\"v\":1,\"cmd\":\"version\",\"extra\":true}\n",
+            Some(1000),
+        )
+        .await;
+        let json = serde_json::to_value(&message).unwrap();
+        assert_eq!(
+            (json["v"].as_u64(), json["type"].as_str()),
+            (Some(1), Some("version"))
+        );
+        assert_eq!(json["pid"], 1);
+    }
+
+    #[tokio::test]
+    async fn garbage_gets_an_error_reply_and_the_server_keeps_serving() {
+        let server = start(Fake);
+        for garbage in [
+            &b"\x00\xffnot json at all\n"[..],
+            b"hello there\n",
+            b"{\"v\":1,\"cmd\":\"fly\"}\n",
+            b"{\"cmd\":\"status\"}\n",
+        ] {
+            let (reader, mut writer) = tokio::io::split(connect(&server));
+            writer.write_all(garbage).await.unwrap();
+            let reply: Message = serde_json::from_str(&read_line(reader).await).unwrap();
+            assert_eq!(error(reply).code, ErrorCode::BadRequest);
+        }
+        assert_still_serves(&server).await;
+    }
+
+    #[tokio::test]
+    async fn half_a_request_line_is_not_run() {
+        let reply = error(exchange(b"{\"v\":1,\"cmd\":\"restart\"}", Some(1000)).await);
+        assert_eq!(reply.code, ErrorCode::BadRequest);
+        assert!(
+            reply.message.contains("requests end with a newline"),
+            "{}",
+            reply.message
+        );
+    }
+
+    #[tokio::test]
+    async fn a_line_over_the_cap_is_refused_without_reading_it_all() {
+        let mut huge = vec![b'x'; MAX_REQUEST_BYTES * 4];
+        huge.push(b'\n');
+        let (client, server) = UnixStream::pair().unwrap();
+        let serving =
+            tokio::spawn(async move { serve_connection(server, Some(1000), ME, &Fake).await });
+        // The server stops reading at the cap, so the rest of the write may fail.
+        let (read_half, mut write_half) = tokio::io::split(client);
+        let (_, line) = tokio::join!(write_half.write_all(&huge), read_line(read_half));
+        serving.await.unwrap();
+        let reply = error(serde_json::from_str(&line).unwrap());
+        assert_eq!(reply.code, ErrorCode::TooLarge);
+        assert!(reply.message.contains("65536 bytes"), "{}", reply.message);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_client_times_out() {
+        let (client, server) = UnixStream::pair().unwrap();
+        let serving =
+            tokio::spawn(async move { serve_connection(server, Some(1000), ME, &Fake).await });
+        let line = read_line(client).await;
+        serving.await.unwrap();
+        let reply = error(serde_json::from_str(&line).unwrap());
+        assert_eq!(reply.code, ErrorCode::Timeout);
+        assert_eq!(reply.message, "no complete request line within 5s");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_does_not_read_its_reply_is_given_up_on() {
+        // A pipe too small for the status report: the write can only finish if the client reads.
+        let (mut client, server) = tokio::io::duplex(64);
+        client
+            .write_all(b"{\"v\":1,\"cmd\":\"status\"}\n")
+            .await
+            .unwrap();
+        let started = tokio::time::Instant::now();
+        serve_connection(server, Some(1000), ME, &Fake).await;
+        assert!(started.elapsed() >= WRITE_TIMEOUT);
+    }
+
+    /// A supervisor whose restart the test drives step by step.
+    struct Stepped(Mutex<Option<mpsc::UnboundedReceiver<Body>>>);
+
+    impl Service for Stepped {
+        fn status(&self) -> StatusReport {
+            fixtures::status()
+        }
+        fn version(&self) -> VersionReport {
+            Fake.version()
+        }
+        fn restart(&self) -> mpsc::UnboundedReceiver<Body> {
+            self.0.lock().unwrap().take().unwrap()
+        }
+        fn update(&self, version: Option<String>) -> mpsc::UnboundedReceiver<Body> {
+            Fake.update(version)
+        }
+        fn rollback(&self) -> mpsc::UnboundedReceiver<Body> {
+            Fake.rollback()
+        }
+    }
+
+    fn progress(stage: Stage) -> Body {
+        Body::Progress(Progress {
+            stage,
+            message: format!("{stage:?}"),
+            pid: Some(3),
+            done: None,
+            total: None,
+        })
+    }
+
+    #[tokio::test]
+    async fn a_client_vanishing_mid_stream_does_not_hurt_the_server() {
+        let (events, restart) = mpsc::unbounded_channel();
+        let server = start(Stepped(Mutex::new(Some(restart))));
+        let (reader, mut writer) = tokio::io::split(connect(&server));
+        writer
+            .write_all(b"{\"v\":1,\"cmd\":\"restart\"}\n")
+            .await
+            .unwrap();
+        events.send(progress(Stage::CandidateStarted)).unwrap();
+        let mut reader = BufReader::new(reader);
+        let mut first = String::new();
+        reader.read_line(&mut first).await.unwrap();
+        assert!(first.contains("candidate_started"), "{first}");
+        drop((reader, writer));
+
+        // The operation goes on without its client, and the server stops writing to it.
+        events.send(progress(Stage::Switched)).unwrap();
+        events.send(progress(Stage::Draining)).unwrap();
+        events.closed().await;
+        assert_still_serves(&server).await;
+    }
+
+    #[tokio::test]
+    async fn a_peer_of_another_uid_is_refused_before_it_is_read() {
+        let reply = error(exchange(b"{\"v\":1,\"cmd\":\"status\"}\n", Some(4242)).await);
+        assert_eq!(reply.code, ErrorCode::Refused);
+        assert_eq!(
+            reply.message,
+            "permission denied: uid 4242 may not control this supervisor (only root and uid 1000 may)"
+        );
+        assert_eq!(error(exchange(b"", None).await).code, ErrorCode::Refused);
+    }
+
+    #[tokio::test]
+    async fn past_the_connection_cap_clients_are_told_the_supervisor_is_busy() {
+        let server = start(Fake);
+        // Silent clients hold every slot until their read timeout.
+        let mut silent: Vec<_> = (0..MAX_CONNECTIONS).map(|_| connect(&server)).collect();
+        let reply: Message = serde_json::from_str(&read_line(connect(&server)).await).unwrap();
+        assert_eq!(
+            error(reply).message,
+            "too many control connections; try again"
+        );
+        // A freed slot serves again.
+        drop(silent.pop());
+        let body = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match call(connect(&server), Command::Version, |_| {})
+                    .await
+                    .unwrap()
+                {
+                    Body::Error(e) if e.code == ErrorCode::Busy => tokio::task::yield_now().await,
+                    body => return body,
+                }
+            }
+        })
+        .await
+        .unwrap();
+        assert!(matches!(body, Body::Version(_)));
+    }
+}
