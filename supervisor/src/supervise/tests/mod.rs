@@ -1,0 +1,8 @@
+//! The machine tested without processes, sockets or real time: a simulated world carries
+//! out its effects ([`sim`]), scenario tests walk every state ([`transitions`]), and a
+//! property test drives random input sequences while checking the invariants that make
+//! the product safe ([`properties`]).
+
+mod properties;
+mod sim;
+mod transitions;
