@@ -20,15 +20,17 @@
 //!   `update --check`, which also works without a supervisor.
 //! - [`notify`]: systemd notifications (`READY=1`, `STATUS=`, `WATCHDOG=1`).
 //! - [`soak`]: the window after an update in which a crash-looping version is rolled back.
-//! - [`update`]: update check requests, merged while a check or a handoff runs.
-//! - [`updater`]: the update pipeline's I/O: fetch, verify, decide, stage.
-//! - [`manifest`]: a channel's `latest.json` parsed into a typed manifest; artifact URLs.
-//! - [`decide`]: the update decision (channels, SemVer, downgrade floor, quarantine), pure.
-//! - [`signature`]: minisign verification of `latest.json` against the pinned key.
-//! - [`fetch`]: the release CDN over HTTPS or `file://`: manifest and artifact downloads.
-//! - [`stage`]: a downloaded or bootstrap gateway verified into `versions/<version>/`.
-//! - [`install`]: the install dir: `current`/`previous` links, pruning, `state.json`.
+//! - [`checks`]: update check requests, merged while a check or a handoff runs; the
+//!   timer's jitter.
+//! - [`update`]: the update pipeline, from the release CDN to a verified gateway in the
+//!   install dir: URLs, fetch, signature, manifest, decision, stage. Built from plain
+//!   options that [`config`] derives from the settings.
+//! - [`install`]: the install dir: every path in it, `current`/`previous` links, the
+//!   staging area, the bootstrap install, pruning, `state.json`.
+//! - [`durable`]: crash-safe file writes (atomic replace, directory fsync).
 //! - [`publish`]: the publisher side, writing the CDN layout (`aihummer-publish`).
+//!
+//! Settings flow one way: [`config`] → [`update`] → [`install`].
 //! - [`app`]: wires the parts together for `aihummer run`.
 //!
 //! # Exit codes
@@ -41,25 +43,21 @@
 
 pub mod app;
 pub mod backoff;
+pub mod checks;
 pub mod child;
 pub mod cli;
 pub mod config;
 pub mod control;
-pub mod decide;
+pub mod durable;
 pub mod fds;
-pub mod fetch;
 pub mod handoff;
 pub mod install;
-pub mod manifest;
 pub mod notify;
 pub mod probe;
 pub mod publish;
-pub mod signature;
 pub mod soak;
-pub mod stage;
 pub mod supervise;
 pub mod update;
-pub mod updater;
 
 /// This binary's version: the package version, or `AIHUMMER_BUILD_VERSION` at build time.
 pub const VERSION: &str = env!("AIHUMMER_VERSION");

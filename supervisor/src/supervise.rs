@@ -24,7 +24,7 @@
 //! update check during a handoff runs once afterwards, a second SIGTERM is ignored. The
 //! status that `aihummer status` reads is published on a watch channel, so a status
 //! request never waits for a handoff. Pure decisions live in [`crate::handoff`],
-//! [`crate::backoff`] and [`crate::update`].
+//! [`crate::backoff`] and [`crate::checks`].
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
@@ -38,6 +38,7 @@ use tokio::time::Instant;
 
 use crate::VERSION;
 use crate::backoff::RestartDelay;
+use crate::checks::{self, Action};
 use crate::child::{self, Gateway, Stopped};
 use crate::config::{Settings, UpdateMode};
 use crate::control::{
@@ -46,12 +47,11 @@ use crate::control::{
     UpdateInfo, VersionReport,
 };
 use crate::handoff::{Decision, Failure, Gate, Waiter, Waiters};
-use crate::install::{CheckOutcome, Layout};
+use crate::install::{self, CheckOutcome, Layout};
 use crate::notify;
 use crate::probe;
 use crate::soak::{Soak, Verdict};
-use crate::update::{self, Action};
-use crate::updater::{self, Checked, Updater};
+use crate::update::{self, Checked, Updater};
 
 /// How often a starting gateway is probed.
 const PROBE_INTERVAL: Duration = Duration::from_millis(100);
@@ -84,7 +84,7 @@ pub enum Input {
     /// ended.
     Checked {
         /// What the pipeline did.
-        run: Box<updater::Run>,
+        run: Box<update::Run>,
         /// Whether `aihummer update` asked for it (its waiters get the result).
         explicit: bool,
     },
@@ -141,7 +141,7 @@ pub struct Supervisor {
     status: watch::Sender<StatusReport>,
     active_probe: watch::Sender<Option<(u32, SocketAddr)>>,
     backoff: RestartDelay,
-    updates: update::Requests,
+    updates: checks::Requests,
     /// The update pipeline; none without a CDN.
     updater: Option<Arc<Updater>>,
     /// The install dir; none without `AIHUMMER_STATE_DIR`.
@@ -179,7 +179,7 @@ impl Supervisor {
         let mut initial = initial_status(&settings);
         if let Some(layout) = &layout {
             match layout.load_state() {
-                Ok(state) => initial.quarantined = updater::quarantine_list(&state),
+                Ok(state) => initial.quarantined = install::quarantine_list(&state),
                 Err(err) => tracing::warn!(error = %err, "cannot read the install state"),
             }
         }
@@ -192,7 +192,7 @@ impl Supervisor {
             status,
             active_probe,
             backoff: RestartDelay::default(),
-            updates: update::Requests::default(),
+            updates: checks::Requests::default(),
             updater: updater.map(Arc::new),
             layout,
             sender,
@@ -387,7 +387,7 @@ impl Supervisor {
                 return false;
             }
         };
-        match updater::switch(layout, &previous) {
+        match install::switch(layout, &previous) {
             Ok(_) => {
                 self.record_error(format!(
                     "automatic rollback from {version} to {previous}: {reason}"
@@ -709,7 +709,7 @@ impl Supervisor {
     fn check_for_update(&mut self) {
         let Some(updater) = self.updater.clone() else {
             self.updates.finished();
-            self.record_check(updater::UpdaterError::NoSource.to_string(), None);
+            self.record_check(update::UpdaterError::NoSource.to_string(), None);
             return;
         };
         let running = match self.running_version() {
@@ -765,7 +765,7 @@ impl Supervisor {
             }
         };
         let Some(updater) = self.updater.clone() else {
-            return fail(updater::UpdaterError::NoSource.to_string());
+            return fail(update::UpdaterError::NoSource.to_string());
         };
         let running = match self.running_version() {
             Ok(version) => version,
@@ -859,7 +859,7 @@ impl Supervisor {
     /// (staging it again finds it installed and only smoke tests it).
     fn on_checked(
         &mut self,
-        run: updater::Run,
+        run: update::Run,
         explicit: bool,
         can_apply: bool,
     ) -> Option<(Target, Waiters)> {
@@ -891,7 +891,7 @@ impl Supervisor {
             ),
         };
         if let Some(layout) = &self.layout
-            && let Err(err) = updater::record_check(layout, outcome)
+            && let Err(err) = install::record_check(layout, outcome)
         {
             tracing::warn!(error = %err, "cannot record the update check in the state file");
         }
@@ -968,8 +968,8 @@ impl Supervisor {
     fn quarantine(&self, version: &Version, reason: &str) {
         tracing::error!(%version, %reason, "version quarantined");
         let listed = match &self.layout {
-            Some(layout) => match updater::quarantine(layout, version, reason) {
-                Ok(state) => updater::quarantine_list(&state),
+            Some(layout) => match install::quarantine(layout, version, reason) {
+                Ok(state) => install::quarantine_list(&state),
                 Err(err) => {
                     tracing::error!(error = %err, "cannot persist the quarantine");
                     vec![format!("{version}: {reason}")]
@@ -991,7 +991,7 @@ impl Supervisor {
     /// leaves the new gateway serving; only a later restart would run the old `current`.
     fn switch(&self, version: &Version) {
         let Some(layout) = &self.layout else { return };
-        match updater::switch(layout, version) {
+        match install::switch(layout, version) {
             Ok(state) => {
                 tracing::info!(%version, previous = ?state.previous.map(|v| v.to_string()), "current switched");
                 self.status.send_modify(|s| s.update.available = None);
@@ -1007,6 +1007,9 @@ impl Supervisor {
     /// after the first update. A failure is logged; the gateway still runs from where it is.
     async fn install_bootstrap(&mut self) {
         let Some(layout) = &self.layout else { return };
+        if matches!(layout.current(), Ok(Some(_))) {
+            return;
+        }
         let binary = match self.settings.gateway_binary() {
             Ok(binary) => binary,
             Err(err) => {
@@ -1014,21 +1017,20 @@ impl Supervisor {
                 return;
             }
         };
-        match updater::install_bootstrap(layout, &binary).await {
-            Ok(Some(version)) => {
+        match install::install_bootstrap(layout, &binary, install::SMOKE_TIMEOUT).await {
+            Ok(version) => {
                 tracing::info!(%version, from = %binary.display(), "installed the bootstrap gateway")
             }
-            Ok(None) => {}
             Err(err) => tracing::warn!(error = %err, "cannot install the bootstrap gateway"),
         }
     }
 }
 
-/// Asks for a check at [`update::FIRST_CHECK`], then every `interval`, each with jitter.
+/// Asks for a check at [`checks::FIRST_CHECK`], then every `interval`, each with jitter.
 async fn update_timer(inbox: mpsc::UnboundedSender<Input>, interval: Duration) {
-    let mut delay = interval.min(update::FIRST_CHECK);
+    let mut delay = interval.min(checks::FIRST_CHECK);
     loop {
-        tokio::time::sleep(update::jittered(delay, update::seed())).await;
+        tokio::time::sleep(checks::jittered(delay, checks::seed())).await;
         if inbox.send(Input::UpdateCheck).is_err() {
             return;
         }
