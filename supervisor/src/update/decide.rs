@@ -388,19 +388,7 @@ mod tests {
     }
 
     fn arb_version() -> impl Strategy<Value = Version> {
-        (
-            0u64..4,
-            0u64..4,
-            0u64..4,
-            proptest::option::of("(rc|beta)\\.[0-3]"),
-        )
-            .prop_map(|(a, b, c, pre)| {
-                let mut v = Version::new(a, b, c);
-                if let Some(pre) = pre {
-                    v.pre = semver::Prerelease::new(&pre).unwrap();
-                }
-                v
-            })
+        crate::update::testing::arb_version(4, "(rc|beta)\\.[0-3]")
     }
 
     fn arb_channel() -> impl Strategy<Value = Channel> {

@@ -417,19 +417,7 @@ mod tests {
     }
 
     fn arb_version() -> impl Strategy<Value = Version> {
-        (
-            0u64..20,
-            0u64..20,
-            0u64..20,
-            proptest::option::of("[a-z]{1,5}(\\.[1-9][0-9]?)?"),
-        )
-            .prop_map(|(a, b, c, pre)| {
-                let mut v = Version::new(a, b, c);
-                if let Some(pre) = pre {
-                    v.pre = semver::Prerelease::new(&pre).unwrap();
-                }
-                v
-            })
+        crate::update::testing::arb_version(20, "[a-z]{1,5}(\\.[1-9][0-9]?)?")
     }
 
     fn arb_time() -> impl Strategy<Value = OffsetDateTime> {

@@ -26,6 +26,8 @@ pub mod manifest;
 pub mod pipeline;
 pub mod signature;
 pub mod stage;
+#[cfg(test)]
+mod testing;
 pub mod urls;
 
 pub use channel::{Channel, UnknownChannel};
