@@ -12,7 +12,7 @@ use crate::control::{self, Access, BindError};
 use crate::process::fds::{self, FdError};
 use crate::process::notify;
 use crate::supervise::{self, Driver, Handle};
-use crate::updater::{Updater, UpdaterError};
+use crate::update::{Updater, UpdaterError};
 
 /// Why the supervisor could not run.
 #[derive(Debug, thiserror::Error)]
@@ -80,11 +80,7 @@ async fn serve(
         control = %settings.socket.display(),
         "aihummer supervisor running"
     );
-    let updater = match Updater::from_settings(&settings) {
-        Ok(updater) => Some(updater),
-        Err(UpdaterError::NoSource) => None,
-        Err(err) => return Err(err.into()),
-    };
+    let updater = settings.update_options().map(Updater::new).transpose()?;
     let (driver, views) = Driver::new(settings, public, (inbox.clone(), inputs), updater).await;
     let handle = Arc::new(Handle::new(views.status, inbox));
     let access = Access {

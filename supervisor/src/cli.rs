@@ -15,9 +15,8 @@ use semver::Version;
 use crate::config::{ConfigError, Settings};
 use crate::control::client::{CallError, ask};
 use crate::control::{self, Body, Command, Progress, RestartReport, Stage, StatusReport};
-use crate::install::Layout;
-use crate::stage;
-use crate::updater::{Checked, Updater, UpdaterError};
+use crate::install::{self, Layout};
+use crate::update::{Checked, Updater, UpdaterError};
 use crate::{EXIT_NO_SUPERVISOR, EXIT_UPDATE_AVAILABLE, VERSION};
 
 /// How long a `status` or `version` answer may take.
@@ -252,7 +251,7 @@ impl ProgressView {
 /// Needs no supervisor: it reads the same environment one would.
 pub async fn update_check(path: &Path, json: bool) -> Result<u8, ClientError> {
     let settings = Settings::from_env()?;
-    let updater = Updater::from_settings(&settings)?;
+    let updater = Updater::new(settings.update_options().ok_or(UpdaterError::NoSource)?)?;
     let running = running_version(path, &settings).await?;
     let checked = updater.check(&running, None).await?;
     let (code, result, version, line) = match &checked {
@@ -299,7 +298,7 @@ async fn running_version(path: &Path, settings: &Settings) -> Result<Version, Cl
         return Ok(version);
     }
     let binary = settings.gateway_binary()?;
-    stage::smoke_test(&binary, None, stage::SMOKE_TIMEOUT)
+    install::smoke_test(&binary, None, install::SMOKE_TIMEOUT)
         .await
         .map_err(|err| bad(&err))
 }

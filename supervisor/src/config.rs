@@ -12,9 +12,10 @@ use std::time::Duration;
 use aihummer_common::settings::{Env, SettingError};
 use url::Url;
 
-use crate::decide::{Channel, UnknownChannel};
-use crate::fetch::{self, FetchError};
-use crate::signature::{SignatureError, TrustedKey};
+use crate::install::{GATEWAY_FILE, Layout};
+use crate::update::{
+    Channel, SignatureError, TrustedKey, UnknownChannel, UpdaterOptions, UrlError, parse_base_url,
+};
 
 /// Listen address when `AIHUMMER_GATEWAY_ADDR` is unset: port 8765 on all interfaces.
 pub const DEFAULT_ADDR: &str = ":8765";
@@ -27,8 +28,6 @@ pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(120);
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often a supervisor asks the CDN for a newer version (plus jitter).
 pub const DEFAULT_UPDATE_INTERVAL: Duration = Duration::from_secs(6 * 3600);
-/// The gateway's file name, in an install's version directory and beside `aihummer`.
-pub const GATEWAY_FILE: &str = "aihummer-gateway";
 
 /// A setting that cannot be used, named so the operator knows what to fix.
 #[derive(Debug, thiserror::Error)]
@@ -44,7 +43,7 @@ pub enum ConfigError {
     Channel(#[from] UnknownChannel),
     /// `AIHUMMER_DOWNLOAD_BASE_URL` is not usable.
     #[error(transparent)]
-    BaseUrl(#[from] FetchError),
+    BaseUrl(#[from] UrlError),
     /// `AIHUMMER_UPDATE_PUBKEY` is not a minisign public key.
     #[error(transparent)]
     PublicKey(#[from] SignatureError),
@@ -152,7 +151,7 @@ impl Settings {
         let get = |name: &str| env.get(name);
         let duration = |var, default| env.duration(var, default);
         let download_base_url = get("AIHUMMER_DOWNLOAD_BASE_URL")
-            .map(|v| fetch::parse_base_url(&v, false))
+            .map(|v| parse_base_url(&v, false))
             .transpose()?;
         let state_dir = get("AIHUMMER_STATE_DIR").map(PathBuf::from);
         // The product advises notify-only checks, so that is the default; but a default
@@ -194,13 +193,12 @@ impl Settings {
     /// what a running child is), else `AIHUMMER_GATEWAY_BIN`, else the one beside
     /// `aihummer`. Looked up at every start, so a restart picks up a newly installed binary.
     pub fn gateway_binary(&self) -> Result<PathBuf, ConfigError> {
-        if let Some(state) = &self.state_dir {
-            let current = state.join("current").join(GATEWAY_FILE);
-            if current.exists() {
-                return current.canonicalize().map_err(|err| {
-                    ConfigError::NoGateway(format!("cannot resolve {}: {err}", current.display()))
-                });
-            }
+        if let Some(state) = &self.state_dir
+            && let Some(current) = Layout::new(state)
+                .current_binary()
+                .map_err(|err| ConfigError::NoGateway(format!("cannot {err}")))?
+        {
+            return Ok(current);
         }
         if let Some(bin) = &self.gateway_bin {
             return std::path::absolute(bin).map_err(|err| {
@@ -217,6 +215,17 @@ impl Settings {
                 "AIHUMMER_GATEWAY_BIN is unset and this executable's directory is unknown".into(),
             )),
         }
+    }
+
+    /// What the update pipeline is built from; `None` when no CDN is configured
+    /// (`AIHUMMER_DOWNLOAD_BASE_URL` unset).
+    pub fn update_options(&self) -> Option<UpdaterOptions> {
+        let base = self.download_base_url.clone()?;
+        Some(UpdaterOptions {
+            key: self.update_pubkey.clone(),
+            layout: self.state_dir.clone().map(Layout::new),
+            ..UpdaterOptions::new(base, self.update_channel)
+        })
     }
 }
 

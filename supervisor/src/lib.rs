@@ -20,15 +20,18 @@
 //! - [`cli`]: the `status`, `version`, `restart`, `update` and `rollback` commands and their
 //!   human and `--json` output, over `control::client`; and `update --check`, which also
 //!   works without a supervisor.
-//! - [`updater`]: the update pipeline's I/O: fetch, verify, decide, stage.
-//! - [`manifest`]: a channel's `latest.json` parsed into a typed manifest; artifact URLs.
-//! - [`decide`]: the update decision (channels, SemVer, downgrade floor, quarantine), pure.
-//! - [`signature`]: minisign verification of `latest.json` against the pinned key.
-//! - [`fetch`]: the release CDN over HTTPS or `file://`: manifest and artifact downloads.
-//! - [`stage`]: a downloaded or bootstrap gateway verified into `versions/<version>/`.
-//! - [`install`]: the install dir: `current`/`previous` links, pruning, `state.json`.
+//! - [`update`]: the update pipeline, from the release CDN to a verified gateway in the
+//!   install dir: URLs, fetch, signature, manifest, decision, stage. Built from plain
+//!   options that [`config`] derives from the settings.
+//! - [`install`]: the install dir: every path in it, `current`/`previous` links, the
+//!   staging area, the bootstrap install, pruning, `state.json`.
+//! - [`durable`]: crash-safe file writes (atomic replace, directory fsync).
 //! - [`publish`]: the publisher side, writing the CDN layout (`aihummer-publish`).
 //! - [`app`]: wires the parts together for `aihummer run`.
+//!
+//! Data flows one way: [`config`] → [`update`] → [`install`]; the state machine in
+//! [`supervise`] decides, and only its driver touches [`process`], [`update`] and
+//! [`install`].
 //!
 //! # Exit codes
 //!
@@ -42,16 +45,12 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod control;
-pub mod decide;
-pub mod fetch;
+pub mod durable;
 pub mod install;
-pub mod manifest;
 pub mod process;
 pub mod publish;
-pub mod signature;
-pub mod stage;
 pub mod supervise;
-pub mod updater;
+pub mod update;
 
 /// This binary's version: the package version, or `AIHUMMER_BUILD_VERSION` at build time.
 pub const VERSION: &str = env!("AIHUMMER_VERSION");

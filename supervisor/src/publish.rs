@@ -20,7 +20,7 @@
 //! signature that does not match and refuses that check, and the next check succeeds.
 
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -28,31 +28,28 @@ use semver::Version;
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
-use crate::decide::Channel;
-use crate::manifest::{self, Artifact, Manifest, SCHEMA};
-use crate::stage::{SMOKE_TIMEOUT, StageError, smoke_test};
+use crate::durable::{FileError, io_err, write_atomic};
+use crate::install::{SMOKE_TIMEOUT, SmokeError, smoke_test};
+use crate::update::Channel;
+use crate::update::manifest::{self, Artifact, Manifest, SCHEMA};
 
 /// Why a release could not be published.
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
     /// A filesystem operation failed.
-    #[error("{action} {}: {source}", path.display())]
-    Io {
-        /// What was being done.
-        action: &'static str,
-        /// On what.
-        path: PathBuf,
-        /// The OS error.
-        source: io::Error,
-    },
+    #[error(transparent)]
+    File(#[from] FileError),
     /// The binary does not report the version being published.
     #[error("the binary is not a gateway of version {version}: {source}")]
     Binary {
         /// The version being published.
         version: Version,
         /// What the smoke test found.
-        source: Box<StageError>,
+        source: Box<SmokeError>,
     },
+    /// The manifest cannot be written as JSON.
+    #[error("cannot write latest.json: {0}")]
+    Manifest(#[from] serde_json::Error),
     /// The existing manifest in the output dir cannot be read.
     #[error("the existing {} cannot be extended: {reason}", path.display())]
     Existing {
@@ -72,15 +69,6 @@ pub enum PublishError {
     /// minisign itself failed.
     #[error("minisign: {0}")]
     Minisign(String),
-}
-
-fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> PublishError {
-    let path = path.to_path_buf();
-    move |source| PublishError::Io {
-        action,
-        path,
-        source,
-    }
 }
 
 /// A minisign secret key and its password.
@@ -190,7 +178,7 @@ pub async fn publish(release: &Release) -> Result<Published, PublishError> {
         notes_url: release.notes_url.clone(),
         artifacts,
     };
-    let json = contents.to_json();
+    let json = contents.to_json()?;
 
     let signature = match &release.key {
         Some(key) => {
@@ -218,7 +206,7 @@ pub async fn publish(release: &Release) -> Result<Published, PublishError> {
             let stale = channel_dir.join("latest.json.minisig");
             match fs::remove_file(&stale) {
                 Err(err) if err.kind() != io::ErrorKind::NotFound => {
-                    return Err(io_err("remove", &stale)(err));
+                    return Err(io_err("remove", &stale)(err).into());
                 }
                 _ => None,
             }
@@ -240,7 +228,7 @@ fn existing_artifacts(
 ) -> Result<std::collections::BTreeMap<String, Artifact>, PublishError> {
     match fs::read(path) {
         Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(Default::default()),
-        Err(err) => Err(io_err("read", path)(err)),
+        Err(err) => Err(io_err("read", path)(err).into()),
         Ok(bytes) => match manifest::parse(&bytes) {
             Ok(m) if m.version == *version => Ok(m.artifacts),
             Ok(_) => Ok(Default::default()),
@@ -310,46 +298,20 @@ pub fn generate_keypair(password: Option<String>) -> Result<KeyPair, PublishErro
     })
 }
 
-/// Writes `bytes` to a temporary file beside `path`, fsyncs, sets `mode` and renames it
-/// into place, so a static server never serves half a file.
-pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), PublishError> {
-    use std::os::unix::fs::PermissionsExt;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".publish.")
-        .tempfile_in(dir)
-        .map_err(io_err("create a temporary file in", dir))?;
-    tmp.write_all(bytes).map_err(io_err("write", tmp.path()))?;
-    tmp.as_file()
-        .sync_all()
-        .map_err(io_err("fsync", tmp.path()))?;
-    fs::set_permissions(tmp.path(), fs::Permissions::from_mode(mode))
-        .map_err(io_err("chmod", tmp.path()))?;
-    tmp.persist(path)
-        .map_err(|err| io_err("rename into", path)(err.error))?;
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::signature::{TrustedKey, Verified, verify};
-    use std::os::unix::fs::PermissionsExt;
-
-    fn fake_gateway(dir: &Path, version: &str) -> PathBuf {
-        let path = dir.join(format!("gw-{version}"));
-        fs::write(
-            &path,
-            format!("#!/bin/sh\necho 'aihummer-gateway {version}'\n"),
-        )
-        .unwrap();
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
-        path
-    }
+    use crate::install::testing::fake_gateway;
+    use crate::update::signature::{TrustedKey, Verified, verify};
+    use crate::update::urls::resolve_url;
 
     fn release(dir: &Path, version: &str) -> Release {
         Release {
-            binary: fake_gateway(dir, version),
+            binary: fake_gateway(
+                dir,
+                &format!("gw-{version}"),
+                &format!("echo 'aihummer-gateway {version}'"),
+            ),
             version: Version::parse(version).unwrap(),
             channel: Channel::Stable,
             target: "x86_64-unknown-linux-gnu".into(),
@@ -376,7 +338,7 @@ mod tests {
         let a = m.artifact_for("x86_64-unknown-linux-gnu").unwrap();
         assert_eq!(a.url, "1.4.2/aihummer-gateway-x86_64-unknown-linux-gnu");
         let base = url::Url::from_file_path(&published.manifest).unwrap();
-        let resolved = manifest::resolve_url(&base, &a.url).unwrap();
+        let resolved = resolve_url(&base, &a.url).unwrap();
         assert_eq!(resolved.to_file_path().unwrap(), published.artifact);
         let sum = fs::read_to_string(published.artifact.with_extension("sha256")).unwrap();
         assert!(sum.starts_with(&a.sha256), "{sum}");

@@ -5,9 +5,9 @@ use std::path::Path;
 use std::process::{Output, Stdio};
 use std::time::{Duration, SystemTime};
 
-use aihummer::decide::Channel;
-use aihummer::manifest::TARGET;
 use aihummer::publish::{self, Release};
+use aihummer::update::Channel;
+use aihummer::update::manifest::TARGET;
 use semver::Version;
 use tempfile::TempDir;
 

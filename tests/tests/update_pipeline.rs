@@ -15,13 +15,16 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
-use aihummer::decide::{Channel, Decision, Inputs, decide};
-use aihummer::fetch::{FetchOptions, Fetcher, ManifestFetch, parse_base_url};
-use aihummer::install::{KEEP_VERSIONS, Layout, State};
-use aihummer::manifest::{self, TARGET};
+use aihummer::install::{
+    KEEP_VERSIONS, Layout, SMOKE_TIMEOUT, State, install_bootstrap, smoke_test,
+};
 use aihummer::publish::{self, Release, SigningKey, generate_keypair};
-use aihummer::signature::{TrustedKey, verify};
-use aihummer::stage::{SMOKE_TIMEOUT, install_bootstrap, smoke_test, stage};
+use aihummer::update::decide::{Decision, Inputs, decide};
+use aihummer::update::fetch::{FetchOptions, Fetcher, ManifestFetch};
+use aihummer::update::manifest::{self, TARGET};
+use aihummer::update::signature::verify;
+use aihummer::update::stage::stage;
+use aihummer::update::{Channel, TrustedKey, parse_base_url};
 use aihummer_tests::binary;
 use aihummer_tests::update::{Cdn, Fault, stamped_gateway};
 use semver::Version;

@@ -28,9 +28,9 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::{Duration, Instant, SystemTime};
 
-use aihummer::decide::Channel;
-use aihummer::manifest::TARGET;
 use aihummer::publish::{self, Release, SigningKey, generate_keypair};
+use aihummer::update::Channel;
+use aihummer::update::manifest::TARGET;
 use aihummer_tests::supervisor::{Load, Supervisor, cli};
 use aihummer_tests::update::{Cdn, Fault, stamped_gateway};
 use aihummer_tests::updating::{Offering, fake_gateway, link_version};

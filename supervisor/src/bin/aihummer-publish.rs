@@ -16,9 +16,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
-use aihummer::decide::Channel;
-use aihummer::manifest::TARGET;
+use aihummer::durable::write_atomic;
 use aihummer::publish::{self, Release, SigningKey};
+use aihummer::update::Channel;
+use aihummer::update::manifest::TARGET;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 
@@ -152,9 +153,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
             if key.exists() {
                 bail!("{} exists; not overwriting a signing key", key.display());
             }
-            publish::write_atomic(&key, pair.secret_key.as_bytes(), 0o600)?;
+            write_atomic(&key, pair.secret_key.as_bytes(), 0o600)?;
             let public = out_dir.join("aihummer-release.pub");
-            publish::write_atomic(&public, pair.public_key.as_bytes(), 0o644)?;
+            write_atomic(&public, pair.public_key.as_bytes(), 0o644)?;
             println!("secret key {}", key.display());
             println!("public key {}", public.display());
             println!(

@@ -1,6 +1,6 @@
 //! When update checks run: requests from SIGHUP, the periodic timer and the CLI, merged so
 //! that they never stack, and the timer's jittered schedule. Pure: the supervisor owns
-//! the I/O ([`crate::updater`]) and feeds the outcome back.
+//! the I/O ([`crate::update::pipeline`]) and feeds the outcome back.
 //!
 //! Merging: while a check runs, a new request joins it; while a handoff (or a start) runs,
 //! any number of requests leave one check to run afterwards.

@@ -21,10 +21,10 @@ use super::inputs::{self, Message};
 use super::machine::{Config, Machine};
 use crate::config::{Settings, UpdateMode};
 use crate::control::{Body, ProcessInfo, StatusReport};
-use crate::install::{CheckOutcome, Layout};
+use crate::install::{self, CheckOutcome, Layout};
 use crate::process::child::{self, Gateway};
 use crate::process::{notify, probe};
-use crate::updater::{self, Checked, Updater};
+use crate::update::{Checked, Updater, UpdaterError};
 
 /// What the rest of the process reads from a running supervisor.
 pub struct Views {
@@ -73,7 +73,7 @@ impl Driver {
         let mut previous = None;
         if let Some(layout) = &layout {
             match layout.load_state() {
-                Ok(state) => quarantined = updater::quarantine_list(&state),
+                Ok(state) => quarantined = install::quarantine_list(&state),
                 Err(err) => tracing::warn!(error = %err, "cannot read the install state"),
             }
             match layout.previous() {
@@ -87,7 +87,7 @@ impl Driver {
             apply: settings.update_mode == UpdateMode::Apply,
             update_source: match &updater {
                 Some(_) => Ok(()),
-                None => Err(updater::UpdaterError::NoSource.to_string()),
+                None => Err(UpdaterError::NoSource.to_string()),
             },
             install: layout.as_ref().map(|_| previous),
         };
@@ -333,7 +333,7 @@ impl Driver {
                         reason: err.to_string(),
                     },
                 };
-                if let Err(err) = updater::record_check(layout, outcome) {
+                if let Err(err) = install::record_check(layout, outcome) {
                     tracing::warn!(error = %err, "cannot record the update check in the state file");
                 }
             }
@@ -359,7 +359,7 @@ impl Driver {
 
     fn switch(&self, version: Version) -> Input {
         let result = match &self.layout {
-            Some(layout) => updater::switch(layout, &version)
+            Some(layout) => install::switch(layout, &version)
                 .map(|state| state.previous)
                 .map_err(|err| err.to_string()),
             None => Err("AIHUMMER_STATE_DIR is unset".to_string()),
@@ -369,8 +369,8 @@ impl Driver {
 
     fn quarantine(&self, version: Version, reason: String) -> Input {
         let result = match &self.layout {
-            Some(layout) => updater::quarantine(layout, &version, &reason)
-                .map(|state| updater::quarantine_list(&state))
+            Some(layout) => install::quarantine(layout, &version, &reason)
+                .map(|state| install::quarantine_list(&state))
                 .map_err(|err| err.to_string()),
             None => Err("AIHUMMER_STATE_DIR is unset".to_string()),
         };
@@ -417,6 +417,9 @@ impl Driver {
 /// about to run as `versions/<its version>/` and `current`. A failure is logged; the
 /// gateway still runs from where it is.
 async fn install_bootstrap(settings: &Settings, layout: &Layout) {
+    if matches!(layout.current(), Ok(Some(_))) {
+        return;
+    }
     let binary: PathBuf = match settings.gateway_binary() {
         Ok(binary) => binary,
         Err(err) => {
@@ -424,11 +427,10 @@ async fn install_bootstrap(settings: &Settings, layout: &Layout) {
             return;
         }
     };
-    match updater::install_bootstrap(layout, &binary).await {
-        Ok(Some(version)) => {
+    match install::install_bootstrap(layout, &binary, install::SMOKE_TIMEOUT).await {
+        Ok(version) => {
             tracing::info!(%version, from = %binary.display(), "installed the bootstrap gateway");
         }
-        Ok(None) => {}
         Err(err) => tracing::warn!(error = %err, "cannot install the bootstrap gateway"),
     }
 }

@@ -4,23 +4,27 @@
 //!
 //! No state machine lives here: the supervisor runs these verbs off its own loop and feeds
 //! the results back as inputs, and `aihummer update --check` calls them directly without
-//! a supervisor. What the bytes mean is [`crate::manifest`]'s, [`crate::signature`]'s and
-//! [`crate::decide`]'s business; this module only strings them together.
+//! a supervisor. What the bytes mean is [`crate::update::manifest`]'s,
+//! [`crate::update::signature`]'s and [`crate::update::decide`]'s business; this module
+//! only strings them together. It is built from [`UpdaterOptions`], plain values the
+//! caller reads from wherever it likes.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
+use aihummer_common::backoff::Backoff;
 use semver::Version;
 use url::Url;
 
-use crate::config::Settings;
-use crate::decide::{self, Channel, Decision, Refusal};
-use crate::fetch::{FetchError, FetchOptions, Fetched, Fetcher, ManifestFetch, manifest_url};
-use crate::install::{CheckOutcome, InstallError, KEEP_VERSIONS, Layout, State};
-use crate::manifest::{self, Manifest, ManifestError, TARGET};
-use crate::signature::{self, SignatureError, TrustedKey};
-use crate::stage::{self, StageError};
+use crate::install::{CheckOutcome, InstallError, Layout, SMOKE_TIMEOUT, State};
+use crate::update::channel::Channel;
+use crate::update::decide::{self, Decision, Refusal};
+use crate::update::fetch::{FetchError, FetchOptions, Fetched, Fetcher, ManifestFetch};
+use crate::update::manifest::{self, Manifest, ManifestError, TARGET};
+use crate::update::signature::{self, SignatureError, TrustedKey};
+use crate::update::stage::{self, StageError};
+use crate::update::urls::manifest_url;
 
 /// Why a check or a stage did not get through.
 #[derive(Debug, thiserror::Error)]
@@ -71,9 +75,7 @@ impl UpdaterError {
             self,
             UpdaterError::Stage(
                 StageError::Sha256 { .. }
-                    | StageError::SmokeFailed { .. }
-                    | StageError::SmokeTimeout { .. }
-                    | StageError::WrongVersion { .. }
+                    | StageError::Install(InstallError::Smoke(_))
                     | StageError::Fetch {
                         source: FetchError::Oversized { .. },
                         ..
@@ -117,20 +119,48 @@ pub struct Updater {
     last: Mutex<Option<Fetched>>,
 }
 
-impl Updater {
-    /// The pipeline `settings` describe; [`UpdaterError::NoSource`] without a CDN.
-    pub fn from_settings(settings: &Settings) -> Result<Self, UpdaterError> {
-        let base = settings
-            .download_base_url
-            .clone()
-            .ok_or(UpdaterError::NoSource)?;
-        Ok(Updater {
-            fetcher: Fetcher::new(FetchOptions::default())?,
+/// What an [`Updater`] is built from.
+#[derive(Debug, Clone)]
+pub struct UpdaterOptions {
+    /// The release CDN's base URL, already checked by [`crate::update::parse_base_url`].
+    pub base: Url,
+    /// The channel tracked.
+    pub channel: Channel,
+    /// When set, manifests must be signed by this key.
+    pub key: Option<TrustedKey>,
+    /// The install dir; without one, checks work but nothing can be staged.
+    pub layout: Option<Layout>,
+    /// The CDN client's timeouts and caps.
+    pub fetch: FetchOptions,
+    /// How long a staged binary's `--version` may take.
+    pub smoke_timeout: Duration,
+}
+
+impl UpdaterOptions {
+    /// Options for `base` and `channel` with no key, no install dir and the default
+    /// timeouts.
+    pub fn new(base: Url, channel: Channel) -> Self {
+        UpdaterOptions {
             base,
-            channel: settings.update_channel,
-            key: settings.update_pubkey.clone(),
-            layout: settings.state_dir.clone().map(Layout::new),
-            smoke_timeout: stage::SMOKE_TIMEOUT,
+            channel,
+            key: None,
+            layout: None,
+            fetch: FetchOptions::default(),
+            smoke_timeout: SMOKE_TIMEOUT,
+        }
+    }
+}
+
+impl Updater {
+    /// The pipeline `options` describe.
+    pub fn new(options: UpdaterOptions) -> Result<Self, UpdaterError> {
+        Ok(Updater {
+            fetcher: Fetcher::new(options.fetch)?,
+            base: options.base,
+            channel: options.channel,
+            key: options.key,
+            layout: options.layout,
+            smoke_timeout: options.smoke_timeout,
             last: Mutex::new(None),
         })
     }
@@ -249,9 +279,13 @@ impl Updater {
     }
 }
 
-/// Waits between attempts of a check that failed for a reason that may pass (network
-/// trouble, a 5xx): three attempts in all, then the failure is reported.
-const RETRY_DELAYS: [Duration; 2] = [Duration::from_secs(2), Duration::from_secs(8)];
+/// Attempts of a check that fails for a reason that may pass (network trouble, a 5xx),
+/// before the failure is reported.
+const CHECK_ATTEMPTS: u32 = 3;
+/// The wait before the first retry of such a check; it doubles after each.
+const FIRST_RETRY: Duration = Duration::from_secs(2);
+/// The longest wait between two attempts.
+const MAX_RETRY: Duration = Duration::from_secs(8);
 
 /// What one run of the pipeline did: the check, and the stage when one was asked for and
 /// a version was available.
@@ -274,9 +308,11 @@ impl Updater {
         progress: impl FnMut(u64, u64),
     ) -> Run {
         let mut checked = self.check(running, requested).await;
-        for delay in RETRY_DELAYS {
+        let mut backoff = Backoff::new(FIRST_RETRY, MAX_RETRY);
+        for _ in 1..CHECK_ATTEMPTS {
             match &checked {
                 Err(err) if err.is_transient() => {
+                    let delay = backoff.next_delay();
                     tracing::warn!(error = %err, retry_in = ?delay, "update check failed; retrying");
                     tokio::time::sleep(delay).await;
                     checked = self.check(running, requested).await;
@@ -311,69 +347,24 @@ impl Checked {
     }
 }
 
-/// Installs the gateway a first start runs (`binary`) as `versions/<its version>/` and
-/// points `current` at it, so the first update has a version to roll back to. Does
-/// nothing when `current` already exists. Returns the version installed, if any.
-pub async fn install_bootstrap(
-    layout: &Layout,
-    binary: &Path,
-) -> Result<Option<Version>, UpdaterError> {
-    if layout.current()?.is_some() {
-        return Ok(None);
-    }
-    layout.create()?;
-    let version = stage::install_bootstrap(layout, binary, stage::SMOKE_TIMEOUT).await?;
-    let mut state = layout.load_state()?;
-    layout.switch(&mut state, &version)?;
-    Ok(Some(version))
-}
-
-/// Records the last check's outcome in the state file.
-pub fn record_check(layout: &Layout, outcome: CheckOutcome) -> Result<(), InstallError> {
-    let mut state = layout.load_state()?;
-    state.last_check = Some(crate::install::LastCheck::new(SystemTime::now(), outcome));
-    layout.save_state(&state)
-}
-
-/// Quarantines `version` with `reason` in the state file; returns the new state.
-pub fn quarantine(layout: &Layout, version: &Version, reason: &str) -> Result<State, InstallError> {
-    let mut state = layout.load_state()?;
-    state.quarantine(version, reason);
-    layout.save_state(&state)?;
-    Ok(state)
-}
-
-/// After a candidate passed its gate: points `current` at `version` (the old one becomes
-/// `previous`), raises the highest trusted version, saves the state and prunes old
-/// versions. Returns the new state.
-pub fn switch(layout: &Layout, version: &Version) -> Result<State, InstallError> {
-    let mut state = layout.load_state()?;
-    layout.switch(&mut state, version)?;
-    if let Err(err) = layout.prune(KEEP_VERSIONS) {
-        // Old versions left behind cost disk, not correctness.
-        tracing::warn!(error = %err, "pruning old versions failed");
-    }
-    Ok(state)
-}
-
-/// The quarantine as `status` lists it: `version: reason`.
-pub fn quarantine_list(state: &State) -> Vec<String> {
-    state
-        .quarantined
-        .iter()
-        .map(|(version, reason)| format!("{version}: {reason}"))
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::install::SmokeError;
     use reqwest::StatusCode;
 
     #[test]
     fn only_a_release_at_fault_is_quarantined_and_only_network_trouble_is_retried() {
         let v = Version::new(1, 1, 0);
         let url = "http://127.0.0.1/x".to_string();
+        let smoke = UpdaterError::Stage(StageError::Install(InstallError::Smoke(
+            SmokeError::WrongVersion {
+                binary: PathBuf::from("/x"),
+                expected: v.clone(),
+                reported: "aihummer-gateway 1.0.0".into(),
+            },
+        )));
+        assert!(smoke.blames_release() && !smoke.is_transient());
         let sha = UpdaterError::Stage(StageError::Sha256 {
             version: v.clone(),
             expected: "a".into(),

@@ -1,32 +1,27 @@
-//! Talking to the release CDN: the channel's `latest.json` (and its signature) and the
-//! streaming download of an artifact. I/O only; what the bytes mean is `manifest`'s and
-//! `signature`'s business.
+//! Talking to the release CDN: the HTTP client and the channel's `latest.json` (and its
+//! signature); the artifact download is in [`crate::update::download`]. I/O only: which
+//! URLs are allowed is [`crate::update::urls`]'s business, what the bytes mean
+//! `manifest`'s and `signature`'s.
 //!
-//! - Schemes: `https://` always; `http://` only to a loopback host (a test CDN, a local
-//!   mirror) unless the caller opts in explicitly, because a plain-HTTP manifest without a
-//!   signature key can be swapped by anyone on the path; `file://` for air-gapped mirrors.
-//!   Redirects are followed (at most five) under the same rule.
+//! - Redirects are followed (at most five) under the scheme rules of `urls`.
 //! - Every request has a connect timeout and a read timeout (a CDN that accepts and then
 //!   hangs fails after the read timeout); the manifest request also has an overall one.
 //! - The manifest is capped ([`FetchOptions::manifest_cap`]); a body beyond the cap is
 //!   refused rather than buffered.
 //! - Conditional GET: the previous answer's `ETag` goes out as `If-None-Match`, and a 304
 //!   is [`ManifestFetch::NotModified`].
-//! - An artifact is streamed to a writer and hashed on the way; more bytes than the
-//!   manifest's `size` abort the download at once, fewer are reported as truncated.
 
-use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_LENGTH, ETAG, IF_NONE_MATCH};
-use sha2::{Digest, Sha256};
-use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use url::{Host, Url};
+use tokio::io::AsyncReadExt;
+use url::Url;
 
-use crate::decide::Channel;
-use crate::manifest::{Artifact, resolve_url};
+use crate::update::channel::Channel;
+use crate::update::manifest::Artifact;
+use crate::update::urls::{self, UrlError, check_scheme, file_path, manifest_url, signature_url};
 
 /// Default cap on the size of `latest.json` (and of its signature).
 pub const MANIFEST_CAP: u64 = 1024 * 1024;
@@ -34,32 +29,9 @@ pub const MANIFEST_CAP: u64 = 1024 * 1024;
 /// Why something could not be fetched.
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
-    /// `AIHUMMER_DOWNLOAD_BASE_URL` is not a usable URL.
-    #[error("AIHUMMER_DOWNLOAD_BASE_URL={value:?} is not usable: {reason}")]
-    BaseUrl {
-        /// What it was set to.
-        value: String,
-        /// Why it was refused.
-        reason: String,
-    },
-    /// Plain HTTP to a host that is not loopback.
-    #[error(
-        "{url} uses plain http:// to a host that is not loopback; use https://, or allow insecure HTTP explicitly"
-    )]
-    InsecureHttp {
-        /// The refused URL.
-        url: String,
-    },
-    /// A scheme the updater does not speak, or `file://` named by a remote manifest.
-    #[error(
-        "{url}: scheme {scheme:?} is not allowed here (https://, loopback http://, or file:// for a file:// mirror)"
-    )]
-    Scheme {
-        /// The refused URL.
-        url: String,
-        /// Its scheme.
-        scheme: String,
-    },
+    /// A URL that is not allowed or does not resolve.
+    #[error(transparent)]
+    Url(#[from] UrlError),
     /// The HTTP client could not be built.
     #[error("cannot build the HTTP client: {0}")]
     Client(String),
@@ -213,68 +185,9 @@ pub enum ManifestFetch {
     Fetched(Fetched),
 }
 
-/// What a finished artifact download delivered.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Downloaded {
-    /// Bytes written.
-    pub size: u64,
-    /// SHA-256 of those bytes, lowercase hex.
-    pub sha256: String,
-}
-
-/// Parses `AIHUMMER_DOWNLOAD_BASE_URL` and applies the scheme rules.
-pub fn parse_base_url(value: &str, allow_insecure_http: bool) -> Result<Url, FetchError> {
-    let url = Url::parse(value.trim()).map_err(|err| FetchError::BaseUrl {
-        value: value.to_string(),
-        reason: err.to_string(),
-    })?;
-    check_scheme(&url, allow_insecure_http, true).map_err(|err| FetchError::BaseUrl {
-        value: value.to_string(),
-        reason: err.to_string(),
-    })?;
-    Ok(url)
-}
-
-/// `{base}/{channel}/latest.json`, whether or not `base` ends in a slash.
-pub fn manifest_url(base: &Url, channel: Channel) -> Result<Url, FetchError> {
-    let text = format!(
-        "{}/{}/latest.json",
-        base.as_str().trim_end_matches('/'),
-        channel
-    );
-    Url::parse(&text).map_err(|err| FetchError::BaseUrl {
-        value: base.to_string(),
-        reason: err.to_string(),
-    })
-}
-
-fn is_loopback(url: &Url) -> bool {
-    match url.host() {
-        Some(Host::Domain(d)) => d == "localhost" || d.ends_with(".localhost"),
-        Some(Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
-        Some(Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
-        None => false,
-    }
-}
-
-fn check_scheme(url: &Url, allow_insecure_http: bool, allow_file: bool) -> Result<(), FetchError> {
-    match url.scheme() {
-        "https" => Ok(()),
-        "http" if allow_insecure_http || is_loopback(url) => Ok(()),
-        "http" => Err(FetchError::InsecureHttp {
-            url: url.to_string(),
-        }),
-        "file" if allow_file => Ok(()),
-        scheme => Err(FetchError::Scheme {
-            url: url.to_string(),
-            scheme: scheme.to_string(),
-        }),
-    }
-}
-
 /// The error's whole source chain on one line: reqwest's own message alone rarely says
 /// whether it was DNS, TLS or a reset.
-fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+pub(super) fn chain(err: &(dyn std::error::Error + 'static)) -> String {
     let mut out = err.to_string();
     let mut source = err.source();
     while let Some(s) = source {
@@ -289,8 +202,8 @@ fn chain(err: &(dyn std::error::Error + 'static)) -> String {
 /// supervisor so connections are reused.
 #[derive(Debug, Clone)]
 pub struct Fetcher {
-    client: reqwest::Client,
-    options: FetchOptions,
+    pub(super) client: reqwest::Client,
+    pub(super) options: FetchOptions,
 }
 
 impl Fetcher {
@@ -316,7 +229,7 @@ impl Fetcher {
         Ok(Fetcher { client, options })
     }
 
-    fn request_error(&self, url: &Url, err: reqwest::Error) -> FetchError {
+    pub(super) fn request_error(&self, url: &Url, err: reqwest::Error) -> FetchError {
         if err.is_timeout() {
             FetchError::Timeout {
                 url: url.to_string(),
@@ -344,11 +257,7 @@ impl Fetcher {
     ) -> Result<ManifestFetch, FetchError> {
         let url = manifest_url(base, channel)?;
         check_scheme(&url, self.options.allow_insecure_http, true)?;
-        let sig_url =
-            resolve_url(&url, "latest.json.minisig").map_err(|err| FetchError::BaseUrl {
-                value: base.to_string(),
-                reason: err.to_string(),
-            })?;
+        let sig_url = signature_url(&url)?;
         if url.scheme() == "file" {
             let body = self
                 .read_small_file(&url)
@@ -470,16 +379,13 @@ impl Fetcher {
         let file = match tokio::fs::File::open(&path).await {
             Ok(file) => file,
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => return Err(FetchError::File { path, source }),
+            Err(source) => return Err(file_err(&path)(source)),
         };
         let mut body = Vec::new();
         file.take(cap + 1)
             .read_to_end(&mut body)
             .await
-            .map_err(|source| FetchError::File {
-                path: path.clone(),
-                source,
-            })?;
+            .map_err(file_err(&path))?;
         if body.len() as u64 > cap {
             return Err(FetchError::TooLarge {
                 url: url.to_string(),
@@ -489,128 +395,17 @@ impl Fetcher {
         Ok(Some(body))
     }
 
-    /// Resolves an artifact's URL against the manifest's and applies the scheme rules:
-    /// `file://` only when the manifest itself came from a `file://` mirror (a remote
-    /// manifest must not make the supervisor read local files).
+    /// An artifact's URL resolved against its manifest's, under this client's scheme
+    /// rules (see [`urls::artifact_url`]).
     pub fn artifact_url(&self, manifest_url: &Url, artifact: &Artifact) -> Result<Url, FetchError> {
-        let url = resolve_url(manifest_url, &artifact.url).map_err(|err| FetchError::BaseUrl {
-            value: manifest_url.to_string(),
-            reason: err.to_string(),
-        })?;
-        check_scheme(
-            &url,
+        Ok(urls::artifact_url(
+            manifest_url,
+            &artifact.url,
             self.options.allow_insecure_http,
-            manifest_url.scheme() == "file",
-        )?;
-        Ok(url)
-    }
-
-    /// Streams `url` into `out`, hashing on the way. `size` is the manifest's: a body that
-    /// announces or delivers more is aborted at once, one that ends early is truncated.
-    /// `progress` is told the running byte count after every chunk. `out` is flushed but
-    /// not synced; durability is the caller's.
-    pub async fn download<W: AsyncWrite + Unpin>(
-        &self,
-        url: &Url,
-        size: u64,
-        out: &mut W,
-        mut progress: impl FnMut(u64),
-    ) -> Result<Downloaded, FetchError> {
-        let mut hasher = Sha256::new();
-        let mut got: u64 = 0;
-        let write_err = |source| FetchError::Write {
-            url: url.to_string(),
-            source,
-        };
-        let oversized = || FetchError::Oversized {
-            url: url.to_string(),
-            expected: size,
-        };
-        if url.scheme() == "file" {
-            let path = file_path(url)?;
-            let file = tokio::fs::File::open(&path)
-                .await
-                .map_err(|source| FetchError::File {
-                    path: path.clone(),
-                    source,
-                })?;
-            // Never read more than one byte past `size`: that byte is enough to know the
-            // file is too big.
-            let mut file = file.take(size + 1);
-            let mut buf = vec![0u8; 256 * 1024];
-            loop {
-                let n = file
-                    .read(&mut buf)
-                    .await
-                    .map_err(|source| FetchError::File {
-                        path: path.clone(),
-                        source,
-                    })?;
-                if n == 0 {
-                    break;
-                }
-                if got + n as u64 > size {
-                    return Err(oversized());
-                }
-                hasher.update(&buf[..n]);
-                out.write_all(&buf[..n]).await.map_err(write_err)?;
-                got += n as u64;
-                progress(got);
-            }
-        } else {
-            let mut response = self
-                .client
-                .get(url.clone())
-                .send()
-                .await
-                .map_err(|err| self.request_error(url, err))?;
-            if !response.status().is_success() {
-                return Err(FetchError::Status {
-                    url: url.to_string(),
-                    status: response.status(),
-                });
-            }
-            if content_length(&response).is_some_and(|len| len > size) {
-                return Err(oversized());
-            }
-            loop {
-                let chunk = match response.chunk().await {
-                    Ok(Some(chunk)) => chunk,
-                    Ok(None) => break,
-                    Err(err) if err.is_timeout() => return Err(self.request_error(url, err)),
-                    Err(err) => {
-                        return Err(FetchError::Broken {
-                            url: url.to_string(),
-                            got,
-                            reason: chain(&err),
-                        });
-                    }
-                };
-                if got + chunk.len() as u64 > size {
-                    return Err(oversized());
-                }
-                hasher.update(&chunk);
-                out.write_all(&chunk).await.map_err(write_err)?;
-                got += chunk.len() as u64;
-                progress(got);
-            }
-        }
-        out.flush().await.map_err(write_err)?;
-        if got < size {
-            return Err(FetchError::Truncated {
-                url: url.to_string(),
-                expected: size,
-                got,
-            });
-        }
-        Ok(Downloaded {
-            size: got,
-            sha256: hex::encode(hasher.finalize()),
-        })
+        )?)
     }
 }
-
-fn content_length(response: &reqwest::Response) -> Option<u64> {
+pub(super) fn content_length(response: &reqwest::Response) -> Option<u64> {
     response
         .headers()
         .get(CONTENT_LENGTH)
@@ -618,34 +413,18 @@ fn content_length(response: &reqwest::Response) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
-fn file_path(url: &Url) -> Result<PathBuf, FetchError> {
-    url.to_file_path().map_err(|()| FetchError::Scheme {
-        url: url.to_string(),
-        scheme: "file (with a host or a relative path)".into(),
-    })
+/// [`FetchError::File`] for `path`; for `map_err`.
+pub(super) fn file_err(path: &Path) -> impl Fn(std::io::Error) -> FetchError {
+    let path = path.to_path_buf();
+    move |source| FetchError::File {
+        path: path.clone(),
+        source,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn https_is_always_allowed_and_http_only_to_loopback() {
-        assert!(parse_base_url("https://cdn.example.com/aihummer", false).is_ok());
-        assert!(parse_base_url("http://127.0.0.1:8080/", false).is_ok());
-        assert!(parse_base_url("http://[::1]:8080/", false).is_ok());
-        assert!(parse_base_url("http://localhost:8080/", false).is_ok());
-        let err = parse_base_url("http://cdn.example.com/", false).unwrap_err();
-        assert!(
-            err.to_string()
-                .contains("plain http:// to a host that is not loopback"),
-            "{err}"
-        );
-        assert!(parse_base_url("http://cdn.example.com/", true).is_ok());
-        assert!(parse_base_url("file:///srv/mirror", false).is_ok());
-        assert!(parse_base_url("ftp://cdn.example.com/", true).is_err());
-        assert!(parse_base_url("not a url", false).is_err());
-    }
 
     #[test]
     fn server_errors_and_timeouts_are_transient_and_refusals_are_not() {
@@ -671,98 +450,5 @@ mod tests {
             }
             .is_transient()
         );
-    }
-
-    #[test]
-    fn the_manifest_url_is_under_the_channel_with_or_without_a_trailing_slash() {
-        for base in ["https://cdn.example.com/a", "https://cdn.example.com/a/"] {
-            let base = Url::parse(base).unwrap();
-            assert_eq!(
-                manifest_url(&base, Channel::Beta).unwrap().as_str(),
-                "https://cdn.example.com/a/beta/latest.json"
-            );
-        }
-    }
-
-    #[test]
-    fn a_remote_manifest_cannot_point_at_local_files() {
-        let fetcher = Fetcher::new(FetchOptions::default()).unwrap();
-        let artifact = |url: &str| Artifact {
-            url: url.into(),
-            sha256: String::new(),
-            size: 1,
-        };
-        let remote = Url::parse("https://cdn.example.com/stable/latest.json").unwrap();
-        assert!(
-            fetcher
-                .artifact_url(&remote, &artifact("file:///etc/passwd"))
-                .is_err()
-        );
-        assert!(
-            fetcher
-                .artifact_url(&remote, &artifact("http://cdn.example.com/x"))
-                .is_err()
-        );
-        assert_eq!(
-            fetcher
-                .artifact_url(&remote, &artifact("1.0.0/gw"))
-                .unwrap()
-                .as_str(),
-            "https://cdn.example.com/stable/1.0.0/gw"
-        );
-        let mirror = Url::parse("file:///srv/m/stable/latest.json").unwrap();
-        assert!(fetcher.artifact_url(&mirror, &artifact("1.0.0/gw")).is_ok());
-    }
-
-    #[tokio::test]
-    async fn file_mirrors_are_read_from_disk_with_the_same_caps() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("stable")).unwrap();
-        std::fs::write(dir.path().join("stable/latest.json"), b"{}").unwrap();
-        std::fs::write(dir.path().join("stable/blob"), b"hello").unwrap();
-        let base = Url::from_directory_path(dir.path()).unwrap();
-        let fetcher = Fetcher::new(FetchOptions::default()).unwrap();
-        let ManifestFetch::Fetched(f) = fetcher
-            .fetch_manifest(&base, Channel::Stable, None, true)
-            .await
-            .unwrap()
-        else {
-            panic!("a file mirror has no 304");
-        };
-        assert_eq!(f.body, b"{}");
-        assert_eq!(f.signature, None);
-        let blob = resolve_url(&f.url, "blob").unwrap();
-        let mut out = Vec::new();
-        let mut seen = 0;
-        let done = fetcher
-            .download(&blob, 5, &mut out, |n| seen = n)
-            .await
-            .unwrap();
-        assert_eq!(out, b"hello");
-        assert_eq!(seen, 5);
-        assert_eq!(
-            done.sha256,
-            "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
-        );
-        let err = fetcher
-            .download(&blob, 4, &mut Vec::new(), |_| {})
-            .await
-            .unwrap_err();
-        assert!(matches!(err, FetchError::Oversized { .. }), "{err}");
-        let err = fetcher
-            .download(&blob, 6, &mut Vec::new(), |_| {})
-            .await
-            .unwrap_err();
-        assert!(matches!(err, FetchError::Truncated { got: 5, .. }), "{err}");
-        let small = Fetcher::new(FetchOptions {
-            manifest_cap: 1,
-            ..FetchOptions::default()
-        })
-        .unwrap();
-        let err = small
-            .fetch_manifest(&base, Channel::Stable, None, false)
-            .await
-            .unwrap_err();
-        assert!(matches!(err, FetchError::TooLarge { .. }), "{err}");
     }
 }

@@ -25,69 +25,13 @@
 
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
-use std::fmt;
-use std::str::FromStr;
 use std::time::SystemTime;
 
 use semver::Version;
 use time::OffsetDateTime;
 
-use crate::manifest::{Manifest, rfc3339};
-
-/// A release channel (`AIHUMMER_UPDATE_CHANNEL`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Channel {
-    /// Releases only.
-    Stable,
-    /// Release candidates and releases.
-    Beta,
-    /// Early previews and releases.
-    Alfa,
-    /// Every build and releases.
-    Dev,
-}
-
-/// A channel name that is not one of the four.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("AIHUMMER_UPDATE_CHANNEL={0:?} is not a channel; expected stable, beta, alfa or dev")]
-pub struct UnknownChannel(pub String);
-
-impl Channel {
-    /// The name used in URLs and manifests.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Channel::Stable => "stable",
-            Channel::Beta => "beta",
-            Channel::Alfa => "alfa",
-            Channel::Dev => "dev",
-        }
-    }
-
-    /// Whether versions with a prerelease part (`1.5.0-rc.1`) may be installed from it.
-    pub fn carries_prereleases(self) -> bool {
-        !matches!(self, Channel::Stable)
-    }
-}
-
-impl FromStr for Channel {
-    type Err = UnknownChannel;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.trim() {
-            "stable" => Ok(Channel::Stable),
-            "beta" => Ok(Channel::Beta),
-            "alfa" => Ok(Channel::Alfa),
-            "dev" => Ok(Channel::Dev),
-            other => Err(UnknownChannel(other.to_string())),
-        }
-    }
-}
-
-impl fmt::Display for Channel {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+use crate::update::channel::Channel;
+use crate::update::manifest::{Manifest, rfc3339};
 
 /// Everything the decision looks at.
 #[derive(Debug, Clone, Copy)]
@@ -443,29 +387,8 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn channels_parse_and_unknown_ones_are_named() {
-        assert_eq!("beta".parse::<Channel>(), Ok(Channel::Beta));
-        assert_eq!(
-            "nightly".parse::<Channel>().unwrap_err().to_string(),
-            "AIHUMMER_UPDATE_CHANNEL=\"nightly\" is not a channel; expected stable, beta, alfa or dev"
-        );
-    }
-
     fn arb_version() -> impl Strategy<Value = Version> {
-        (
-            0u64..4,
-            0u64..4,
-            0u64..4,
-            proptest::option::of("(rc|beta)\\.[0-3]"),
-        )
-            .prop_map(|(a, b, c, pre)| {
-                let mut v = Version::new(a, b, c);
-                if let Some(pre) = pre {
-                    v.pre = semver::Prerelease::new(&pre).unwrap();
-                }
-                v
-            })
+        crate::update::testing::arb_version(4, "(rc|beta)\\.[0-3]")
     }
 
     fn arb_channel() -> impl Strategy<Value = Channel> {

@@ -1,19 +1,22 @@
-//! A channel's `latest.json`: parsing its exact bytes into a typed [`Manifest`], resolving
-//! artifact URLs and picking the artifact built for this platform.
+//! A channel's `latest.json`: its typed form [`Manifest`], parsed from the exact bytes the
+//! CDN served and serialized by the publisher, and picking the artifact built for this
+//! platform.
 //!
-//! Pure: bytes in, values out. The parser walks the JSON by hand instead of deriving
-//! `Deserialize`, so that a missing or mistyped field is reported by its full path
+//! Pure: bytes in, values out. Deserialization goes through `serde_path_to_error`, so a
+//! missing or mistyped field is reported by its full path
 //! (`artifacts.x86_64-unknown-linux-gnu.sha256`), which is what an operator staring at a
 //! broken release needs. Unknown fields are ignored so that a newer publisher can add some
-//! without breaking older supervisors; a different `schema` is refused.
+//! without breaking older supervisors; a different `schema` is refused before anything
+//! else is read, since another schema may shape everything else differently.
 
 use std::collections::BTreeMap;
 
 use semver::Version;
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
-use url::Url;
 
 /// The only `schema` this parser understands.
 pub const SCHEMA: u64 = 1;
@@ -31,7 +34,7 @@ pub enum ManifestError {
     #[error("latest.json: missing field `{0}`")]
     Missing(String),
     /// A field is present but has the wrong type or an unusable value.
-    #[error("latest.json: field `{field}` {reason}")]
+    #[error("latest.json: field `{field}`: {reason}")]
     Invalid {
         /// The field's full path, e.g. `artifacts.x86_64-unknown-linux-gnu.size`.
         field: String,
@@ -51,106 +54,106 @@ pub enum ManifestError {
         /// The targets the manifest does offer, comma separated.
         available: String,
     },
-    /// An artifact `url` that does not resolve against the manifest's URL.
-    #[error("artifact url {url:?} does not resolve against {base}: {reason}")]
-    Url {
-        /// The `url` as written in the manifest.
-        url: String,
-        /// The manifest's own URL.
-        base: String,
-        /// Why it failed.
-        reason: String,
-    },
 }
 
 /// One downloadable gateway binary.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Artifact {
     /// Relative to the manifest's URL, or absolute.
     pub url: String,
     /// SHA-256 of the file, 64 lowercase hex digits.
+    #[serde(deserialize_with = "sha256_hex")]
     pub sha256: String,
     /// Exact size in bytes.
     pub size: u64,
 }
 
-/// A parsed `latest.json`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A parsed `latest.json`; serialized in the same shape by the publisher.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {
     /// Always [`SCHEMA`] once parsed.
     pub schema: u64,
     /// The channel the publisher meant this manifest for.
     pub channel: String,
     /// The version it offers.
+    #[serde(with = "text")]
     pub version: Version,
     /// When it was published.
+    #[serde(with = "text")]
     pub published_at: OffsetDateTime,
     /// After this instant the manifest must not be acted upon.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "text::option"
+    )]
     pub expires: Option<OffsetDateTime>,
     /// The oldest running version allowed to jump straight to this one.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "text::option"
+    )]
     pub min_version: Option<Version>,
     /// Release notes, shown to operators.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notes_url: Option<String>,
     /// Target triple to artifact.
     pub artifacts: BTreeMap<String, Artifact>,
 }
 
+/// The one field read before the rest.
+#[derive(Deserialize)]
+struct SchemaOnly {
+    schema: u64,
+}
+
 /// Parses the exact bytes of a `latest.json`.
 pub fn parse(bytes: &[u8]) -> Result<Manifest, ManifestError> {
-    let value: Value =
-        serde_json::from_slice(bytes).map_err(|err| ManifestError::Json(err.to_string()))?;
-    let root = value.as_object().ok_or_else(|| ManifestError::Invalid {
-        field: "(top level)".into(),
-        reason: "must be a JSON object".into(),
-    })?;
-    let schema = u64_field(root, "", "schema")?;
+    // Through a JSON map first: syntax errors are told apart from field errors, and
+    // field errors carry no line and column, only the path.
+    let root: Map<String, Value> =
+        serde_json::from_slice(bytes).map_err(|err| match err.classify() {
+            serde_json::error::Category::Data => ManifestError::Invalid {
+                field: "(top level)".into(),
+                reason: "must be a JSON object".into(),
+            },
+            _ => ManifestError::Json(err.to_string()),
+        })?;
+    let root = Value::Object(root);
+    let SchemaOnly { schema } = typed(&root)?;
     if schema != SCHEMA {
         return Err(ManifestError::Schema(schema));
     }
-    let artifacts_value = required(root, "", "artifacts")?;
-    let artifacts_map = artifacts_value.as_object().ok_or_else(|| {
-        invalid(
-            "artifacts",
-            "must be an object of target triple to artifact",
-        )
-    })?;
-    let mut artifacts = BTreeMap::new();
-    for (target, entry) in artifacts_map {
-        let prefix = format!("artifacts.{target}.");
-        let entry = entry
-            .as_object()
-            .ok_or_else(|| invalid(&format!("artifacts.{target}"), "must be an object"))?;
-        let sha256 = str_field(entry, &prefix, "sha256")?;
-        if sha256.len() != 64
-            || !sha256
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    typed(&root)
+}
+
+/// Deserializes `root` as `T`, naming the field at fault by its full path.
+fn typed<'de, T: Deserialize<'de>>(root: &'de Value) -> Result<T, ManifestError> {
+    serde_path_to_error::deserialize(root).map_err(|err| {
+        let path: Vec<String> = err.path().iter().map(|s| s.to_string()).collect();
+        let message = err.into_inner().to_string();
+        // serde reports a missing field from the struct that lacks it, so its name is in
+        // the message, not the path; a required field set to null counts as missing.
+        if let Some(name) = message
+            .strip_prefix("missing field `")
+            .and_then(|rest| rest.strip_suffix('`'))
         {
-            return Err(invalid(
-                &format!("{prefix}sha256"),
-                "must be 64 lowercase hex digits",
-            ));
+            ManifestError::Missing(
+                path.iter()
+                    .map(String::as_str)
+                    .chain([name])
+                    .collect::<Vec<_>>()
+                    .join("."),
+            )
+        } else if message.starts_with("invalid type: null,") {
+            ManifestError::Missing(path.join("."))
+        } else {
+            ManifestError::Invalid {
+                field: path.join("."),
+                reason: message,
+            }
         }
-        artifacts.insert(
-            target.clone(),
-            Artifact {
-                url: str_field(entry, &prefix, "url")?.to_string(),
-                sha256: sha256.to_string(),
-                size: u64_field(entry, &prefix, "size")?,
-            },
-        );
-    }
-    Ok(Manifest {
-        schema,
-        channel: str_field(root, "", "channel")?.to_string(),
-        version: version_field(root, "version")?
-            .ok_or_else(|| ManifestError::Missing("version".into()))?,
-        published_at: time_field(root, "published_at")?
-            .ok_or_else(|| ManifestError::Missing("published_at".into()))?,
-        expires: time_field(root, "expires")?,
-        min_version: version_field(root, "min_version")?,
-        notes_url: optional_str(root, "notes_url")?,
-        artifacts,
     })
 }
 
@@ -174,52 +177,13 @@ impl Manifest {
             })
     }
 
-    /// The manifest as the publisher writes it: pretty JSON with a trailing newline.
-    pub fn to_json(&self) -> Vec<u8> {
-        let mut root = Map::new();
-        root.insert("schema".into(), self.schema.into());
-        root.insert("channel".into(), self.channel.clone().into());
-        root.insert("version".into(), self.version.to_string().into());
-        root.insert("published_at".into(), rfc3339(self.published_at).into());
-        if let Some(expires) = self.expires {
-            root.insert("expires".into(), rfc3339(expires).into());
-        }
-        if let Some(min) = &self.min_version {
-            root.insert("min_version".into(), min.to_string().into());
-        }
-        if let Some(notes) = &self.notes_url {
-            root.insert("notes_url".into(), notes.clone().into());
-        }
-        let artifacts: Map<String, Value> = self
-            .artifacts
-            .iter()
-            .map(|(target, a)| {
-                let entry = serde_json::json!({"url": a.url, "sha256": a.sha256, "size": a.size});
-                (target.clone(), entry)
-            })
-            .collect();
-        root.insert("artifacts".into(), artifacts.into());
-        // Serialising a map of strings and numbers cannot fail; fall back to compact
-        // output rather than panic if it ever did.
-        let mut out = serde_json::to_vec_pretty(&Value::Object(root.clone()))
-            .unwrap_or_else(|_| Value::Object(root).to_string().into_bytes());
+    /// The manifest as the publisher writes it: pretty JSON with a trailing newline. Fails
+    /// only for a time that RFC 3339 cannot write (a year beyond 9999).
+    pub fn to_json(&self) -> Result<Vec<u8>, serde_json::Error> {
+        let mut out = serde_json::to_vec_pretty(self)?;
         out.push(b'\n');
-        out
+        Ok(out)
     }
-}
-
-/// Resolves an artifact's `url` against the URL the manifest was fetched from: a relative
-/// `url` is taken relative to the manifest's own location (so `1.4.2/x` next to
-/// `{base}/stable/latest.json` is `{base}/stable/1.4.2/x`), an absolute one stands alone.
-/// `file://` manifest URLs resolve like any other.
-pub fn resolve_url(manifest_url: &Url, artifact_url: &str) -> Result<Url, ManifestError> {
-    manifest_url
-        .join(artifact_url)
-        .map_err(|err| ManifestError::Url {
-            url: artifact_url.to_string(),
-            base: manifest_url.to_string(),
-            reason: err.to_string(),
-        })
 }
 
 /// RFC 3339 text of an instant; the formatter fails only for years beyond 9999.
@@ -227,66 +191,79 @@ pub fn rfc3339(at: OffsetDateTime) -> String {
     at.format(&Rfc3339).unwrap_or_else(|_| at.to_string())
 }
 
-fn invalid(field: &str, reason: &str) -> ManifestError {
-    ManifestError::Invalid {
-        field: field.to_string(),
-        reason: reason.to_string(),
+fn sha256_hex<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    let hex = String::deserialize(deserializer)?;
+    if hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        Ok(hex)
+    } else {
+        Err(D::Error::custom("must be 64 lowercase hex digits"))
     }
 }
 
-fn required<'a>(
-    obj: &'a Map<String, Value>,
-    prefix: &str,
-    name: &str,
-) -> Result<&'a Value, ManifestError> {
-    match obj.get(name) {
-        Some(Value::Null) | None => Err(ManifestError::Missing(format!("{prefix}{name}"))),
-        Some(value) => Ok(value),
+/// Values that travel as strings in a manifest: SemVer versions and RFC 3339 times.
+trait Text: Sized {
+    fn parse(text: &str) -> Result<Self, String>;
+    fn text(&self) -> Result<String, String>;
+}
+
+impl Text for Version {
+    fn parse(text: &str) -> Result<Self, String> {
+        Version::parse(text).map_err(|err| format!("not SemVer: {err}"))
+    }
+
+    fn text(&self) -> Result<String, String> {
+        Ok(self.to_string())
     }
 }
 
-fn str_field<'a>(
-    obj: &'a Map<String, Value>,
-    prefix: &str,
-    name: &str,
-) -> Result<&'a str, ManifestError> {
-    required(obj, prefix, name)?
-        .as_str()
-        .ok_or_else(|| invalid(&format!("{prefix}{name}"), "must be a string"))
-}
+impl Text for OffsetDateTime {
+    fn parse(text: &str) -> Result<Self, String> {
+        OffsetDateTime::parse(text, &Rfc3339)
+            .map_err(|err| format!("not an RFC 3339 timestamp: {err}"))
+    }
 
-fn u64_field(obj: &Map<String, Value>, prefix: &str, name: &str) -> Result<u64, ManifestError> {
-    required(obj, prefix, name)?
-        .as_u64()
-        .ok_or_else(|| invalid(&format!("{prefix}{name}"), "must be a non-negative integer"))
-}
-
-fn optional_str(obj: &Map<String, Value>, name: &str) -> Result<Option<String>, ManifestError> {
-    match obj.get(name) {
-        Some(Value::Null) | None => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(_) => Err(invalid(name, "must be a string")),
+    fn text(&self) -> Result<String, String> {
+        self.format(&Rfc3339).map_err(|err| err.to_string())
     }
 }
 
-/// An optional SemVer field; required ones turn `None` into [`ManifestError::Missing`].
-fn version_field(obj: &Map<String, Value>, name: &str) -> Result<Option<Version>, ManifestError> {
-    optional_str(obj, name)?
-        .map(|s| Version::parse(&s).map_err(|err| invalid(name, &format!("is not SemVer: {err}"))))
-        .transpose()
-}
+/// `#[serde(with = "text")]` for [`Text`] fields, and `text::option` for optional ones.
+mod text {
+    use serde::de::Error as _;
+    use serde::ser::Error as _;
+    use serde::{Deserialize, Deserializer, Serializer};
 
-/// An optional RFC 3339 timestamp field.
-fn time_field(
-    obj: &Map<String, Value>,
-    name: &str,
-) -> Result<Option<OffsetDateTime>, ManifestError> {
-    optional_str(obj, name)?
-        .map(|s| {
-            OffsetDateTime::parse(&s, &Rfc3339)
-                .map_err(|err| invalid(name, &format!("is not an RFC 3339 timestamp: {err}")))
-        })
-        .transpose()
+    use super::Text;
+
+    pub fn serialize<T: Text, S: Serializer>(value: &T, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&value.text().map_err(S::Error::custom)?)
+    }
+
+    pub fn deserialize<'de, T: Text, D: Deserializer<'de>>(deserializer: D) -> Result<T, D::Error> {
+        T::parse(&String::deserialize(deserializer)?).map_err(D::Error::custom)
+    }
+
+    pub mod option {
+        use super::*;
+
+        pub fn serialize<T: Text, S: Serializer>(
+            value: &Option<T>,
+            serializer: S,
+        ) -> Result<S::Ok, S::Error> {
+            match value {
+                Some(value) => super::serialize(value, serializer),
+                None => serializer.serialize_none(),
+            }
+        }
+
+        pub fn deserialize<'de, T: Text, D: Deserializer<'de>>(
+            deserializer: D,
+        ) -> Result<Option<T>, D::Error> {
+            Option::<String>::deserialize(deserializer)?
+                .map(|text| T::parse(&text).map_err(D::Error::custom))
+                .transpose()
+        }
+    }
 }
 
 #[cfg(test)]
@@ -434,49 +411,13 @@ mod tests {
     }
 
     #[test]
-    fn urls_resolve_relative_to_the_manifest() {
-        let base = Url::parse("https://cdn.example.com/aihummer/stable/latest.json").unwrap();
-        assert_eq!(
-            resolve_url(&base, "1.4.2/gw").unwrap().as_str(),
-            "https://cdn.example.com/aihummer/stable/1.4.2/gw"
-        );
-        assert_eq!(
-            resolve_url(&base, "../1.4.2/gw").unwrap().as_str(),
-            "https://cdn.example.com/aihummer/1.4.2/gw"
-        );
-        assert_eq!(
-            resolve_url(&base, "https://mirror.example.org/gw")
-                .unwrap()
-                .as_str(),
-            "https://mirror.example.org/gw"
-        );
-        let file = Url::parse("file:///srv/mirror/stable/latest.json").unwrap();
-        assert_eq!(
-            resolve_url(&file, "1.4.2/gw").unwrap().as_str(),
-            "file:///srv/mirror/stable/1.4.2/gw"
-        );
-    }
-
-    #[test]
     fn to_json_round_trips_the_design_example() {
         let m = parse_value(&sample()).unwrap();
-        assert_eq!(parse(&m.to_json()).unwrap(), m);
+        assert_eq!(parse(&m.to_json().unwrap()).unwrap(), m);
     }
 
     fn arb_version() -> impl Strategy<Value = Version> {
-        (
-            0u64..20,
-            0u64..20,
-            0u64..20,
-            proptest::option::of("[a-z]{1,5}(\\.[1-9][0-9]?)?"),
-        )
-            .prop_map(|(a, b, c, pre)| {
-                let mut v = Version::new(a, b, c);
-                if let Some(pre) = pre {
-                    v.pre = semver::Prerelease::new(&pre).unwrap();
-                }
-                v
-            })
+        crate::update::testing::arb_version(20, "[a-z]{1,5}(\\.[1-9][0-9]?)?")
     }
 
     fn arb_time() -> impl Strategy<Value = OffsetDateTime> {
@@ -526,7 +467,7 @@ mod tests {
 
         #[test]
         fn generated_manifests_round_trip(m in arb_manifest()) {
-            prop_assert_eq!(parse(&m.to_json()).unwrap(), m);
+            prop_assert_eq!(parse(&m.to_json().unwrap()).unwrap(), m);
         }
     }
 }
