@@ -2,7 +2,9 @@
 //! driver that acts ([`driver`]), meeting only in the plain data of [`events`].
 //!
 //! - [`events`]: inputs, effects and replies, the machine's whole vocabulary.
-//! - [`machine`]: the states and their transitions, one function per state; no I/O.
+//! - [`machine`]: the states and their transitions, one function per state; no I/O. Its
+//!   `handoff` part handles children (spawned, probed, gated, crashed, drained), its
+//!   `lifecycle` part enters states and holds the verbs every state uses.
 //! - [`updates`]: the machine's update side: checks, staging outcomes, quarantine, soak.
 //! - [`gate`], [`soak`], [`backoff`], [`checks`], [`clients`]: pure pieces it uses.
 //! - [`status`]: what `aihummer status` shows, converted to the protocol's report at the edge.
@@ -15,7 +17,9 @@ pub mod clients;
 pub mod driver;
 pub mod events;
 pub mod gate;
+mod handoff;
 pub mod inputs;
+mod lifecycle;
 pub mod machine;
 pub mod soak;
 pub mod status;
