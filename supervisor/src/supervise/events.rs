@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use semver::Version;
 
+pub use crate::control::Stage;
 use crate::process::probe::Verdict;
 
 /// A gateway child, as the machine names it (pids are known only once it runs).
@@ -229,29 +230,6 @@ pub struct Step {
     pub pid: Option<u32>,
     /// Bytes downloaded so far and in all ([`Stage::Downloading`]).
     pub bytes: Option<(u64, u64)>,
-}
-
-/// The steps of a handoff or an update.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stage {
-    /// This request joined one already under way.
-    Joined,
-    /// Asking the CDN for the channel's manifest.
-    Checking,
-    /// Downloading the new version.
-    Downloading,
-    /// The new version is verified and installed beside the running one.
-    Staged,
-    /// The candidate process runs.
-    CandidateStarted,
-    /// The candidate is ready; traffic is now its.
-    Switched,
-    /// The old gateway was told to drain.
-    Draining,
-    /// The old gateway is gone.
-    Drained,
-    /// The failed candidate is being stopped.
-    Aborting,
 }
 
 /// How a client's request ended.

@@ -144,17 +144,7 @@ impl Service for Handle {
 pub fn body(reply: Reply) -> Body {
     match reply {
         Reply::Step(step) => Body::Progress(Progress {
-            stage: match step.stage {
-                Stage::Joined => crate::control::Stage::Joined,
-                Stage::Checking => crate::control::Stage::Checking,
-                Stage::Downloading => crate::control::Stage::Downloading,
-                Stage::Staged => crate::control::Stage::Staged,
-                Stage::CandidateStarted => crate::control::Stage::CandidateStarted,
-                Stage::Switched => crate::control::Stage::Switched,
-                Stage::Draining => crate::control::Stage::Draining,
-                Stage::Drained => crate::control::Stage::Drained,
-                Stage::Aborting => crate::control::Stage::Aborting,
-            },
+            stage: step.stage,
             message: step.message,
             pid: step.pid,
             done: step.bytes.map(|(done, _)| done),
