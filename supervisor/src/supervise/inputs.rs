@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
 use super::checks;
-use super::events::{ClientId, FailureKind, Input, Outcome, Reply, Stage};
+use super::events::{ClientId, FailureKind, Input, Outcome, Reply};
 use super::status::millis;
 use crate::VERSION;
 use crate::control::{
