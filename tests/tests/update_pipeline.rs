@@ -11,6 +11,9 @@
 //! version" is the same gateway published under another version. One ignored test uses a
 //! build stamped `1.1.0` (see `aihummer_tests::update::stamped_gateway`: minutes the
 //! first time, seconds afterwards).
+//!
+//! One file on purpose (it runs past 500 lines): the cases follow the pipeline's order and
+//! share one CDN fixture.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};

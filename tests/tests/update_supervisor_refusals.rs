@@ -23,6 +23,9 @@
 //! The offered releases are shell scripts that answer `--version` (tiny, so each case is
 //! quick), except the wrong-version case, which offers the real gateway stamped 1.1.0
 //! under another version number.
+//!
+//! One file on purpose (it runs past 500 lines): every case shares the one supervisor,
+//! CDN and load fixture, and reads as one list of refusals.
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
