@@ -10,7 +10,6 @@ use tokio::sync::{mpsc, oneshot};
 use crate::config::{self, ConfigError, Settings};
 use crate::control::{self, Access, BindError};
 use crate::process::fds::{self, FdError};
-use crate::process::notify;
 use crate::supervise::{self, Driver, Handle};
 use crate::update::{Updater, UpdaterError};
 
@@ -90,10 +89,6 @@ async fn serve(
     let server = tokio::spawn(control::serve(control, handle, access, async {
         let _ = server_stopped.await;
     }));
-    if let Some(interval) = notify::watchdog_interval() {
-        tracing::info!(interval = ?interval, "systemd watchdog enabled");
-        tokio::spawn(notify::watchdog(interval, views.active_probe));
-    }
     driver.run().await;
     drop(stop_server);
     let _ = server.await;

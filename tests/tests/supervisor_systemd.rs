@@ -125,3 +125,90 @@ async fn a_socket_passed_by_systemd_is_the_one_the_gateways_serve_on() {
         "{env:?}"
     );
 }
+
+/// Waits until `seen` (fed from `socket`) satisfies `done`, under `deadline`.
+async fn wait_notified(
+    socket: &UnixDatagram,
+    seen: &mut String,
+    deadline: Duration,
+    what: &str,
+    done: impl Fn(&str) -> bool,
+) {
+    let end = tokio::time::Instant::now() + deadline;
+    while !done(seen) {
+        notifications(socket, seen).await;
+        assert!(
+            tokio::time::Instant::now() < end,
+            "{what} within {deadline:?}; got {seen:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_watchdog_follows_the_supervisor_not_a_crash_looping_gateway() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let crashing = dir.path().join("crashing-gateway");
+    aihummer_tests::supervisor::install_script(&crashing, "exit 3");
+    let notify_path = dir.path().join("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).expect("bind notify socket");
+    let notify_env = notify_path.to_str().expect("utf-8").to_string();
+    let supervisor = Supervisor::start_in(
+        dir,
+        &[
+            ("NOTIFY_SOCKET", &notify_env),
+            ("WATCHDOG_USEC", "1000000"),
+            ("AIHUMMER_GATEWAY_BIN", crashing.to_str().expect("utf-8")),
+        ],
+    );
+    let mut seen = String::new();
+    // Today's gateway never comes up, yet the supervisor is alive and says so: systemd
+    // must not SIGABRT the unit (and close the listener) over a gateway's trouble.
+    wait_notified(
+        &notify,
+        &mut seen,
+        Duration::from_secs(10),
+        "four WATCHDOG=1",
+        |s| s.matches("WATCHDOG=1").count() >= 4,
+    )
+    .await;
+    assert!(!seen.contains("READY=1"), "{seen:?}");
+    let status = supervisor.status().await.expect("status");
+    let error = status["last_error"]["message"].as_str().unwrap_or_default();
+    assert!(error.contains("exited with exit code 3"), "{status}");
+}
+
+#[tokio::test]
+async fn a_first_start_still_gated_extends_the_start_timeout_instead_of_being_killed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let silent = dir.path().join("silent-gateway");
+    // Runs, but never answers a probe: like a first start stuck behind long migrations.
+    aihummer_tests::supervisor::install_script(&silent, "exec sleep 600");
+    let notify_path = dir.path().join("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).expect("bind notify socket");
+    let notify_env = notify_path.to_str().expect("utf-8").to_string();
+    let _supervisor = Supervisor::start_in(
+        dir,
+        &[
+            ("NOTIFY_SOCKET", &notify_env),
+            ("AIHUMMER_READY_TIMEOUT", "60s"),
+            ("AIHUMMER_GATEWAY_BIN", silent.to_str().expect("utf-8")),
+        ],
+    );
+    let mut seen = String::new();
+    wait_notified(
+        &notify,
+        &mut seen,
+        Duration::from_secs(15),
+        "two EXTEND_TIMEOUT_USEC",
+        |s| s.matches("EXTEND_TIMEOUT_USEC=").count() >= 2,
+    )
+    .await;
+    let usec: Vec<u64> = seen
+        .split(['\n', ' '])
+        .filter_map(|l| l.strip_prefix("EXTEND_TIMEOUT_USEC="))
+        .filter_map(|v| v.trim().parse().ok())
+        .collect();
+    // Each extension covers what is left of the 60s ready timeout, plus margins.
+    assert!(usec.iter().all(|u| *u > 45_000_000), "{usec:?}");
+    assert!(!seen.contains("READY=1"), "{seen:?}");
+}

@@ -1,17 +1,14 @@
 //! systemd notifications: `READY=1` once the first gateway is ready, `STATUS=` on every
-//! change, `STOPPING=1`, and `WATCHDOG=1` while the active gateway is healthy when the unit
-//! asks for a watchdog. Outside systemd (`NOTIFY_SOCKET` unset) every call does nothing.
+//! change, `STOPPING=1`, `EXTEND_TIMEOUT_USEC=` while a first start is gated, and
+//! `WATCHDOG=1` while the supervisor's loop turns, when the unit asks for a watchdog.
+//! Outside systemd (`NOTIFY_SOCKET` unset) every call does nothing.
 //!
 //! `NOTIFY_SOCKET` stays in this process's environment (sd-notify reads it on each call);
 //! children never see it, see [`super::child`].
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use sd_notify::NotifyState;
-use tokio::sync::watch;
-
-use super::probe;
 
 fn send(states: &[NotifyState]) {
     if let Err(err) = sd_notify::notify(states) {
@@ -39,25 +36,16 @@ pub fn watchdog_interval() -> Option<Duration> {
     sd_notify::watchdog_enabled()
 }
 
-/// Pets the watchdog at half its interval while the active gateway (pid and probe address,
-/// published by the supervisor) answers `/healthz` as itself. Runs until the sender drops.
-pub async fn watchdog(interval: Duration, mut active: watch::Receiver<Option<(u32, SocketAddr)>>) {
-    let mut tick = tokio::time::interval(interval / 2);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            changed = active.changed() => {
-                if changed.is_err() {
-                    return;
-                }
-                continue;
-            }
-        }
-        let target = *active.borrow();
-        if let Some((pid, addr)) = target
-            && probe::healthy(addr, pid).await
-        {
-            send(&[NotifyState::Watchdog]);
-        }
-    }
+/// Pets the watchdog. The supervisor's loop calls this as it turns, so the watchdog
+/// reflects the supervisor's own liveness, never a gateway's health: a database outage or
+/// a crash-looping gateway must not get the whole unit (and its listener) killed.
+pub fn watchdog() {
+    send(&[NotifyState::Watchdog]);
+}
+
+/// Asks systemd for `extra` more time to finish starting (`EXTEND_TIMEOUT_USEC`), while a
+/// first gateway is still gated (long migrations on a large database).
+pub fn extend_start(extra: Duration) {
+    let usec = u32::try_from(extra.as_micros()).unwrap_or(u32::MAX);
+    send(&[NotifyState::ExtendTimeoutUsec(usec)]);
 }

@@ -119,16 +119,6 @@ pub async fn readiness(addr: SocketAddr, pid: u32) -> Verdict {
     judge(&readyz, healthz.as_ref(), pid)
 }
 
-/// Whether the child `pid` at `addr` answers `/healthz` as itself.
-pub async fn healthy(addr: SocketAddr, pid: u32) -> bool {
-    match get(addr, "/healthz").await {
-        Ok(answer) if answer.status == 200 => {
-            serde_json::from_slice::<Reported>(&answer.body).is_ok_and(|r| r.pid == Some(pid))
-        }
-        _ => false,
-    }
-}
-
 /// One `GET` over a fresh connection, bounded in time and size.
 pub async fn get(addr: SocketAddr, path: &str) -> Result<Answer, ProbeError> {
     tokio::time::timeout(PROBE_TIMEOUT, exchange(addr, path))

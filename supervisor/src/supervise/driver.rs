@@ -4,10 +4,10 @@
 //! install, replying to clients and notifying systemd. It decides nothing itself.
 
 use std::collections::HashMap;
-use std::net::{SocketAddr, TcpListener};
+use std::net::TcpListener;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use semver::Version;
 use tokio::sync::{mpsc, watch};
@@ -30,9 +30,13 @@ use crate::update::{Checked, Updater, UpdaterError};
 pub struct Views {
     /// The status report, updated on every change.
     pub status: watch::Receiver<StatusReport>,
-    /// The serving gateway's pid and probe address, for the watchdog.
-    pub active_probe: watch::Receiver<Option<(u32, SocketAddr)>>,
 }
+
+/// How often the loop pulses when nothing else happens: the watchdog and the start
+/// extension ride on it.
+const PULSE: Duration = Duration::from_secs(5);
+/// Margin added to a start extension, so systemd's deadline always outlasts the next pulse.
+const EXTEND_MARGIN: Duration = Duration::from_secs(15);
 
 /// Owns the public listener, every gateway child and the machine deciding about them.
 pub struct Driver {
@@ -48,7 +52,8 @@ pub struct Driver {
     next_client: u64,
     me: ProcessInfo,
     status: watch::Sender<StatusReport>,
-    active_probe: watch::Sender<Option<(u32, SocketAddr)>>,
+    /// Whether systemd was told the service is ready.
+    announced: bool,
 }
 
 impl Driver {
@@ -107,7 +112,6 @@ impl Driver {
             (now.into_std(), SystemTime::now()),
         );
         let (status, status_rx) = watch::channel(report);
-        let (active_probe, active_rx) = watch::channel(None);
         let driver = Driver {
             settings,
             public,
@@ -121,12 +125,9 @@ impl Driver {
             next_client: 0,
             me,
             status,
-            active_probe,
+            announced: false,
         };
-        let views = Views {
-            status: status_rx,
-            active_probe: active_rx,
-        };
+        let views = Views { status: status_rx };
         (driver, views)
     }
 
@@ -138,6 +139,13 @@ impl Driver {
                 self.settings.update_interval,
             ));
         }
+        let watchdog = notify::watchdog_interval();
+        if let Some(interval) = watchdog {
+            tracing::info!(interval = ?interval, "systemd watchdog enabled");
+        }
+        let period = watchdog.map_or(PULSE, |w| (w / 2).min(PULSE));
+        let mut pulse = tokio::time::interval(period.max(Duration::from_millis(10)));
+        pulse.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             self.carry_out();
             self.publish();
@@ -146,6 +154,7 @@ impl Driver {
             }
             let timeout = self.machine.poll_timeout().map(Instant::from_std);
             tokio::select! {
+                _ = pulse.tick() => self.pulse(watchdog.is_some()),
                 message = self.inbox.recv() => match message {
                     Some(message) => self.receive(message),
                     // Every sender is gone: nothing more can arrive but the timeouts.
@@ -155,6 +164,20 @@ impl Driver {
                     self.machine.handle_timeout(Instant::now().into_std());
                 }
             }
+        }
+    }
+
+    /// The loop turned: pet the watchdog, and while the first gateway is gated, ask
+    /// systemd to wait for it rather than kill the start at `TimeoutStartSec`.
+    fn pulse(&self, watchdog: bool) {
+        if watchdog {
+            notify::watchdog();
+        }
+        if !self.announced
+            && let Some(deadline) = self.machine.first_start_deadline()
+        {
+            let left = deadline.saturating_duration_since(Instant::now().into_std());
+            notify::extend_start(left + super::machine::DRAIN_GRACE + EXTEND_MARGIN);
         }
     }
 
@@ -232,6 +255,7 @@ impl Driver {
                 None
             }
             Effect::Notify(Notify::Ready(line)) => {
+                self.announced = true;
                 notify::ready(&line);
                 None
             }
@@ -381,7 +405,7 @@ impl Driver {
         }
     }
 
-    /// Publishes the status and the serving gateway's probe address when they changed.
+    /// Publishes the status when it changed.
     fn publish(&mut self) {
         let report = self.machine.status().report(
             self.me.clone(),
@@ -396,18 +420,6 @@ impl Driver {
             if changed {
                 *current = report;
             }
-            changed
-        });
-        let active = self.machine.status().active.as_ref().map(|a| a.pid);
-        let probe = active.and_then(|pid| {
-            self.children
-                .values()
-                .find(|g| g.pid == pid)
-                .map(|g| (g.pid, g.probe))
-        });
-        self.active_probe.send_if_modified(|current| {
-            let changed = *current != probe;
-            *current = probe;
             changed
         });
     }

@@ -210,6 +210,20 @@ impl Machine {
         &self.status
     }
 
+    /// While the first gateway ever is being gated (none has served yet), when its gate
+    /// gives up.
+    pub fn first_start_deadline(&self) -> Option<Instant> {
+        match &self.state {
+            State::Starting(gating) if !self.announced_ready => {
+                Some(gating.gate.as_ref().map_or_else(
+                    || after(gating.requested, self.config.ready_timeout),
+                    Gate::deadline,
+                ))
+            }
+            _ => None,
+        }
+    }
+
     /// Whether the machine has exited.
     pub fn is_stopped(&self) -> bool {
         matches!(self.state, State::Stopped)
