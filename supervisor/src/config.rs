@@ -421,7 +421,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.gateway_binary().unwrap(), PathBuf::from("/usr/bin/gw"));
-        std::os::unix::fs::symlink("versions/1.2.3", dir.path().join("current")).unwrap();
+        let layout = crate::install::Layout::new(dir.path());
+        let mut saved = layout.load_state().unwrap();
+        layout
+            .switch(&mut saved, &semver::Version::new(1, 2, 3))
+            .unwrap();
         let chosen = s.gateway_binary().unwrap();
         assert!(
             chosen.ends_with("versions/1.2.3/aihummer-gateway"),

@@ -26,6 +26,7 @@
 //! - [`install`]: the install dir: every path in it, `current`/`previous` links, the
 //!   staging area, the bootstrap install, pruning, `state.json`.
 //! - [`durable`]: crash-safe file writes (atomic replace, directory fsync).
+//! - [`failpoint`]: named crash points for the crash-safety suites (debug builds only).
 //! - [`publish`]: the publisher side, writing the CDN layout (`aihummer-publish`).
 //! - [`app`]: wires the parts together for `aihummer run`.
 //!
@@ -46,6 +47,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod durable;
+pub mod failpoint;
 pub mod install;
 pub mod process;
 pub mod publish;

@@ -81,9 +81,14 @@ async fn a_version_that_crash_loops_after_the_switch_is_rolled_back_and_quaranti
         link_version(state.path(), "current").as_deref(),
         Some("1.0.0")
     );
-    assert_eq!(
-        link_version(state.path(), "previous").as_deref(),
-        Some("1.1.0")
+    // The crash-looping release is no rollback target: a second rollback must not
+    // reinstall it (and quarantine the good version in its turn).
+    assert_eq!(link_version(state.path(), "previous"), None);
+    let out = supervisor.cli(&["rollback"]).await;
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no previous version"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
     assert!(
         supervisor

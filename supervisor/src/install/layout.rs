@@ -11,9 +11,15 @@
 //!   state.json                     (written atomically; see `state`)
 //! ```
 //!
-//! Every change is crash-safe: a symlink is created under a temporary name and renamed
-//! over the old one, and the directory is fsynced after each rename so the change
-//! survives a power cut. The symlinks say what runs.
+//! `state.json` is the truth for `current` and `previous`; the links are derived from it
+//! for people and scripts, and repaired at start ([`Layout::repair`]). A switch first
+//! saves the state (atomically: temporary file, fsync, rename, directory fsync), which is
+//! its one commit point, then re-points the links (each under a temporary name renamed
+//! over the old one). A crash anywhere in between leaves an install that starts the
+//! version the state names, and links that the next start repairs.
+//!
+//! `previous` is never a quarantined version: a rollback must not reinstall a release
+//! that failed, nor quarantine the good one in its turn.
 
 use std::fs;
 use std::io;
@@ -23,6 +29,7 @@ use std::time::SystemTime;
 use semver::Version;
 
 use crate::durable::{io_err, sync_dir};
+use crate::failpoint;
 use crate::install::error::InstallError;
 use crate::install::state::State;
 
@@ -102,46 +109,87 @@ impl Layout {
         }
     }
 
-    /// The version `current` points at.
+    /// The version that runs, as `state.json` says.
     pub fn current(&self) -> Result<Option<Version>, InstallError> {
-        self.link_version(CURRENT)
+        Ok(self.load_state()?.current)
     }
 
-    /// The version `previous` points at.
+    /// The rollback target, as `state.json` says.
     pub fn previous(&self) -> Result<Option<Version>, InstallError> {
-        self.link_version(PREVIOUS)
+        Ok(self.load_state()?.previous)
     }
 
-    /// The gateway `current` points at, resolved to its versioned path (so a later swap
-    /// of `current` cannot change what a child started from it is); `None` when nothing
-    /// is installed as `current`.
+    /// The gateway of the `current` version, by its absolute versioned path (so a later
+    /// switch cannot change what a child started from it is); `None` when nothing is
+    /// installed as `current`.
     pub fn current_binary(&self) -> Result<Option<PathBuf>, InstallError> {
-        let current = self.root.join(CURRENT).join(GATEWAY_FILE);
-        if !current.exists() {
+        let Some(version) = self.current()? else {
             return Ok(None);
+        };
+        let binary = self.binary(&version);
+        if !binary.is_file() {
+            return Err(InstallError::NotInstalled(version));
         }
-        let resolved = current
-            .canonicalize()
-            .map_err(io_err("resolve", &current))?;
+        let resolved = binary.canonicalize().map_err(io_err("resolve", &binary))?;
         Ok(Some(resolved))
     }
 
-    /// Points `current` at `version`, keeping the old `current` as `previous` (unless it
-    /// is the same version), raises the highest trusted version and saves `state`. Used
-    /// after a handoff's readiness gate passed, and by a rollback (which swaps the two).
+    /// Makes the install consistent after whatever happened to the last process: an
+    /// older install whose state names no `current` adopts its links, and links that do
+    /// not match the state (a crash in the middle of a switch) are re-pointed. Returns
+    /// the state.
+    pub fn repair(&self) -> Result<State, InstallError> {
+        let mut state = self.load_state()?;
+        if state.current.is_none() {
+            let linked = (self.link_version(CURRENT)?, self.link_version(PREVIOUS)?);
+            if let (Some(current), previous) = linked {
+                state.current = Some(current);
+                state.previous = previous;
+                self.save_state(&state)?;
+            }
+        }
+        self.sync_links(&state)?;
+        Ok(state)
+    }
+
+    /// Points `current` at `version`; the old `current` becomes `previous` (or the old
+    /// `previous` stays, when the old `current` is quarantined or the same version), never a
+    /// quarantined version. Raises the highest trusted version. Used after a handoff's
+    /// readiness gate passed, and by a rollback.
     pub fn switch(&self, state: &mut State, version: &Version) -> Result<(), InstallError> {
         if !self.binary(version).is_file() {
             return Err(InstallError::NotInstalled(version.clone()));
         }
-        let old = self.current()?;
-        if let Some(old) = old.as_ref().filter(|old| *old != version) {
-            self.point(PREVIOUS, old)?;
-            state.previous = Some(old.clone());
-        }
-        self.point(CURRENT, version)?;
+        failpoint::hit("switch.start");
+        let previous = [state.current.take(), state.previous.take()]
+            .into_iter()
+            .flatten()
+            .find(|v| v != version && !state.is_quarantined(v));
         state.current = Some(version.clone());
+        state.previous = previous;
         state.trust(version);
-        self.save_state(state)
+        self.save_state(state)?;
+        failpoint::hit("switch.state-saved");
+        self.sync_links(state)
+    }
+
+    /// Points (or removes) the `current` and `previous` links as `state` says.
+    pub fn sync_links(&self, state: &State) -> Result<(), InstallError> {
+        for (name, version) in [(CURRENT, &state.current), (PREVIOUS, &state.previous)] {
+            let link = self.root.join(name);
+            match version {
+                Some(version) if self.link_version(name)?.as_ref() != Some(version) => {
+                    self.point(name, version)?;
+                }
+                None if link.symlink_metadata().is_ok() => {
+                    fs::remove_file(&link).map_err(io_err("remove link", &link))?;
+                    sync_dir(&self.root)?;
+                }
+                _ => continue,
+            }
+            failpoint::hit(&format!("switch.{name}-linked"));
+        }
+        Ok(())
     }
 
     /// Atomically (re)points link `name` at `versions/<version>`.

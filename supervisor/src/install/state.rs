@@ -117,9 +117,18 @@ impl State {
         }
     }
 
-    /// Quarantines `version` with `reason`; the updater skips it unless asked for it.
+    /// Quarantines `version` with `reason`; the updater skips it unless asked for it,
+    /// and it is no longer a rollback target.
     pub fn quarantine(&mut self, version: &Version, reason: impl Into<String>) {
         self.quarantined.insert(version.to_string(), reason.into());
+        if self.previous.as_ref() == Some(version) {
+            self.previous = None;
+        }
+    }
+
+    /// Whether `version` is quarantined.
+    pub fn is_quarantined(&self, version: &Version) -> bool {
+        self.quarantined.contains_key(&version.to_string())
     }
 }
 
@@ -165,11 +174,13 @@ pub fn record_check(layout: &Layout, outcome: CheckOutcome) -> Result<(), Instal
     layout.save_state(&state)
 }
 
-/// Quarantines `version` with `reason` in the state file; returns the new state.
+/// Quarantines `version` with `reason` in the state file (a quarantined `previous` stops
+/// being the rollback target, and its link goes); returns the new state.
 pub fn quarantine(layout: &Layout, version: &Version, reason: &str) -> Result<State, InstallError> {
     let mut state = layout.load_state()?;
     state.quarantine(version, reason);
     layout.save_state(&state)?;
+    layout.sync_links(&state)?;
     Ok(state)
 }
 

@@ -14,8 +14,8 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use super::events::{
-    Binary, CheckReport, CheckRequest, ChildId, ClientId, Effect, Found, Input, Notify, Stage,
-    StageFailure, Staged, Step,
+    Binary, CheckReport, CheckRequest, ChildId, ClientId, Effect, Found, Input, InstallView,
+    Notify, Stage, StageFailure, Staged, Step,
 };
 use super::inputs::{self, Message};
 use super::machine::{Config, Machine};
@@ -74,18 +74,13 @@ impl Driver {
         if let Some(layout) = &layout {
             install_bootstrap(&settings, layout).await;
         }
-        let mut quarantined = Vec::new();
-        let mut previous = None;
-        if let Some(layout) = &layout {
-            match layout.load_state() {
-                Ok(state) => quarantined = install::quarantine_list(&state),
-                Err(err) => tracing::warn!(error = %err, "cannot read the install state"),
+        let install = layout.as_ref().map(|layout| match layout.repair() {
+            Ok(state) => view(&state),
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot read the install state");
+                InstallView::default()
             }
-            match layout.previous() {
-                Ok(version) => previous = version,
-                Err(err) => tracing::warn!(error = %err, "cannot read the previous version"),
-            }
-        }
+        });
         let config = Config {
             ready_timeout: settings.ready_timeout,
             drain_timeout: settings.drain_timeout,
@@ -94,10 +89,10 @@ impl Driver {
                 Some(_) => Ok(()),
                 None => Err(UpdaterError::NoSource.to_string()),
             },
-            install: layout.as_ref().map(|_| previous),
+            install,
         };
         let now = Instant::now();
-        let machine = Machine::new(config, quarantined, now.into_std());
+        let machine = Machine::new(config, now.into_std());
         let me = ProcessInfo {
             version: crate::VERSION.to_string(),
             pid: std::process::id(),
@@ -384,7 +379,7 @@ impl Driver {
     fn switch(&self, version: Version) -> Input {
         let result = match &self.layout {
             Some(layout) => install::switch(layout, &version)
-                .map(|state| state.previous)
+                .map(|state| view(&state))
                 .map_err(|err| err.to_string()),
             None => Err("AIHUMMER_STATE_DIR is unset".to_string()),
         };
@@ -394,7 +389,7 @@ impl Driver {
     fn quarantine(&self, version: Version, reason: String) -> Input {
         let result = match &self.layout {
             Some(layout) => install::quarantine(layout, &version, &reason)
-                .map(|state| install::quarantine_list(&state))
+                .map(|state| view(&state))
                 .map_err(|err| err.to_string()),
             None => Err("AIHUMMER_STATE_DIR is unset".to_string()),
         };
@@ -444,6 +439,15 @@ async fn install_bootstrap(settings: &Settings, layout: &Layout) {
             tracing::info!(%version, from = %binary.display(), "installed the bootstrap gateway");
         }
         Err(err) => tracing::warn!(error = %err, "cannot install the bootstrap gateway"),
+    }
+}
+
+/// The install as the machine sees it.
+fn view(state: &install::State) -> InstallView {
+    InstallView {
+        current: state.current.clone(),
+        previous: state.previous.clone(),
+        quarantined: install::quarantine_list(state),
     }
 }
 

@@ -73,13 +73,13 @@ pub enum Input {
         /// Its exit status, described for people.
         status: String,
     },
-    /// An [`Effect::Switch`] was carried out: `current` points at `version` now, or the
+    /// An [`Effect::Switch`] was carried out: `current` names `version` now, or the
     /// reason it does not.
     Switched {
         /// The version switched to.
         version: Version,
-        /// The rollback target after the switch, or why the switch failed.
-        result: Result<Option<Version>, String>,
+        /// The install after the switch, or why the switch failed.
+        result: Result<InstallView, String>,
     },
     /// An [`Effect::Quarantine`] was carried out.
     Quarantined {
@@ -87,9 +87,20 @@ pub enum Input {
         version: Version,
         /// Why it was.
         reason: String,
-        /// The quarantine as `status` lists it, or why it could not be saved.
-        result: Result<Vec<String>, String>,
+        /// The install after the quarantine, or why it could not be saved.
+        result: Result<InstallView, String>,
     },
+}
+
+/// The install dir, as the driver last read it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InstallView {
+    /// The version that runs when nothing else is asked for.
+    pub current: Option<Version>,
+    /// The rollback target (never a quarantined version).
+    pub previous: Option<Version>,
+    /// The quarantine, as `status` lists it (`version: reason`).
+    pub quarantined: Vec<String>,
 }
 
 /// Which binary a new child runs.

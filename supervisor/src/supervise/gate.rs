@@ -55,6 +55,9 @@ pub enum Failure {
     /// The supervisor was asked to stop while the candidate started.
     #[error("the supervisor is stopping")]
     Stopping,
+    /// An operator's rollback or update replaced the start while no gateway served.
+    #[error("the start was replaced by a start of {0}")]
+    Superseded(String),
 }
 
 impl Failure {

@@ -244,6 +244,10 @@ impl Machine {
         let mut waiters = gating.waiters;
         let Some(old) = old else {
             waiters.finish(failure.outcome(), &mut self.effects);
+            if let Some((target, waiters)) = self.next_start.take() {
+                self.start_target(now, waiters, target);
+                return;
+            }
             if self.soak_death(now, Death::StartFailed(failure.clone())) {
                 return;
             }
@@ -295,6 +299,36 @@ impl Machine {
         let pid = self.pid(new);
         tracing::info!(pid, %version, health_only, "gateway ready");
         let mut waiters = gating.waiters;
+        // The version handed away from: the old gateway's, or with none serving (a rollback
+        // out of a crash loop) the installed one.
+        let from = match old {
+            Some(old) => self.children.get(&old).and_then(|c| c.version.clone()),
+            None => self
+                .config
+                .install
+                .as_ref()
+                .and_then(|install| install.current.as_ref().map(ToString::to_string)),
+        };
+        if old.is_some() {
+            self.status.active = self.view(new, Role::Ready);
+            self.status.candidate = None;
+        }
+        if let Some(target) = &gating.target {
+            self.effects.push(Effect::Switch(target.version.clone()));
+            self.soak = match target.kind {
+                Kind::Update => Some(Soak::new(target.version.clone(), now)),
+                Kind::Rollback { .. } => None,
+            };
+            if let (Kind::Rollback { reason }, Some(Ok(from))) =
+                (&target.kind, from.as_deref().map(Version::parse))
+                && from != target.version
+            {
+                self.quarantine(
+                    &from,
+                    &format!("rolled back to {}: {reason}", target.version),
+                );
+            }
+        }
         let Some(old) = old else {
             let outcome = Outcome::HandedOff {
                 old_pid: None,
@@ -306,25 +340,7 @@ impl Machine {
             self.enter_running(now, new);
             return;
         };
-        self.status.active = self.view(new, Role::Ready);
-        self.status.candidate = None;
         self.status.draining = self.view(old, Role::Draining);
-        if let Some(target) = &gating.target {
-            self.effects.push(Effect::Switch(target.version.clone()));
-            self.soak = match target.kind {
-                Kind::Update => Some(Soak::new(target.version.clone(), now)),
-                Kind::Rollback { .. } => None,
-            };
-            let from = self.children.get(&old).and_then(|c| c.version.as_deref());
-            if let (Kind::Rollback { reason }, Some(Ok(from))) =
-                (&target.kind, from.map(Version::parse))
-            {
-                self.quarantine(
-                    &from,
-                    &format!("rolled back to {}: {reason}", target.version),
-                );
-            }
-        }
         waiters.step(
             Stage::Switched,
             Some(pid),

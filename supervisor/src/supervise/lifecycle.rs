@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::clients::Waiters;
 use super::events::{Binary, ChildId, ClientId, Effect, FailureKind, Notify, Outcome, Reply};
+use super::gate::Failure;
 use super::machine::{Child, DRAIN_GRACE, Drain, Gating, Machine, State, Target, after};
 use super::status::{self, Handoff, Phase, Role};
 
@@ -17,6 +18,27 @@ impl Machine {
         let waiters = std::mem::take(&mut self.start_waiters);
         let gating = self.start_candidate(now, waiters, None);
         self.state = State::Starting(gating);
+    }
+
+    /// Starts `target` with nothing serving: a rollback or an update out of a crash loop.
+    pub(super) fn start_target(&mut self, now: Instant, waiters: Waiters, target: Target) {
+        self.status.phase = Phase::Starting;
+        tracing::info!(to = %target.version, "starting a known version with no gateway serving");
+        let gating = self.start_candidate(now, waiters, Some(target));
+        self.state = State::Starting(gating);
+    }
+
+    /// Replaces the start under way with `target`: the candidate is stopped first, and
+    /// `target` starts once it is gone.
+    pub(super) fn supersede(&mut self, now: Instant, target: Target, waiters: Waiters) {
+        let failure = Failure::Superseded(target.version.to_string());
+        if let Some((_, mut replaced)) = self.next_start.replace((target, waiters)) {
+            replaced.finish(failure.outcome(), &mut self.effects);
+        }
+        let aborting = matches!(&self.state, State::Starting(gating) if gating.failed.is_some());
+        if !aborting {
+            self.abort(now, failure);
+        }
     }
 
     pub(super) fn begin_handoff(
@@ -146,6 +168,9 @@ impl Machine {
         self.status.draining = None;
         let stopping = || Outcome::failed(FailureKind::Stopping, "the supervisor is stopping");
         self.start_waiters.finish(stopping(), &mut self.effects);
+        if let Some((_, mut waiters)) = self.next_start.take() {
+            waiters.finish(stopping(), &mut self.effects);
+        }
         self.update_waiters.finish(stopping(), &mut self.effects);
         self.update_running = false;
         self.state = State::Stopped;

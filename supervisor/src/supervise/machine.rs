@@ -29,7 +29,7 @@ use semver::Version;
 use super::backoff::RestartDelay;
 use super::checks::Requests;
 use super::clients::Waiters;
-use super::events::{Binary, ChildId, ClientId, Effect, FailureKind, Input, Outcome};
+use super::events::{Binary, ChildId, ClientId, Effect, FailureKind, Input, InstallView, Outcome};
 use super::gate::{Failure, Gate};
 use super::soak::Soak;
 use super::status::Status;
@@ -52,8 +52,8 @@ pub struct Config {
     pub apply: bool,
     /// Whether updates can be checked at all, or why not.
     pub update_source: Result<(), String>,
-    /// The install dir's rollback target; `None` without an install dir.
-    pub install: Option<Option<Version>>,
+    /// The install dir; `None` without one.
+    pub install: Option<InstallView>,
 }
 
 /// `now + duration`, or a time beyond any deadline that matters when that overflows, so
@@ -172,14 +172,20 @@ pub struct Machine {
     pub(super) update_waiters: Waiters,
     pub(super) update_running: bool,
     pub(super) soak: Option<Soak>,
+    /// A start asked for while another start was gated: it runs once that one is gone.
+    pub(super) next_start: Option<(Target, Waiters)>,
     pub(super) announced_ready: bool,
     deferred: VecDeque<Input>,
 }
 
 impl Machine {
-    /// A machine that starts the first gateway at `now`. `quarantined` is the install's
-    /// quarantine as `status` lists it.
-    pub fn new(config: Config, quarantined: Vec<String>, now: Instant) -> Self {
+    /// A machine that starts the first gateway at `now`.
+    pub fn new(config: Config, now: Instant) -> Self {
+        let quarantined = config
+            .install
+            .as_ref()
+            .map(|install| install.quarantined.clone())
+            .unwrap_or_default();
         let mut machine = Machine {
             config,
             state: State::Stopped,
@@ -193,6 +199,7 @@ impl Machine {
             update_waiters: Waiters::default(),
             update_running: false,
             soak: None,
+            next_start: None,
             announced_ready: false,
             deferred: VecDeque::new(),
         };
@@ -379,6 +386,17 @@ impl Machine {
             }
             Input::CheckRequested => self.request_check(true),
             Input::Restart(client) => gating.waiters.join(client, &mut self.effects),
+            // Nothing serves: an operator's rollback or update replaces a start that may
+            // be failing (a crash loop) instead of waiting for it.
+            other @ (Input::Rollback(_) | Input::Update { .. } | Input::Checked(_))
+                if old.is_none() =>
+            {
+                self.state = State::Starting(gating);
+                if let Some((target, waiters)) = self.no_gateway_serves(now, other) {
+                    self.supersede(now, target, waiters);
+                }
+                return;
+            }
             other => self.busy(now, other),
         }
         self.state = gating_state(old, gating);
@@ -429,7 +447,34 @@ impl Machine {
                 self.start_waiters.join(client, &mut self.effects);
                 self.enter_starting(now);
             }
-            other => self.busy(now, other),
+            other => {
+                if let Some((target, waiters)) = self.no_gateway_serves(now, other) {
+                    self.start_target(now, waiters, target);
+                }
+            }
+        }
+    }
+
+    /// A rollback, an update, or a finished check while no gateway serves: returns the
+    /// version to start at once, with the clients waiting for it.
+    fn no_gateway_serves(&mut self, now: Instant, input: Input) -> Option<(Target, Waiters)> {
+        match input {
+            Input::Rollback(client) => match self.rollback_target("asked by the operator") {
+                Ok(target) => Some((target, joined(client))),
+                Err(message) => {
+                    self.reply(client, Outcome::failed(FailureKind::NoRollback, message));
+                    None
+                }
+            },
+            Input::Update { client, version } => {
+                self.start_update(client, version);
+                None
+            }
+            Input::Checked(report) => self.on_checked(now, report, true),
+            other => {
+                self.busy(now, other);
+                None
+            }
         }
     }
 

@@ -11,7 +11,8 @@ use semver::Version;
 use super::checks::Action;
 use super::clients::Waiters;
 use super::events::{
-    Binary, CheckReport, CheckRequest, ClientId, Effect, FailureKind, Found, Outcome, Stage,
+    Binary, CheckReport, CheckRequest, ClientId, Effect, FailureKind, Found, InstallView, Outcome,
+    Stage,
 };
 use super::machine::{Death, Kind, Machine, RollingBack, State, Target};
 use super::soak::Verdict;
@@ -53,14 +54,22 @@ impl Machine {
         }));
     }
 
-    /// The serving gateway's version.
+    /// The serving gateway's version; with none serving (a crash loop, a start failing),
+    /// the installed `current` one.
     fn running_version(&self) -> Result<Version, String> {
-        let reported = self
+        let serving = self
             .status
             .active
             .as_ref()
-            .and_then(|a| a.version.as_deref())
-            .ok_or("no gateway serves, so the running version is unknown")?;
+            .and_then(|a| a.version.as_deref());
+        let Some(reported) = serving else {
+            return self
+                .config
+                .install
+                .as_ref()
+                .and_then(|install| install.current.clone())
+                .ok_or_else(|| "no gateway serves, so the running version is unknown".into());
+        };
         Version::parse(reported).map_err(|err| {
             format!("the gateway reports {reported:?}, not a SemVer version ({err})")
         })
@@ -195,10 +204,11 @@ impl Machine {
 
     /// The handoff back to `previous`, or why there is none.
     pub(super) fn rollback_target(&self, reason: &str) -> Result<Target, String> {
-        let previous = self.config.install.as_ref().ok_or(
+        let install = self.config.install.as_ref().ok_or(
             "rolling back needs AIHUMMER_STATE_DIR (the install dir holding the previous version)",
         )?;
-        let previous = previous
+        let previous = install
+            .previous
             .clone()
             .ok_or("no previous version is installed to roll back to")?;
         Ok(Target {
@@ -243,10 +253,13 @@ impl Machine {
         &mut self,
         version: Version,
         reason: String,
-        result: Result<Vec<String>, String>,
+        result: Result<InstallView, String>,
     ) {
         match result {
-            Ok(listed) => self.status.quarantined = listed,
+            Ok(install) => {
+                self.status.quarantined = install.quarantined.clone();
+                self.config.install = Some(install);
+            }
             Err(err) => {
                 tracing::error!(error = %err, "cannot persist the quarantine");
                 self.listed_in_quarantine(&version, &reason);
@@ -267,18 +280,19 @@ impl Machine {
         &mut self,
         now: Instant,
         version: Version,
-        result: Result<Option<Version>, String>,
+        result: Result<InstallView, String>,
     ) {
-        if let (Ok(previous), Some(install)) = (&result, self.config.install.as_mut()) {
-            install.clone_from(previous);
+        if let Ok(install) = &result {
+            self.status.quarantined = install.quarantined.clone();
+            self.config.install = Some(install.clone());
         }
         let rolling = match std::mem::replace(&mut self.state, State::Stopped) {
             State::RollingBack(rolling) if rolling.to == version => rolling,
             other => {
                 self.state = other;
                 match result {
-                    Ok(previous) => {
-                        let previous = previous.map(|v| v.to_string()).unwrap_or_default();
+                    Ok(install) => {
+                        let previous = install.previous.map(|v| v.to_string()).unwrap_or_default();
                         tracing::info!(%version, %previous, "current switched");
                         self.status.available = None;
                     }
@@ -335,11 +349,11 @@ impl Machine {
         };
         let from = soak.version().clone();
         self.soak = None;
-        let Some(previous) = self.config.install.clone() else {
+        let Some(install) = self.config.install.clone() else {
             return false;
         };
         self.quarantine(&from, &reason);
-        let Some(to) = previous else {
+        let Some(to) = install.previous.filter(|previous| *previous != from) else {
             self.record_error(
                 now,
                 format!("{from}: {reason}; no previous version to roll back to"),

@@ -10,8 +10,8 @@ use semver::Version;
 
 use crate::process::probe::Verdict;
 use crate::supervise::events::{
-    Binary, CheckReport, CheckRequest, ChildId, ClientId, Effect, Found, Input, Outcome, Reply,
-    StageFailure, Staged,
+    Binary, CheckReport, CheckRequest, ChildId, ClientId, Effect, Found, Input, InstallView,
+    Outcome, Reply, StageFailure, Staged,
 };
 use crate::supervise::machine::{Config, Machine};
 
@@ -89,7 +89,11 @@ pub fn config() -> Config {
         drain_timeout: Duration::from_secs(1),
         apply: false,
         update_source: Ok(()),
-        install: Some(Some(v("0.9.0"))),
+        install: Some(InstallView {
+            current: Some(v("1.0.0")),
+            previous: Some(v("0.9.0")),
+            quarantined: Vec::new(),
+        }),
     }
 }
 
@@ -102,8 +106,8 @@ impl World {
     /// As [`World::new`], the first children behaving as `behaviours` say.
     pub fn with(config: Config, behaviours: Vec<Behaviour>) -> World {
         let start = Instant::now();
-        let previous = config.install.clone().flatten();
-        let machine = Machine::new(config, Vec::new(), start);
+        let previous = config.install.as_ref().and_then(|i| i.previous.clone());
+        let machine = Machine::new(config, start);
         let mut world = World {
             machine,
             now: start,
@@ -365,25 +369,25 @@ impl World {
                 None
             }
             Effect::Switch(version) => {
-                if version != self.current {
-                    self.previous = Some(std::mem::replace(&mut self.current, version.clone()));
-                }
+                let old = std::mem::replace(&mut self.current, version.clone());
+                self.previous = [Some(old), self.previous.take()]
+                    .into_iter()
+                    .flatten()
+                    .find(|p| *p != version && !self.quarantined.contains(&p.to_string()));
                 Some(Input::Switched {
                     version,
-                    result: Ok(self.previous.clone()),
+                    result: Ok(self.install()),
                 })
             }
             Effect::Quarantine { version, reason } => {
                 self.quarantined.insert(version.to_string());
-                let listed = self
-                    .quarantined
-                    .iter()
-                    .map(|q| format!("{q}: .."))
-                    .collect();
+                if self.previous.as_ref() == Some(&version) {
+                    self.previous = None;
+                }
                 Some(Input::Quarantined {
                     version,
                     reason,
-                    result: Ok(listed),
+                    result: Ok(self.install()),
                 })
             }
             Effect::Exit => {
@@ -395,6 +399,19 @@ impl World {
 }
 
 impl World {
+    /// The install dir as the driver would report it.
+    fn install(&self) -> InstallView {
+        InstallView {
+            current: Some(self.current.clone()),
+            previous: self.previous.clone(),
+            quarantined: self
+                .quarantined
+                .iter()
+                .map(|q| format!("{q}: .."))
+                .collect(),
+        }
+    }
+
     /// The world after the first gateway became ready.
     pub fn serving_one(config: Config) -> World {
         let mut world = World::new(config);

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use super::sim::{Behaviour, World, config, v};
 use crate::supervise::events::{
-    Binary, Effect, FailureKind, Found, Input, Notify, Outcome, Reply, Stage,
+    Binary, Effect, FailureKind, Found, Input, InstallView, Notify, Outcome, Reply, Stage,
 };
 use crate::supervise::status::Phase;
 
@@ -291,7 +291,7 @@ fn a_rollback_hands_back_to_previous_and_quarantines_the_version_left() {
 
 #[test]
 fn without_an_install_dir_or_a_previous_version_a_rollback_is_refused() {
-    for install in [None, Some(None)] {
+    for install in [None, Some(InstallView::default())] {
         let mut config = config();
         config.install = install;
         let mut world = World::serving_one(config);
@@ -450,4 +450,89 @@ fn the_version_serving_is_never_quarantined() {
     world.advance(Duration::from_secs(3));
     assert!(world.quarantined.is_empty(), "{:?}", world.quarantined);
     assert!(world.serving().is_some());
+}
+
+fn crash_looping() -> Behaviour {
+    Behaviour {
+        ready_after: None,
+        drains_for: Some(Duration::from_millis(20)),
+        ..Behaviour::default()
+    }
+}
+
+#[test]
+fn a_rollback_during_a_crash_loop_starts_previous_at_once_and_a_second_one_is_refused() {
+    let mut world = World::with(
+        config(),
+        vec![Behaviour {
+            spawn_fails: true,
+            ..Behaviour::default()
+        }],
+    );
+    assert_eq!(world.machine.status().phase, Phase::BackingOff);
+    let client = world.client();
+    world.input(Input::Rollback(client));
+    assert_eq!(
+        world.machine.status().phase,
+        Phase::Starting,
+        "no wait for the backoff"
+    );
+    world.advance(10 * MS);
+    assert!(
+        matches!(&world.outcomes(client)[..], [Outcome::HandedOff { old_pid: None, version: Some(v), .. }] if v == "0.9.0")
+    );
+    assert_eq!(world.current, v("0.9.0"));
+    assert!(world.quarantined.contains("1.0.0"));
+    assert_eq!(
+        world.previous, None,
+        "the crash-looping version is no rollback target"
+    );
+    let again = world.client();
+    world.input(Input::Rollback(again));
+    assert_eq!(
+        failed(&world.outcomes(again)).unwrap().0,
+        FailureKind::NoRollback
+    );
+    assert_eq!(world.live.len(), 1);
+}
+
+#[test]
+fn a_rollback_while_a_start_is_failing_replaces_that_start() {
+    let mut world = World::with(config(), vec![crash_looping()]);
+    world.advance(Duration::from_millis(500));
+    let failing = world.started[0];
+    let client = world.client();
+    world.input(Input::Rollback(client));
+    assert!(world.count(|e| *e == Effect::Terminate(failing)) == 1);
+    world.advance(Duration::from_millis(100));
+    assert!(!world.live.contains_key(&failing));
+    let serving = world.serving().expect("the previous version serves");
+    assert_eq!(world.live[&serving].version, v("0.9.0"));
+    assert!(matches!(
+        &world.outcomes(client)[..],
+        [Outcome::HandedOff { .. }]
+    ));
+}
+
+#[test]
+fn an_update_during_a_crash_loop_checks_against_the_installed_version_and_starts_the_fix() {
+    let failing = Behaviour {
+        spawn_fails: true,
+        ..Behaviour::default()
+    };
+    let mut world = World::with(config(), vec![failing]);
+    let client = world.client();
+    world.input(Input::Update {
+        client,
+        version: Some("1.0.1".into()),
+    });
+    assert_eq!(world.checks.len(), 1);
+    assert_eq!(world.checks[0].running, v("1.0.0"));
+    world.finish_check(Found::Available(v("1.0.1")), Some(Ok(v("1.0.1"))));
+    world.advance(10 * MS);
+    assert!(
+        matches!(&world.outcomes(client)[..], [Outcome::HandedOff { version: Some(v), .. }] if v == "1.0.1")
+    );
+    assert_eq!(world.current, v("1.0.1"));
+    assert_eq!(world.previous, Some(v("1.0.0")));
 }
