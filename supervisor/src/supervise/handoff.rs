@@ -73,10 +73,20 @@ impl Machine {
     }
 
     pub(super) fn on_probed(&mut self, now: Instant, child: ChildId, verdict: Verdict) {
+        if let State::HandingOff { old, gating } = &mut self.state
+            && *old == child
+            && let Some(failure) = gating.judging.take()
+        {
+            if let Verdict::NotReady(reason) = verdict {
+                gating.blameless = Some(reason);
+            }
+            self.abort(now, failure);
+            return;
+        }
         let (State::Starting(gating) | State::HandingOff { gating, .. }) = &mut self.state else {
             return;
         };
-        if gating.candidate != child || gating.failed.is_some() {
+        if gating.candidate != child || gating.failed.is_some() || gating.judging.is_some() {
             return;
         }
         let Some(gate) = gating.gate.as_mut() else {
@@ -90,8 +100,28 @@ impl Machine {
                 version,
                 health_only,
             } => self.gate_passed(now, version, health_only),
-            Decision::Fail(failure) => self.abort(now, failure),
+            Decision::Fail(failure) => self.fail_gate(now, failure),
         }
+    }
+
+    /// The gate failed. An update that was not ready in time is only the release's fault
+    /// if the gateway serving beside it is ready: when that one is not ready either (the
+    /// database is down, migrations wait on a lock), the release is not blamed. So ask
+    /// the serving gateway first, and give up on the candidate once it answers.
+    fn fail_gate(&mut self, now: Instant, failure: Failure) {
+        if let State::HandingOff { old, gating } = &mut self.state
+            && let Failure::NotReady { .. } = failure
+            && let Some(Target {
+                kind: Kind::Update, ..
+            }) = &gating.target
+            && self.children.get(old).is_some_and(|c| c.exit.is_none())
+        {
+            gating.judging = Some(failure);
+            gating.next_probe = None;
+            self.effects.push(Effect::Probe(*old));
+            return;
+        }
+        self.abort(now, failure);
     }
 
     pub(super) fn gating_timeout(
@@ -104,10 +134,10 @@ impl Machine {
             if now >= *kill_at {
                 self.kill(gating.candidate);
             }
-        } else if let Some(gate) = &gating.gate {
+        } else if let Some(gate) = gating.gate.as_ref().filter(|_| gating.judging.is_none()) {
             if let Decision::Fail(failure) = gate.on_tick(now) {
                 self.state = gating_state(old, gating);
-                self.abort(now, failure);
+                self.fail_gate(now, failure);
                 return;
             }
             if gating.next_probe.is_some_and(|at| now >= at) {
@@ -259,18 +289,34 @@ impl Machine {
             });
             return;
         };
-        if let Some(Target {
-            version,
-            kind: Kind::Update,
-            ..
-        }) = &gating.target
-        {
-            self.quarantine(version, &failure.to_string());
-        }
-        let message = format!(
-            "{failure}; the old gateway pid {} keeps serving",
-            self.pid(old)
-        );
+        let old_pid = self.pid(old);
+        let message = match (&gating.target, gating.blameless) {
+            (
+                Some(Target {
+                    version,
+                    kind: Kind::Update,
+                    ..
+                }),
+                Some(reason),
+            ) => {
+                let retry = self.retry_update(now);
+                format!(
+                    "{failure}; the serving gateway is not ready either ({reason}), so {version} is not blamed{retry}; the old gateway pid {old_pid} keeps serving"
+                )
+            }
+            (
+                Some(Target {
+                    version,
+                    kind: Kind::Update,
+                    ..
+                }),
+                None,
+            ) => {
+                self.quarantine(version, &failure.to_string());
+                format!("{failure}; the old gateway pid {old_pid} keeps serving")
+            }
+            _ => format!("{failure}; the old gateway pid {old_pid} keeps serving"),
+        };
         self.record_error(now, message.clone());
         self.record_handoff(now, false, gating.requested, message.clone());
         let outcome = match failure {
@@ -319,6 +365,10 @@ impl Machine {
                 Kind::Update => Some(Soak::new(target.version.clone(), now)),
                 Kind::Rollback { .. } => None,
             };
+            if let Kind::Update = target.kind {
+                self.update_backoff.reset();
+                self.update_retry = None;
+            }
             if let (Kind::Rollback { reason }, Some(Ok(from))) =
                 (&target.kind, from.as_deref().map(Version::parse))
                 && from != target.version

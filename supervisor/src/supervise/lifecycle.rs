@@ -100,6 +100,8 @@ impl Machine {
             next_probe: None,
             probe_started: now,
             failed: None,
+            judging: None,
+            blameless: None,
         }
     }
 

@@ -26,6 +26,8 @@ use std::time::{Duration, Instant};
 
 use semver::Version;
 
+use aihummer_common::backoff::Backoff;
+
 use super::backoff::RestartDelay;
 use super::checks::Requests;
 use super::clients::Waiters;
@@ -40,6 +42,12 @@ pub const PROBE_INTERVAL: Duration = Duration::from_millis(100);
 /// enforces that deadline itself and then needs a moment to close its pools and exit, so
 /// the supervisor's kill is only the backstop for a stuck process.
 pub const DRAIN_GRACE: Duration = Duration::from_secs(2);
+
+/// The first wait before trying an update again that failed through no fault of its own
+/// (the database was down during its handoff); it doubles up to [`UPDATE_RETRY_MAX`].
+pub const UPDATE_RETRY_FIRST: Duration = Duration::from_secs(10);
+/// The longest wait between such retries.
+pub const UPDATE_RETRY_MAX: Duration = Duration::from_secs(3600);
 
 /// What the machine is told once, at start.
 #[derive(Debug, Clone)]
@@ -108,6 +116,11 @@ pub(super) struct Gating {
     pub(super) probe_started: Instant,
     /// The candidate failed and is being stopped; the kill comes at the instant given.
     pub(super) failed: Option<(Failure, Instant)>,
+    /// The candidate was not ready in time; the serving gateway is being asked whether
+    /// it is ready itself before the release is blamed.
+    pub(super) judging: Option<Failure>,
+    /// Why the serving gateway was not ready either: the failure is not the release's.
+    pub(super) blameless: Option<String>,
 }
 
 /// The old gateway draining after a switch.
@@ -174,6 +187,10 @@ pub struct Machine {
     pub(super) soak: Option<Soak>,
     /// A start asked for while another start was gated: it runs once that one is gone.
     pub(super) next_start: Option<(Target, Waiters)>,
+    /// When to check for an update again after one failed through no fault of its own.
+    pub(super) update_retry: Option<Instant>,
+    /// The delays between such retries.
+    pub(super) update_backoff: Backoff,
     pub(super) announced_ready: bool,
     deferred: VecDeque<Input>,
 }
@@ -200,6 +217,8 @@ impl Machine {
             update_running: false,
             soak: None,
             next_start: None,
+            update_retry: None,
+            update_backoff: Backoff::new(UPDATE_RETRY_FIRST, UPDATE_RETRY_MAX),
             announced_ready: false,
             deferred: VecDeque::new(),
         };
@@ -238,10 +257,21 @@ impl Machine {
 
     /// The next instant [`Machine::handle_timeout`] has something to do at, if any.
     pub fn poll_timeout(&self) -> Option<Instant> {
+        let retry = self.update_retry.filter(|_| !self.is_stopping());
+        [self.state_timeout(), retry].into_iter().flatten().min()
+    }
+
+    fn is_stopping(&self) -> bool {
+        matches!(self.state, State::Stopping { .. } | State::Stopped)
+    }
+
+    /// The next instant the current state has something to do at.
+    fn state_timeout(&self) -> Option<Instant> {
         let unkilled = |child: &ChildId| self.children.get(child).is_some_and(|c| !c.killed);
         match &self.state {
             State::Starting(gating) | State::HandingOff { gating, .. } => match &gating.failed {
                 Some((_, kill_at)) => unkilled(&gating.candidate).then_some(*kill_at),
+                None if gating.judging.is_some() => None,
                 None => {
                     let deadline = gating.gate.as_ref().map(Gate::deadline);
                     [deadline, gating.next_probe].into_iter().flatten().min()
@@ -262,6 +292,12 @@ impl Machine {
 
     /// Time passed: probes, deadlines and delays that are due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
+        if self.update_retry.is_some_and(|at| now >= at) && !self.is_stopping() {
+            self.update_retry = None;
+            tracing::info!("trying the update again");
+            let busy = !matches!(self.state, State::Running(_));
+            self.request_check(busy);
+        }
         match std::mem::replace(&mut self.state, State::Stopped) {
             State::Starting(gating) => self.gating_timeout(now, None, gating),
             State::HandingOff { old, gating } => self.gating_timeout(now, Some(old), gating),

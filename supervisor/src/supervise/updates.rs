@@ -14,7 +14,7 @@ use super::events::{
     Binary, CheckReport, CheckRequest, ClientId, Effect, FailureKind, Found, InstallView, Outcome,
     Stage,
 };
-use super::machine::{Death, Kind, Machine, RollingBack, State, Target};
+use super::machine::{Death, Kind, Machine, RollingBack, State, Target, after};
 use super::soak::Verdict;
 
 impl Machine {
@@ -193,6 +193,20 @@ impl Machine {
                 None
             }
         }
+    }
+
+    /// In `apply` mode, schedules another check after an update failed through no fault
+    /// of its own; returns how that reads in a message.
+    pub(super) fn retry_update(&mut self, now: Instant) -> String {
+        if !self.config.apply {
+            return String::new();
+        }
+        let delay = self.update_backoff.next_delay();
+        self.update_retry = Some(after(now, delay));
+        format!(
+            " and is tried again in {}",
+            humantime::format_duration(delay)
+        )
     }
 
     /// Shows a check's outcome (and a newer version found, if any) in status and the log.

@@ -22,7 +22,8 @@ pub struct Behaviour {
     pub spawn_fails: bool,
     /// Probes answered "not ready" before the first "ready"; `None`: never ready.
     pub ready_after: Option<u32>,
-    /// Reports a version other than the one it was started as.
+    /// Reports a version other than the one it was started as, when it is a staged
+    /// release (a mislabelled artifact); installed binaries report what they are.
     pub wrong_version: bool,
     /// How long it drains after SIGTERM; `None`: it ignores SIGTERM.
     pub drains_for: Option<Duration>,
@@ -46,6 +47,8 @@ pub struct Process {
     pub version: Version,
     pub behaviour: Behaviour,
     pub probes: u32,
+    /// Answers probes "not ready" (its database is down), whatever its behaviour.
+    pub unready: bool,
 }
 
 /// The simulated world around one machine.
@@ -305,6 +308,8 @@ impl World {
                         v(dir.and_then(|d| d.to_str()).unwrap_or("0.0.1"))
                     }
                 };
+                let mut behaviour = behaviour;
+                behaviour.wrong_version &= matches!(binary, Binary::Staged(_));
                 self.next_pid += 1;
                 let pid = self.next_pid;
                 self.started.push(child);
@@ -315,6 +320,7 @@ impl World {
                         version,
                         behaviour,
                         probes: 0,
+                        unready: false,
                     },
                 );
                 Some(Input::Spawned {
@@ -327,6 +333,7 @@ impl World {
                 let process = self.live.get_mut(&child)?;
                 process.probes += 1;
                 let verdict = match process.behaviour.ready_after {
+                    _ if process.unready => Verdict::NotReady("database unavailable".into()),
                     Some(after) if process.probes > after => Verdict::Ready {
                         version: if process.behaviour.wrong_version {
                             "6.6.6".into()

@@ -536,3 +536,47 @@ fn an_update_during_a_crash_loop_checks_against_the_installed_version_and_starts
     assert_eq!(world.current, v("1.0.1"));
     assert_eq!(world.previous, Some(v("1.0.0")));
 }
+
+#[test]
+fn an_update_not_ready_while_the_serving_gateway_is_not_ready_either_is_retried_not_blamed() {
+    let mut config = config();
+    config.apply = true;
+    let mut world = World::with(config, vec![Behaviour::default(), never_ready()]);
+    world.advance(10 * MS);
+    let old = world.serving().unwrap();
+    world.live.get_mut(&old).unwrap().unready = true;
+    world.input(Input::CheckRequested);
+    world.finish_check(Found::Available(v("1.2.0")), Some(Ok(v("1.2.0"))));
+    world.advance(Duration::from_secs(3));
+    assert!(world.quarantined.is_empty(), "{:?}", world.quarantined);
+    assert_eq!(world.serving(), Some(old));
+    let error = world.machine.status().last_error.clone().unwrap().1;
+    assert!(
+        error.contains("not blamed") && error.contains("tried again in 10s"),
+        "{error}"
+    );
+    // The database is back; the retry installs the release.
+    world.live.get_mut(&old).unwrap().unready = false;
+    world.advance(Duration::from_secs(10));
+    assert_eq!(world.checks.len(), 1, "the update is tried again");
+    world.finish_check(Found::Available(v("1.2.0")), Some(Ok(v("1.2.0"))));
+    world.advance(Duration::from_secs(1));
+    assert_eq!(world.current, v("1.2.0"));
+}
+
+#[test]
+fn an_update_not_ready_while_the_serving_gateway_is_ready_is_quarantined() {
+    let mut config = config();
+    config.apply = true;
+    let mut world = World::with(config, vec![Behaviour::default(), never_ready()]);
+    world.advance(10 * MS);
+    world.input(Input::CheckRequested);
+    world.finish_check(Found::Available(v("1.2.0")), Some(Ok(v("1.2.0"))));
+    world.advance(Duration::from_secs(3));
+    assert!(world.quarantined.contains("1.2.0"));
+    world.advance(Duration::from_secs(60));
+    assert!(
+        world.checks.is_empty(),
+        "nothing retries a release at fault"
+    );
+}
