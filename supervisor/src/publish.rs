@@ -302,7 +302,7 @@ pub fn generate_keypair(password: Option<String>) -> Result<KeyPair, PublishErro
 mod tests {
     use super::*;
     use crate::install::testing::fake_gateway;
-    use crate::update::signature::{TrustedKey, Verified, verify};
+    use crate::update::signature::{TrustedKeys, Verified, verify};
     use crate::update::urls::resolve_url;
 
     fn release(dir: &Path, version: &str) -> Release {
@@ -412,8 +412,8 @@ RWRTY0IyuRT3rd64SQ9YQsnCYXn95NPAeU4noDFoSXC3fWft7AgAABAAAAAAAAAAAAIAAAAA161WcwCF
         let published = publish(&r).await.unwrap();
         let sig = fs::read(published.signature.unwrap()).unwrap();
         let json = fs::read(&published.manifest).unwrap();
-        let key = TrustedKey::parse(&keys.public_key).unwrap();
-        let Verified::Signed { trusted_comment } = verify(Some(&key), &json, Some(&sig)).unwrap()
+        let key = TrustedKeys::parse(&keys.public_key).unwrap();
+        let Verified::Signed { trusted_comment, .. } = verify(Some(&key), &json, Some(&sig)).unwrap()
         else {
             panic!("not signed")
         };

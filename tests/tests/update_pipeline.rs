@@ -27,7 +27,7 @@ use aihummer::update::fetch::{FetchOptions, Fetcher, ManifestFetch};
 use aihummer::update::manifest::{self, TARGET};
 use aihummer::update::signature::verify;
 use aihummer::update::stage::stage;
-use aihummer::update::{Channel, TrustedKey, parse_base_url};
+use aihummer::update::{Channel, TrustedKeys, parse_base_url};
 use aihummer_tests::binary;
 use aihummer_tests::update::{Cdn, Fault, stamped_gateway};
 use semver::Version;
@@ -48,7 +48,7 @@ struct Fixture {
 /// What the pipeline is run with.
 struct Run {
     running: Version,
-    key: Option<TrustedKey>,
+    key: Option<TrustedKeys>,
     fetch: FetchOptions,
 }
 
@@ -279,7 +279,7 @@ async fn a_signed_manifest_verifies_under_the_pinned_key_and_stages() {
     })
     .await;
     let run = Run {
-        key: Some(TrustedKey::parse(&keys.public_key).unwrap()),
+        key: Some(TrustedKeys::parse(&keys.public_key).unwrap()),
         ..Run::default()
     };
     assert!(f.update(&run).await.unwrap().is_some());
@@ -455,7 +455,7 @@ async fn a_bad_signature_is_refused() {
     body.extend_from_slice(b"\n\n");
     f.cdn.fault(MANIFEST, Fault::Replace(body));
     let run = Run {
-        key: Some(TrustedKey::parse(&keys.public_key).unwrap()),
+        key: Some(TrustedKeys::parse(&keys.public_key).unwrap()),
         ..Run::default()
     };
     f.refused(&run, "does not verify over latest.json").await;
@@ -468,7 +468,7 @@ async fn a_bad_signature_is_refused() {
     })
     .await;
     let run = Run {
-        key: Some(TrustedKey::parse(&other.public_key).unwrap()),
+        key: Some(TrustedKeys::parse(&other.public_key).unwrap()),
         ..Run::default()
     };
     f.refused(&run, "made by another key").await;
@@ -479,7 +479,7 @@ async fn a_missing_signature_is_refused_when_a_key_is_set() {
     let keys = generate_keypair(None).unwrap();
     let f = Fixture::new().await;
     let run = Run {
-        key: Some(TrustedKey::parse(&keys.public_key).unwrap()),
+        key: Some(TrustedKeys::parse(&keys.public_key).unwrap()),
         ..Run::default()
     };
     f.refused(&run, "refusing an unsigned manifest").await;
@@ -697,7 +697,7 @@ async fn the_publish_cli_writes_a_signed_layout_the_updater_accepts() {
     let cdn = Cdn::start(&dir.path().join("cdn")).await;
     let layout = Layout::new(dir.path().join("state"));
     let run = Run {
-        key: Some(TrustedKey::parse(&public).unwrap()),
+        key: Some(TrustedKeys::parse(&public).unwrap()),
         ..Run::default()
     };
     let staged = update_once(&cdn.base_url(), &layout, &run)
