@@ -26,7 +26,7 @@ use aihummer::update::decide::{Decision, Inputs, decide};
 use aihummer::update::fetch::{FetchOptions, Fetcher, ManifestFetch};
 use aihummer::update::manifest::{self, TARGET};
 use aihummer::update::signature::verify;
-use aihummer::update::stage::stage;
+use aihummer::update::stage::{Attempt, stage};
 use aihummer::update::{Channel, TrustedKeys, parse_base_url};
 use aihummer_tests::binary;
 use aihummer_tests::update::{Cdn, Fault, stamped_gateway};
@@ -170,11 +170,12 @@ async fn update_once(base: &str, layout: &Layout, run: &Run) -> Result<Option<Pa
         manifest: &manifest,
         channel: Channel::Stable,
         highest_trusted: state.highest_trusted.as_ref(),
+        last_published_at: state.published_at("stable"),
         quarantined: &state.quarantined,
         requested: None,
         now: SystemTime::now(),
     }) {
-        Decision::UpToDate => return Ok(None),
+        Decision::UpToDate | Decision::Ahead { .. } => return Ok(None),
         Decision::Refused(reason) => return Err(reason.to_string()),
         Decision::Update(version) => version,
     };
@@ -184,10 +185,11 @@ async fn update_once(base: &str, layout: &Layout, run: &Run) -> Result<Option<Pa
     stage(
         layout,
         &fetcher,
-        &version,
-        &url,
-        artifact,
-        SMOKE_TIMEOUT,
+        (&version, &url, artifact),
+        Attempt {
+            smoke_timeout: SMOKE_TIMEOUT,
+            fresh: false,
+        },
         |_| {},
     )
     .await
@@ -402,18 +404,19 @@ async fn an_expired_manifest_is_refused() {
         r.expires_in = Some(Duration::from_secs(3600));
     })
     .await;
-    f.refused(&Run::default(), "expired at").await;
+    f.refused(&Run::default(), "channel stable is stale: its latest.json expired at")
+        .await;
 }
 
 #[tokio::test]
-async fn a_manifest_older_than_the_running_version_is_refused() {
+async fn a_manifest_older_than_the_running_version_installs_nothing() {
     let f = Fixture::new().await;
     let run = Run {
         running: Version::new(99, 0, 0),
         ..Run::default()
     };
-    f.refused(&run, "older than the running 99.0.0; not downgrading")
-        .await;
+    assert_eq!(f.update(&run).await, Ok(None), "the node is ahead: up to date");
+    assert_nothing_left(&f.layout);
 }
 
 #[tokio::test]
@@ -630,7 +633,7 @@ async fn download_throughput_on_loopback_is_measured_against_curl() {
         );
         let started = Instant::now();
         let done = fetcher
-            .download(&url, SIZE as u64, &mut out, |_| {})
+            .download(&url, SIZE as u64, false, &mut out, |_| {})
             .await
             .unwrap();
         best = best.min(started.elapsed());
