@@ -265,7 +265,10 @@ pub async fn update_check(path: &Path, json: bool) -> Result<u8, ClientError> {
         ),
         // A node ahead of its channel (after `update --version`, or a channel switch) has
         // nothing to install: up to date for a monitoring script, with both versions said.
-        Checked::Ahead { running, offered: o } => {
+        Checked::Ahead {
+            running,
+            offered: o,
+        } => {
             offered = Some(o);
             (
                 0,

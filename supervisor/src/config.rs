@@ -385,12 +385,16 @@ mod tests {
         ];
         let err = settings(&apply, 0).unwrap_err().to_string();
         assert!(
-            err.contains("AIHUMMER_UPDATE_PUBKEY") && err.contains("AIHUMMER_UPDATE_ALLOW_UNSIGNED=true"),
+            err.contains("AIHUMMER_UPDATE_PUBKEY")
+                && err.contains("AIHUMMER_UPDATE_ALLOW_UNSIGNED=true"),
             "{err}"
         );
         let mut allowed = apply.to_vec();
         allowed.push(("AIHUMMER_UPDATE_ALLOW_UNSIGNED", "true"));
-        assert_eq!(settings(&allowed, 0).unwrap().update_mode, UpdateMode::Apply);
+        assert_eq!(
+            settings(&allowed, 0).unwrap().update_mode,
+            UpdateMode::Apply
+        );
         let keys = crate::publish::generate_keypair(None).unwrap();
         let line = keys.public_key.lines().nth(1).unwrap().to_string();
         let mut signed = apply.to_vec();

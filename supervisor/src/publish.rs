@@ -239,7 +239,10 @@ pub async fn publish(release: &Release) -> Result<Published, PublishError> {
 
 /// `published_at + lifetime`, as long as a manifest can write it (RFC 3339 ends at the
 /// year 9999).
-fn expiry(published_at: OffsetDateTime, lifetime: Duration) -> Result<OffsetDateTime, PublishError> {
+fn expiry(
+    published_at: OffsetDateTime,
+    lifetime: Duration,
+) -> Result<OffsetDateTime, PublishError> {
     time::Duration::try_from(lifetime)
         .ok()
         .and_then(|d| published_at.checked_add(d))
@@ -451,7 +454,9 @@ RWRTY0IyuRT3rd64SQ9YQsnCYXn95NPAeU4noDFoSXC3fWft7AgAABAAAAAAAAAAAAIAAAAA161WcwCF
         let sig = fs::read(published.signature.unwrap()).unwrap();
         let json = fs::read(&published.manifest).unwrap();
         let key = TrustedKeys::parse(&keys.public_key).unwrap();
-        let Verified::Signed { trusted_comment, .. } = verify(Some(&key), &json, Some(&sig)).unwrap()
+        let Verified::Signed {
+            trusted_comment, ..
+        } = verify(Some(&key), &json, Some(&sig)).unwrap()
         else {
             panic!("not signed")
         };

@@ -21,8 +21,7 @@ use aihummer::publish::{self, Release, SigningKey, generate_keypair};
 use aihummer::update::decide::Refusal;
 use aihummer::update::manifest::{self, TARGET};
 use aihummer::update::{
-    Channel, Checked, TrustedKeys, Updater, UpdaterError, UpdaterOptions as Options,
-    parse_base_url,
+    Channel, Checked, TrustedKeys, Updater, UpdaterError, UpdaterOptions as Options, parse_base_url,
 };
 use aihummer_tests::binary;
 use aihummer_tests::supervisor::install_script;
@@ -115,7 +114,10 @@ async fn a_replayed_old_signed_manifest_is_refused_also_after_a_restart() {
         other => panic!("a replayed manifest was not refused: {other:?}"),
     };
     let reason = replayed(first.check(&old(), None).await.unwrap());
-    assert!(reason.ends_with("refusing a replayed old manifest"), "{reason}");
+    assert!(
+        reason.ends_with("refusing a replayed old manifest"),
+        "{reason}"
+    );
     // A restarted supervisor remembers through state.json.
     let restarted = updater(&cdn, Some(&layout), with_key);
     replayed(restarted.check(&old(), None).await.unwrap());
@@ -128,7 +130,10 @@ async fn a_replayed_old_signed_manifest_is_refused_also_after_a_restart() {
         memory.check(&old(), None).await.unwrap(),
         Checked::Available(_)
     ));
-    cdn2.fault(MANIFEST, Fault::Replace(std::fs::read(old_tree.join("stable/latest.json")).unwrap()));
+    cdn2.fault(
+        MANIFEST,
+        Fault::Replace(std::fs::read(old_tree.join("stable/latest.json")).unwrap()),
+    );
     cdn2.fault(
         SIGNATURE,
         Fault::Replace(std::fs::read(old_tree.join("stable/latest.json.minisig")).unwrap()),
@@ -237,7 +242,10 @@ async fn a_manifest_announcing_more_than_the_size_cap_is_refused_before_any_down
         .run(&old(), None, true, |_, _| {})
         .await;
     let err = run.checked.unwrap_err();
-    assert!(matches!(err, UpdaterError::ArtifactTooLarge { .. }), "{err}");
+    assert!(
+        matches!(err, UpdaterError::ArtifactTooLarge { .. }),
+        "{err}"
+    );
     assert!(
         err.to_string().contains("(AIHUMMER_UPDATE_MAX_SIZE)"),
         "{err}"
@@ -291,7 +299,10 @@ async fn apply_mode_without_a_key_refuses_to_start() {
         ("AIHUMMER_STATE_DIR", state.to_str().unwrap()),
         ("AIHUMMER_GATEWAY_ADDR", "127.0.0.1:0"),
         ("AIHUMMER_AUTO_UPDATE", "apply"),
-        ("AIHUMMER_DOWNLOAD_BASE_URL", "https://releases.example.com/"),
+        (
+            "AIHUMMER_DOWNLOAD_BASE_URL",
+            "https://releases.example.com/",
+        ),
     ];
     let child = tokio::process::Command::new(binary("aihummer"))
         .arg("run")
@@ -347,7 +358,11 @@ async fn the_publisher_writes_expires_by_default_and_refuses_a_huge_lifetime() {
 
     let out = publish_cli(&["--expires-in", "20000years"]).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "an error, not a panic: {stderr}");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "an error, not a panic: {stderr}"
+    );
     assert!(stderr.contains("beyond the year 9999"), "{stderr}");
 
     let out = publish_cli(&["--no-expiry"]).await;

@@ -404,8 +404,11 @@ async fn an_expired_manifest_is_refused() {
         r.expires_in = Some(Duration::from_secs(3600));
     })
     .await;
-    f.refused(&Run::default(), "channel stable is stale: its latest.json expired at")
-        .await;
+    f.refused(
+        &Run::default(),
+        "channel stable is stale: its latest.json expired at",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -415,7 +418,11 @@ async fn a_manifest_older_than_the_running_version_installs_nothing() {
         running: Version::new(99, 0, 0),
         ..Run::default()
     };
-    assert_eq!(f.update(&run).await, Ok(None), "the node is ahead: up to date");
+    assert_eq!(
+        f.update(&run).await,
+        Ok(None),
+        "the node is ahead: up to date"
+    );
     assert_nothing_left(&f.layout);
 }
 

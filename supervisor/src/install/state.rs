@@ -345,7 +345,10 @@ mod tests {
             b"{\"schema\": 1, \"quarantined\": {\"1.3.0\": \"bad\"}}",
         )
         .unwrap();
-        assert_eq!(quarantine_list(&layout.load_state().unwrap()), vec!["1.3.0: bad"]);
+        assert_eq!(
+            quarantine_list(&layout.load_state().unwrap()),
+            vec!["1.3.0: bad"]
+        );
     }
 
     #[test]

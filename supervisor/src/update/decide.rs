@@ -101,7 +101,9 @@ pub enum Refusal {
         last: String,
     },
     /// `expires` is in the past: the channel is stale.
-    #[error("channel {channel} is stale: its latest.json expired at {expires} (it offers {version})")]
+    #[error(
+        "channel {channel} is stale: its latest.json expired at {expires} (it offers {version})"
+    )]
     Expired {
         /// The tracked channel.
         channel: Channel,

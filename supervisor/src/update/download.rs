@@ -311,7 +311,8 @@ mod tests {
         assert!(matches!(err, FetchError::TooSlow { .. }), "{err}");
         assert!(err.is_transient(), "a slow CDN is not the release's fault");
         assert!(
-            err.to_string().contains("below the minimum rate of 100 bytes/s"),
+            err.to_string()
+                .contains("below the minimum rate of 100 bytes/s"),
             "{err}"
         );
         assert!(took < Duration::from_secs(15), "abandoned after {took:?}");
@@ -327,7 +328,10 @@ mod tests {
         })
         .unwrap();
         assert_eq!(fetcher.download_deadline(0), Duration::from_secs(90));
-        assert_eq!(fetcher.download_deadline(1_000_000), Duration::from_secs(1090));
+        assert_eq!(
+            fetcher.download_deadline(1_000_000),
+            Duration::from_secs(1090)
+        );
         assert_eq!(fetcher.download_deadline(u64::MAX), MAX_DEADLINE);
     }
 
@@ -336,9 +340,15 @@ mod tests {
         let (url, head) = trickling_server(1, Duration::from_secs(60)).await;
         let fetcher = Fetcher::new(FetchOptions::default()).unwrap();
         let mut out = Vec::new();
-        fetcher.download(&url, 1, true, &mut out, |_| {}).await.unwrap();
+        fetcher
+            .download(&url, 1, true, &mut out, |_| {})
+            .await
+            .unwrap();
         let head = head.await.unwrap().to_ascii_lowercase();
-        assert!(head.starts_with(&format!("get /gw?{CACHE_BUST}=")), "{head}");
+        assert!(
+            head.starts_with(&format!("get /gw?{CACHE_BUST}=")),
+            "{head}"
+        );
         assert!(head.contains("cache-control: no-cache"), "{head}");
         // A URL with a query of its own (a signed link) keeps it untouched.
         let signed = Url::parse("https://cdn.example.com/gw?sig=abc").unwrap();

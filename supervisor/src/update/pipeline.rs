@@ -215,8 +215,7 @@ impl Updater {
 
     /// Where the manifest is fetched from, for messages (credentials and query redacted).
     pub fn manifest_url(&self) -> String {
-        manifest_url(&self.base, self.channel)
-            .map_or_else(|_| redact(&self.base), |u| redact(&u))
+        manifest_url(&self.base, self.channel).map_or_else(|_| redact(&self.base), |u| redact(&u))
     }
 
     /// The install state the decision reads: the state file, or a fresh one when no
@@ -449,11 +448,12 @@ impl Checked {
     /// The outcome as the state file keeps it.
     pub fn outcome(&self) -> CheckOutcome {
         match self {
-            Checked::UpToDate(version) | Checked::Ahead { running: version, .. } => {
-                CheckOutcome::UpToDate {
-                    version: version.clone(),
-                }
-            }
+            Checked::UpToDate(version)
+            | Checked::Ahead {
+                running: version, ..
+            } => CheckOutcome::UpToDate {
+                version: version.clone(),
+            },
             Checked::Available(offer) => CheckOutcome::Available {
                 version: offer.version.clone(),
             },

@@ -91,7 +91,12 @@ impl UpdateSettings {
                 .map(|v| TrustedKeys::parse(&v))
                 .transpose()?,
             allow_unsigned: boolean(env, "AIHUMMER_UPDATE_ALLOW_UNSIGNED")?,
-            max_size: size(env, "AIHUMMER_UPDATE_MAX_SIZE", ARTIFACT_CAP, MAX_ARTIFACT_CAP)?,
+            max_size: size(
+                env,
+                "AIHUMMER_UPDATE_MAX_SIZE",
+                ARTIFACT_CAP,
+                MAX_ARTIFACT_CAP,
+            )?,
             min_rate: size(env, "AIHUMMER_UPDATE_MIN_RATE", MIN_RATE, MAX_ARTIFACT_CAP)?,
             read_timeout,
         })
@@ -158,7 +163,11 @@ fn parse_size(value: &str) -> Result<u64, String> {
         "K" | "KiB" => 10,
         "M" | "MiB" => 20,
         "G" | "GiB" => 30,
-        other => return Err(format!("unknown unit {other:?}; use K, M or G (KiB, MiB, GiB)")),
+        other => {
+            return Err(format!(
+                "unknown unit {other:?}; use K, M or G (KiB, MiB, GiB)"
+            ));
+        }
     };
     number
         .checked_mul(1 << shift)
@@ -169,7 +178,9 @@ fn parse_size(value: &str) -> Result<u64, String> {
 mod tests {
     use super::*;
 
-    fn read(vars: &'static [(&'static str, &'static str)]) -> Result<UpdateSettings, UpdateSettingError> {
+    fn read(
+        vars: &'static [(&'static str, &'static str)],
+    ) -> Result<UpdateSettings, UpdateSettingError> {
         UpdateSettings::read(&Env::new(move |name: &str| {
             vars.iter()
                 .find(|(k, _)| *k == name)
@@ -201,13 +212,34 @@ mod tests {
         assert_eq!(s.read_timeout, Duration::from_secs(2));
         assert!(s.allow_unsigned);
         let cases: &[(&[(&str, &str)], &str)] = &[
-            (&[("AIHUMMER_UPDATE_MAX_SIZE", "lots")], "AIHUMMER_UPDATE_MAX_SIZE"),
-            (&[("AIHUMMER_UPDATE_MAX_SIZE", "0")], "AIHUMMER_UPDATE_MAX_SIZE"),
-            (&[("AIHUMMER_UPDATE_MAX_SIZE", "99999999999G")], "AIHUMMER_UPDATE_MAX_SIZE"),
-            (&[("AIHUMMER_UPDATE_MIN_RATE", "5 TB")], "AIHUMMER_UPDATE_MIN_RATE"),
-            (&[("AIHUMMER_UPDATE_READ_TIMEOUT", "100000000000000s")], "AIHUMMER_UPDATE_READ_TIMEOUT"),
-            (&[("AIHUMMER_UPDATE_READ_TIMEOUT", "0s")], "AIHUMMER_UPDATE_READ_TIMEOUT"),
-            (&[("AIHUMMER_UPDATE_ALLOW_UNSIGNED", "maybe")], "AIHUMMER_UPDATE_ALLOW_UNSIGNED"),
+            (
+                &[("AIHUMMER_UPDATE_MAX_SIZE", "lots")],
+                "AIHUMMER_UPDATE_MAX_SIZE",
+            ),
+            (
+                &[("AIHUMMER_UPDATE_MAX_SIZE", "0")],
+                "AIHUMMER_UPDATE_MAX_SIZE",
+            ),
+            (
+                &[("AIHUMMER_UPDATE_MAX_SIZE", "99999999999G")],
+                "AIHUMMER_UPDATE_MAX_SIZE",
+            ),
+            (
+                &[("AIHUMMER_UPDATE_MIN_RATE", "5 TB")],
+                "AIHUMMER_UPDATE_MIN_RATE",
+            ),
+            (
+                &[("AIHUMMER_UPDATE_READ_TIMEOUT", "100000000000000s")],
+                "AIHUMMER_UPDATE_READ_TIMEOUT",
+            ),
+            (
+                &[("AIHUMMER_UPDATE_READ_TIMEOUT", "0s")],
+                "AIHUMMER_UPDATE_READ_TIMEOUT",
+            ),
+            (
+                &[("AIHUMMER_UPDATE_ALLOW_UNSIGNED", "maybe")],
+                "AIHUMMER_UPDATE_ALLOW_UNSIGNED",
+            ),
         ];
         for (vars, name) in cases {
             let vars: &'static [(&str, &str)] = Box::leak(vars.to_vec().into_boxed_slice());

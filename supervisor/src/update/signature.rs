@@ -184,8 +184,8 @@ pub fn verify(
     let signature = signature.ok_or(SignatureError::Missing)?;
     let text = std::str::from_utf8(signature)
         .map_err(|_| SignatureError::Malformed("not UTF-8 text".into()))?;
-    let signature =
-        SignatureBox::from_string(text).map_err(|err| SignatureError::Malformed(err.to_string()))?;
+    let signature = SignatureBox::from_string(text)
+        .map_err(|err| SignatureError::Malformed(err.to_string()))?;
     let signed_by = KeyId::of(signature.keynum());
     let key = keys
         .0
@@ -251,7 +251,16 @@ mod tests {
         let err = verify(Some(&key), MANIFEST, Some(sig.as_bytes()))
             .unwrap_err()
             .to_string();
-        let id = |public: &str| public.lines().next().unwrap().rsplit(' ').next().unwrap().to_string();
+        let id = |public: &str| {
+            public
+                .lines()
+                .next()
+                .unwrap()
+                .rsplit(' ')
+                .next()
+                .unwrap()
+                .to_string()
+        };
         assert_eq!(
             err,
             format!(
@@ -297,8 +306,9 @@ mod tests {
     fn a_missing_key_file_is_named() {
         let err = TrustedKeys::parse("/nonexistent/release.pub").unwrap_err();
         assert!(
-            err.to_string()
-                .starts_with("AIHUMMER_UPDATE_PUBKEY names /nonexistent/release.pub, which cannot be read"),
+            err.to_string().starts_with(
+                "AIHUMMER_UPDATE_PUBKEY names /nonexistent/release.pub, which cannot be read"
+            ),
             "{err}"
         );
         assert!(TrustedKeys::parse(" , ").is_err());

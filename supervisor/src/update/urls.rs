@@ -126,9 +126,7 @@ pub fn check_scheme(
     match url.scheme() {
         "https" => Ok(()),
         "http" if allow_insecure_http || is_loopback(url) => Ok(()),
-        "http" => Err(UrlError::InsecureHttp {
-            url: redact(url),
-        }),
+        "http" => Err(UrlError::InsecureHttp { url: redact(url) }),
         "file" if allow_file => Ok(()),
         scheme => Err(UrlError::Scheme {
             url: redact(url),
