@@ -27,6 +27,9 @@
 //!    unless the operator asked for exactly that version.
 //!
 //! Otherwise the offered version is the update.
+//!
+//! Past 500 lines with its tests (one per rule, and a property test over all of them);
+//! the rules belong together.
 
 use std::cmp::Ordering;
 use std::collections::BTreeMap;

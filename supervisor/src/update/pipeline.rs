@@ -18,6 +18,9 @@
 //! download past every cache, and one whose smoke test timed out once more with a longer
 //! timeout, before the failure is reported; only what is then still wrong with the bytes
 //! or the binary is the release's fault ([`UpdaterError::blames_release`]).
+//!
+//! A little past 500 lines with its tests: check, stage and their retries share the
+//! updater's state and are read together.
 
 use std::path::PathBuf;
 use std::sync::Mutex;
