@@ -254,6 +254,8 @@ pub async fn update_check(path: &Path, json: bool) -> Result<u8, ClientError> {
     let updater = Updater::new(settings.update_options().ok_or(UpdaterError::NoSource)?)?;
     let running = running_version(path, &settings).await?;
     let checked = updater.check(&running, None).await?;
+    // What the channel offers, beside `version` (the newest of it and what runs).
+    let mut offered = None;
     let (code, result, version, line) = match &checked {
         Checked::UpToDate(version) => (
             0,
@@ -261,6 +263,20 @@ pub async fn update_check(path: &Path, json: bool) -> Result<u8, ClientError> {
             version,
             format!("up to date: {version} is the newest on this channel"),
         ),
+        // A node ahead of its channel (after `update --version`, or a channel switch) has
+        // nothing to install: up to date for a monitoring script, with both versions said.
+        Checked::Ahead {
+            running,
+            offered: o,
+        } => {
+            offered = Some(o);
+            (
+                0,
+                "up_to_date",
+                running,
+                format!("up to date: {running} runs; the channel offers {o}"),
+            )
+        }
         Checked::Available(offer) => (
             EXIT_UPDATE_AVAILABLE,
             "available",
@@ -274,6 +290,7 @@ pub async fn update_check(path: &Path, json: bool) -> Result<u8, ClientError> {
             "result": result,
             "version": version.to_string(),
             "running": running.to_string(),
+            "offered": offered.unwrap_or(version).to_string(),
             "channel": settings.update_channel.as_str(),
         });
         println!("{doc}");

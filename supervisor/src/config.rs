@@ -14,7 +14,8 @@ use url::Url;
 
 use crate::install::{GATEWAY_FILE, Layout};
 use crate::update::{
-    Channel, SignatureError, TrustedKey, UnknownChannel, UpdaterOptions, UrlError, parse_base_url,
+    Channel, UnknownChannel, UpdateSettingError, UpdateSettings, UpdaterOptions, UrlError,
+    parse_base_url,
 };
 
 /// Listen address when `AIHUMMER_GATEWAY_ADDR` is unset: port 8765 on all interfaces.
@@ -44,9 +45,14 @@ pub enum ConfigError {
     /// `AIHUMMER_DOWNLOAD_BASE_URL` is not usable.
     #[error(transparent)]
     BaseUrl(#[from] UrlError),
-    /// `AIHUMMER_UPDATE_PUBKEY` is not a minisign public key.
+    /// An `AIHUMMER_UPDATE_*` setting (keys, limits) is not usable.
     #[error(transparent)]
-    PublicKey(#[from] SignatureError),
+    Update(#[from] UpdateSettingError),
+    /// `apply` would execute whatever the CDN serves, unverified.
+    #[error(
+        "AIHUMMER_AUTO_UPDATE=apply without AIHUMMER_UPDATE_PUBKEY would install whatever the CDN serves; pin the release key in AIHUMMER_UPDATE_PUBKEY, or set AIHUMMER_UPDATE_ALLOW_UNSIGNED=true to accept unsigned releases explicitly"
+    )]
+    UnsignedApply,
     /// An update mode was asked for explicitly, but there is nowhere to update from.
     #[error(
         "AIHUMMER_AUTO_UPDATE={0} needs AIHUMMER_DOWNLOAD_BASE_URL (the release CDN); set it, or set AIHUMMER_AUTO_UPDATE=off"
@@ -86,8 +92,8 @@ pub struct Settings {
     pub download_base_url: Option<Url>,
     /// `AIHUMMER_UPDATE_INTERVAL`: time between periodic checks (jitter is added).
     pub update_interval: Duration,
-    /// `AIHUMMER_UPDATE_PUBKEY`: when set, manifests must be signed by this key.
-    pub update_pubkey: Option<TrustedKey>,
+    /// `AIHUMMER_UPDATE_PUBKEY`, `AIHUMMER_UPDATE_ALLOW_UNSIGNED` and the download limits.
+    pub update: UpdateSettings,
 }
 
 /// `AIHUMMER_AUTO_UPDATE`: what the supervisor does about newer versions on its own.
@@ -154,6 +160,7 @@ impl Settings {
             .map(|v| parse_base_url(&v, false))
             .transpose()?;
         let state_dir = get("AIHUMMER_STATE_DIR").map(PathBuf::from);
+        let update = UpdateSettings::read(&env)?;
         // The product advises notify-only checks, so that is the default; but a default
         // must not stop a supervisor that was never told where releases live: with no CDN
         // it quietly means off. A mode asked for explicitly without a CDN is an error.
@@ -164,6 +171,9 @@ impl Settings {
                 UpdateMode::Off => UpdateMode::Off,
                 mode if download_base_url.is_none() => return Err(ConfigError::NoSource(mode)),
                 UpdateMode::Apply if state_dir.is_none() => return Err(ConfigError::NoStateDir),
+                UpdateMode::Apply if update.keys.is_none() && !update.allow_unsigned => {
+                    return Err(ConfigError::UnsignedApply);
+                }
                 mode => mode,
             },
         };
@@ -182,9 +192,7 @@ impl Settings {
                 .unwrap_or(Channel::Stable),
             download_base_url,
             update_interval: duration("AIHUMMER_UPDATE_INTERVAL", DEFAULT_UPDATE_INTERVAL)?,
-            update_pubkey: get("AIHUMMER_UPDATE_PUBKEY")
-                .map(|v| TrustedKey::parse(&v))
-                .transpose()?,
+            update,
         })
     }
 
@@ -222,8 +230,9 @@ impl Settings {
     pub fn update_options(&self) -> Option<UpdaterOptions> {
         let base = self.download_base_url.clone()?;
         Some(UpdaterOptions {
-            key: self.update_pubkey.clone(),
+            key: self.update.keys.clone(),
             layout: self.state_dir.clone().map(Layout::new),
+            fetch: self.update.fetch_options(),
             ..UpdaterOptions::new(base, self.update_channel)
         })
     }
@@ -304,6 +313,7 @@ mod tests {
                 ("AIHUMMER_STATE_DIR", "/var/lib/aihummer"),
                 ("AIHUMMER_UPDATE_CHANNEL", "beta"),
                 ("AIHUMMER_UPDATE_INTERVAL", "30m"),
+                ("AIHUMMER_UPDATE_ALLOW_UNSIGNED", "true"),
             ],
             0,
         )
@@ -360,6 +370,39 @@ mod tests {
         }
         let off = settings(&[("AIHUMMER_AUTO_UPDATE", "off")], 0).unwrap();
         assert_eq!(off.update_mode, UpdateMode::Off);
+    }
+
+    #[test]
+    fn apply_without_a_key_is_refused_at_startup_unless_unsigned_is_allowed() {
+        let cdn = (
+            "AIHUMMER_DOWNLOAD_BASE_URL",
+            "https://releases.example.com/",
+        );
+        let apply = [
+            cdn,
+            ("AIHUMMER_AUTO_UPDATE", "apply"),
+            ("AIHUMMER_STATE_DIR", "/var/lib/aihummer"),
+        ];
+        let err = settings(&apply, 0).unwrap_err().to_string();
+        assert!(
+            err.contains("AIHUMMER_UPDATE_PUBKEY")
+                && err.contains("AIHUMMER_UPDATE_ALLOW_UNSIGNED=true"),
+            "{err}"
+        );
+        let mut allowed = apply.to_vec();
+        allowed.push(("AIHUMMER_UPDATE_ALLOW_UNSIGNED", "true"));
+        assert_eq!(
+            settings(&allowed, 0).unwrap().update_mode,
+            UpdateMode::Apply
+        );
+        let keys = crate::publish::generate_keypair(None).unwrap();
+        let line = keys.public_key.lines().nth(1).unwrap().to_string();
+        let mut signed = apply.to_vec();
+        signed.push(("AIHUMMER_UPDATE_PUBKEY", &line));
+        assert_eq!(settings(&signed, 0).unwrap().update_mode, UpdateMode::Apply);
+        // Check mode may stay unsigned: it only tells.
+        let check = settings(&[cdn, ("AIHUMMER_AUTO_UPDATE", "check")], 0).unwrap();
+        assert_eq!(check.update_mode, UpdateMode::Check);
     }
 
     #[test]

@@ -69,7 +69,20 @@ pub enum PublishError {
     /// minisign itself failed.
     #[error("minisign: {0}")]
     Minisign(String),
+    /// `published_at` plus the lifetime is beyond what a manifest can say.
+    #[error(
+        "--expires-in {}: the manifest would expire beyond the year 9999; choose a shorter lifetime (or --no-expiry)",
+        humantime::format_duration(*lifetime)
+    )]
+    Expiry {
+        /// The lifetime asked for.
+        lifetime: Duration,
+    },
 }
+
+/// How long a manifest stays valid unless told otherwise: a node refuses it afterwards,
+/// so a publisher must re-publish (or re-sign) at least this often.
+pub const DEFAULT_EXPIRES_IN: Duration = Duration::from_secs(14 * 24 * 3600);
 
 /// A minisign secret key and its password.
 #[derive(Debug, Clone)]
@@ -95,7 +108,7 @@ pub struct Release {
     pub out: PathBuf,
     /// `published_at`.
     pub published_at: SystemTime,
-    /// `expires`, as a lifetime from `published_at`.
+    /// `expires`, as a lifetime from `published_at`; `None` writes no `expires`.
     pub expires_in: Option<Duration>,
     /// `min_version`.
     pub min_version: Option<Version>,
@@ -137,6 +150,15 @@ pub async fn publish(release: &Release) -> Result<Published, PublishError> {
                 source: Box::new(source),
             })?;
     }
+    // Whole seconds: nanoseconds in a manifest only make it harder to read.
+    let published_at = OffsetDateTime::from(release.published_at)
+        .replace_nanosecond(0)
+        .unwrap_or_else(|_| OffsetDateTime::from(release.published_at));
+    // Before anything is written: a lifetime that cannot be written changes nothing.
+    let expires = release
+        .expires_in
+        .map(|d| expiry(published_at, d))
+        .transpose()?;
     let channel_dir = release.out.join(release.channel.as_str());
     let version_dir = channel_dir.join(release.version.to_string());
     fs::create_dir_all(&version_dir).map_err(io_err("create", &version_dir))?;
@@ -153,10 +175,6 @@ pub async fn publish(release: &Release) -> Result<Published, PublishError> {
     )?;
 
     let manifest_path = channel_dir.join("latest.json");
-    // Whole seconds: nanoseconds in a manifest only make it harder to read.
-    let published_at = OffsetDateTime::from(release.published_at)
-        .replace_nanosecond(0)
-        .unwrap_or_else(|_| OffsetDateTime::from(release.published_at));
     let mut artifacts = existing_artifacts(&manifest_path, &release.version)?;
     artifacts.insert(
         release.target.clone(),
@@ -171,9 +189,7 @@ pub async fn publish(release: &Release) -> Result<Published, PublishError> {
         channel: release.channel.as_str().to_string(),
         version: release.version.clone(),
         published_at,
-        expires: release
-            .expires_in
-            .map(|d| published_at + time::Duration::seconds_f64(d.as_secs_f64())),
+        expires,
         min_version: release.min_version.clone(),
         notes_url: release.notes_url.clone(),
         artifacts,
@@ -219,6 +235,19 @@ pub async fn publish(release: &Release) -> Result<Published, PublishError> {
         signature,
         contents,
     })
+}
+
+/// `published_at + lifetime`, as long as a manifest can write it (RFC 3339 ends at the
+/// year 9999).
+fn expiry(
+    published_at: OffsetDateTime,
+    lifetime: Duration,
+) -> Result<OffsetDateTime, PublishError> {
+    time::Duration::try_from(lifetime)
+        .ok()
+        .and_then(|d| published_at.checked_add(d))
+        .filter(|at| at.year() <= 9999)
+        .ok_or(PublishError::Expiry { lifetime })
 }
 
 /// The other targets' artifacts of an existing manifest for the same version.
@@ -302,7 +331,7 @@ pub fn generate_keypair(password: Option<String>) -> Result<KeyPair, PublishErro
 mod tests {
     use super::*;
     use crate::install::testing::fake_gateway;
-    use crate::update::signature::{TrustedKey, Verified, verify};
+    use crate::update::signature::{TrustedKeys, Verified, verify};
     use crate::update::urls::resolve_url;
 
     fn release(dir: &Path, version: &str) -> Release {
@@ -344,6 +373,18 @@ mod tests {
         assert!(sum.starts_with(&a.sha256), "{sum}");
         assert_eq!(fs::metadata(&published.artifact).unwrap().len(), a.size);
         assert!(published.signature.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_lifetime_beyond_what_a_manifest_can_say_is_an_error_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        for lifetime in [Duration::MAX, Duration::from_secs(9000 * 365 * 24 * 3600)] {
+            let mut r = release(dir.path(), "1.4.2");
+            r.expires_in = Some(lifetime);
+            let err = publish(&r).await.unwrap_err().to_string();
+            assert!(err.contains("beyond the year 9999"), "{err}");
+        }
+        assert!(!dir.path().join("cdn").exists(), "nothing was written");
     }
 
     #[tokio::test]
@@ -412,8 +453,10 @@ RWRTY0IyuRT3rd64SQ9YQsnCYXn95NPAeU4noDFoSXC3fWft7AgAABAAAAAAAAAAAAIAAAAA161WcwCF
         let published = publish(&r).await.unwrap();
         let sig = fs::read(published.signature.unwrap()).unwrap();
         let json = fs::read(&published.manifest).unwrap();
-        let key = TrustedKey::parse(&keys.public_key).unwrap();
-        let Verified::Signed { trusted_comment } = verify(Some(&key), &json, Some(&sig)).unwrap()
+        let key = TrustedKeys::parse(&keys.public_key).unwrap();
+        let Verified::Signed {
+            trusted_comment, ..
+        } = verify(Some(&key), &json, Some(&sig)).unwrap()
         else {
             panic!("not signed")
         };

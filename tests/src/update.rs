@@ -3,7 +3,8 @@
 //!
 //! - [`Cdn`]: a static file server (axum on `127.0.0.1:0`) over a directory written by
 //!   `aihummer-publish`, with `ETag`/`If-None-Match`, that a test can make misbehave per
-//!   path ([`Fault`]): answer an error status, hang, cut the body short, serve other bytes.
+//!   path ([`Fault`]): answer an error status, hang, cut the body short, serve other bytes;
+//!   for good or for the next request only ([`Cdn::fault_once`]).
 //! - [`stamped_gateway`]: `aihummer-gateway` built with `AIHUMMER_BUILD_VERSION`, for
 //!   suites that need a real binary reporting another version. Its own target dir is
 //!   seeded with the workspace's compiled dependencies, so a build costs seconds; parallel
@@ -46,11 +47,16 @@ pub struct Hit {
     pub path: String,
     /// Its `If-None-Match` header, if any.
     pub if_none_match: Option<String>,
+    /// Its query string, if any.
+    pub query: Option<String>,
+    /// Its `Cache-Control` header, if any.
+    pub cache_control: Option<String>,
 }
 
 struct CdnState {
     root: PathBuf,
     faults: Mutex<HashMap<String, Fault>>,
+    once: Mutex<HashMap<String, Fault>>,
     hits: Mutex<Vec<Hit>>,
 }
 
@@ -68,6 +74,7 @@ impl Cdn {
         let state = Arc::new(CdnState {
             root: root.to_path_buf(),
             faults: Mutex::new(HashMap::new()),
+            once: Mutex::new(HashMap::new()),
             hits: Mutex::new(Vec::new()),
         });
         let app = axum::Router::new()
@@ -97,6 +104,16 @@ impl Cdn {
             .insert(path.to_string(), fault);
     }
 
+    /// Makes the next request for `path` misbehave; later ones are served normally (or
+    /// with the fault set by [`Cdn::fault`]).
+    pub fn fault_once(&self, path: &str, fault: Fault) {
+        self.state
+            .once
+            .lock()
+            .expect("faults")
+            .insert(path.to_string(), fault);
+    }
+
     /// Every request so far, in order.
     pub fn hits(&self) -> Vec<Hit> {
         self.state.hits.lock().expect("hits").clone()
@@ -118,8 +135,14 @@ async fn serve(State(state): State<Arc<CdnState>>, uri: Uri, headers: HeaderMap)
     state.hits.lock().expect("hits").push(Hit {
         path: path.clone(),
         if_none_match: if_none_match.clone(),
+        query: uri.query().map(str::to_string),
+        cache_control: headers
+            .get(header::CACHE_CONTROL)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
     });
-    let fault = state.faults.lock().expect("faults").get(&path).cloned();
+    let once = state.once.lock().expect("faults").remove(&path);
+    let fault = once.or_else(|| state.faults.lock().expect("faults").get(&path).cloned());
     let file = || {
         let rel = Path::new(path.trim_start_matches('/'));
         // Only plain names below the root: the test CDN must not serve the machine.

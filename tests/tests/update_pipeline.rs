@@ -26,8 +26,8 @@ use aihummer::update::decide::{Decision, Inputs, decide};
 use aihummer::update::fetch::{FetchOptions, Fetcher, ManifestFetch};
 use aihummer::update::manifest::{self, TARGET};
 use aihummer::update::signature::verify;
-use aihummer::update::stage::stage;
-use aihummer::update::{Channel, TrustedKey, parse_base_url};
+use aihummer::update::stage::{Attempt, stage};
+use aihummer::update::{Channel, TrustedKeys, parse_base_url};
 use aihummer_tests::binary;
 use aihummer_tests::update::{Cdn, Fault, stamped_gateway};
 use semver::Version;
@@ -48,7 +48,7 @@ struct Fixture {
 /// What the pipeline is run with.
 struct Run {
     running: Version,
-    key: Option<TrustedKey>,
+    key: Option<TrustedKeys>,
     fetch: FetchOptions,
 }
 
@@ -170,11 +170,12 @@ async fn update_once(base: &str, layout: &Layout, run: &Run) -> Result<Option<Pa
         manifest: &manifest,
         channel: Channel::Stable,
         highest_trusted: state.highest_trusted.as_ref(),
+        last_published_at: state.published_at("stable"),
         quarantined: &state.quarantined,
         requested: None,
         now: SystemTime::now(),
     }) {
-        Decision::UpToDate => return Ok(None),
+        Decision::UpToDate | Decision::Ahead { .. } => return Ok(None),
         Decision::Refused(reason) => return Err(reason.to_string()),
         Decision::Update(version) => version,
     };
@@ -184,10 +185,11 @@ async fn update_once(base: &str, layout: &Layout, run: &Run) -> Result<Option<Pa
     stage(
         layout,
         &fetcher,
-        &version,
-        &url,
-        artifact,
-        SMOKE_TIMEOUT,
+        (&version, &url, artifact),
+        Attempt {
+            smoke_timeout: SMOKE_TIMEOUT,
+            fresh: false,
+        },
         |_| {},
     )
     .await
@@ -279,7 +281,7 @@ async fn a_signed_manifest_verifies_under_the_pinned_key_and_stages() {
     })
     .await;
     let run = Run {
-        key: Some(TrustedKey::parse(&keys.public_key).unwrap()),
+        key: Some(TrustedKeys::parse(&keys.public_key).unwrap()),
         ..Run::default()
     };
     assert!(f.update(&run).await.unwrap().is_some());
@@ -402,18 +404,26 @@ async fn an_expired_manifest_is_refused() {
         r.expires_in = Some(Duration::from_secs(3600));
     })
     .await;
-    f.refused(&Run::default(), "expired at").await;
+    f.refused(
+        &Run::default(),
+        "channel stable is stale: its latest.json expired at",
+    )
+    .await;
 }
 
 #[tokio::test]
-async fn a_manifest_older_than_the_running_version_is_refused() {
+async fn a_manifest_older_than_the_running_version_installs_nothing() {
     let f = Fixture::new().await;
     let run = Run {
         running: Version::new(99, 0, 0),
         ..Run::default()
     };
-    f.refused(&run, "older than the running 99.0.0; not downgrading")
-        .await;
+    assert_eq!(
+        f.update(&run).await,
+        Ok(None),
+        "the node is ahead: up to date"
+    );
+    assert_nothing_left(&f.layout);
 }
 
 #[tokio::test]
@@ -455,7 +465,7 @@ async fn a_bad_signature_is_refused() {
     body.extend_from_slice(b"\n\n");
     f.cdn.fault(MANIFEST, Fault::Replace(body));
     let run = Run {
-        key: Some(TrustedKey::parse(&keys.public_key).unwrap()),
+        key: Some(TrustedKeys::parse(&keys.public_key).unwrap()),
         ..Run::default()
     };
     f.refused(&run, "does not verify over latest.json").await;
@@ -468,7 +478,7 @@ async fn a_bad_signature_is_refused() {
     })
     .await;
     let run = Run {
-        key: Some(TrustedKey::parse(&other.public_key).unwrap()),
+        key: Some(TrustedKeys::parse(&other.public_key).unwrap()),
         ..Run::default()
     };
     f.refused(&run, "made by another key").await;
@@ -479,7 +489,7 @@ async fn a_missing_signature_is_refused_when_a_key_is_set() {
     let keys = generate_keypair(None).unwrap();
     let f = Fixture::new().await;
     let run = Run {
-        key: Some(TrustedKey::parse(&keys.public_key).unwrap()),
+        key: Some(TrustedKeys::parse(&keys.public_key).unwrap()),
         ..Run::default()
     };
     f.refused(&run, "refusing an unsigned manifest").await;
@@ -630,7 +640,7 @@ async fn download_throughput_on_loopback_is_measured_against_curl() {
         );
         let started = Instant::now();
         let done = fetcher
-            .download(&url, SIZE as u64, &mut out, |_| {})
+            .download(&url, SIZE as u64, false, &mut out, |_| {})
             .await
             .unwrap();
         best = best.min(started.elapsed());
@@ -697,7 +707,7 @@ async fn the_publish_cli_writes_a_signed_layout_the_updater_accepts() {
     let cdn = Cdn::start(&dir.path().join("cdn")).await;
     let layout = Layout::new(dir.path().join("state"));
     let run = Run {
-        key: Some(TrustedKey::parse(&public).unwrap()),
+        key: Some(TrustedKeys::parse(&public).unwrap()),
         ..Run::default()
     };
     let staged = update_once(&cdn.base_url(), &layout, &run)

@@ -22,6 +22,7 @@ fn apply_supervisor(state: &Path, base: &str) -> Supervisor {
         ("AIHUMMER_GATEWAY_BIN", old.to_str().expect("utf-8 path")),
         ("AIHUMMER_STATE_DIR", state.to_str().expect("utf-8 path")),
         ("AIHUMMER_AUTO_UPDATE", "apply"),
+        ("AIHUMMER_UPDATE_ALLOW_UNSIGNED", "true"),
         ("AIHUMMER_DOWNLOAD_BASE_URL", base),
     ])
 }

@@ -5,7 +5,7 @@
 //! ```text
 //! aihummer-publish release --binary target/release/aihummer-gateway --version 1.4.2 \
 //!     --channel stable --out /srv/cdn [--target TRIPLE] [--secret-key release.key] \
-//!     [--expires-in 30d] [--min-version 1.2.0] [--notes-url URL]
+//!     [--expires-in 14d | --no-expiry] [--min-version 1.2.0] [--notes-url URL]
 //! aihummer-publish keygen --out-dir DIR [--unencrypted]
 //! ```
 //!
@@ -56,9 +56,15 @@ enum Command {
         /// minisign secret key to sign latest.json with (password: AIHUMMER_PUBLISH_KEY_PASSWORD).
         #[arg(long)]
         secret_key: Option<PathBuf>,
-        /// Lifetime of the manifest, e.g. 30d; clients refuse it afterwards.
-        #[arg(long, value_parser = humantime::parse_duration)]
+        /// Lifetime of the manifest, e.g. 30d; nodes report the channel stale and refuse
+        /// it afterwards, so re-publish (or re-sign) before then. Default 14 days.
+        #[arg(long, value_parser = humantime::parse_duration, conflicts_with = "no_expiry")]
         expires_in: Option<Duration>,
+        /// Write no `expires`: a replayed old manifest then stays valid for ever (only the
+        /// nodes' newest-published_at check stands against it). For air-gapped mirrors
+        /// that are rarely refreshed.
+        #[arg(long)]
+        no_expiry: bool,
         /// Oldest running version allowed to update straight to this one.
         #[arg(long)]
         min_version: Option<semver::Version>,
@@ -112,6 +118,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             target,
             secret_key,
             expires_in,
+            no_expiry,
             min_version,
             notes_url,
             skip_version_check,
@@ -126,7 +133,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 target,
                 out,
                 published_at: SystemTime::now(),
-                expires_in,
+                expires_in: match no_expiry {
+                    true => None,
+                    false => Some(expires_in.unwrap_or(publish::DEFAULT_EXPIRES_IN)),
+                },
                 min_version,
                 notes_url,
                 key: secret_key.map(|path| SigningKey { path, password }),

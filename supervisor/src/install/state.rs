@@ -1,5 +1,6 @@
 //! `state.json`: what the install dir knows that has no other home (the highest trusted
-//! version, the quarantine, the last check), and the verbs that change it.
+//! version, the quarantine with its reasons, counts and times, the newest `published_at`
+//! accepted per channel, the last check), and the verbs that change it.
 //!
 //! The file is written atomically (temporary file, fsync, rename, fsync of the dir). The
 //! `current` and `previous` links say what runs; the file mirrors them for `status`.
@@ -59,17 +60,24 @@ pub struct LastCheck {
 impl LastCheck {
     /// A check that ran at `now`.
     pub fn new(now: SystemTime, outcome: CheckOutcome) -> Self {
-        let at = OffsetDateTime::from(now);
         LastCheck {
-            // Whole seconds: this is for people reading `status`.
-            at: at
-                .replace_nanosecond(0)
-                .unwrap_or(at)
-                .format(&Rfc3339)
-                .unwrap_or_else(|_| at.to_string()),
+            at: seconds_rfc3339(now),
             outcome,
         }
     }
+}
+
+/// One quarantined version's history, as `status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuarantineRecord {
+    /// The latest reason.
+    pub reason: String,
+    /// How many times the version was quarantined.
+    pub count: u32,
+    /// When it was first quarantined, RFC 3339, UTC.
+    pub first_at: String,
+    /// When it was last quarantined, RFC 3339, UTC.
+    pub last_at: String,
 }
 
 /// The contents of `state.json`. Fields missing from the file take their defaults, so a
@@ -88,6 +96,12 @@ pub struct State {
     pub highest_trusted: Option<Version>,
     /// Versions that failed a handoff or crash-looped, with the reason.
     pub quarantined: BTreeMap<String, String>,
+    /// The same versions with how often and when they were quarantined. Kept beside
+    /// `quarantined` (not in it) so that older supervisors still read the file.
+    pub quarantine_history: BTreeMap<String, QuarantineRecord>,
+    /// Per channel, the newest `published_at` (RFC 3339) of a manifest accepted from it:
+    /// an older one is a replay and is refused.
+    pub published_at: BTreeMap<String, String>,
     /// The last update check.
     pub last_check: Option<LastCheck>,
 }
@@ -100,6 +114,8 @@ impl Default for State {
             previous: None,
             highest_trusted: None,
             quarantined: BTreeMap::new(),
+            quarantine_history: BTreeMap::new(),
+            published_at: BTreeMap::new(),
             last_check: None,
         }
     }
@@ -117,19 +133,71 @@ impl State {
         }
     }
 
-    /// Quarantines `version` with `reason`; the updater skips it unless asked for it,
+    /// Quarantines `version` with `reason` now; the updater skips it unless asked for it,
     /// and it is no longer a rollback target.
     pub fn quarantine(&mut self, version: &Version, reason: impl Into<String>) {
-        self.quarantined.insert(version.to_string(), reason.into());
-        if self.previous.as_ref() == Some(version) {
-            self.previous = None;
-        }
+        self.quarantine_at(version, reason, SystemTime::now());
     }
 
     /// Whether `version` is quarantined.
     pub fn is_quarantined(&self, version: &Version) -> bool {
         self.quarantined.contains_key(&version.to_string())
     }
+
+    /// Quarantines `version` with `reason` at `now`, counting repeats.
+    pub fn quarantine_at(&mut self, version: &Version, reason: impl Into<String>, now: SystemTime) {
+        let reason = reason.into();
+        let at = seconds_rfc3339(now);
+        self.quarantined.insert(version.to_string(), reason.clone());
+        if self.previous.as_ref() == Some(version) {
+            self.previous = None;
+        }
+        self.quarantine_history
+            .entry(version.to_string())
+            .and_modify(|r| {
+                r.reason = reason.clone();
+                r.count = r.count.saturating_add(1);
+                r.last_at = at.clone();
+            })
+            .or_insert_with(|| QuarantineRecord {
+                reason,
+                count: 1,
+                first_at: at.clone(),
+                last_at: at,
+            });
+    }
+
+    /// The newest `published_at` accepted from `channel`; an unreadable entry counts as
+    /// none (it was written by this code, so only a hand edit makes one).
+    pub fn published_at(&self, channel: &str) -> Option<OffsetDateTime> {
+        self.published_at
+            .get(channel)
+            .and_then(|at| OffsetDateTime::parse(at, &Rfc3339).ok())
+    }
+
+    /// Records `at` as the newest `published_at` accepted from `channel` if it is newer
+    /// (never goes back); returns whether it changed.
+    pub fn accept_published_at(&mut self, channel: &str, at: OffsetDateTime) -> bool {
+        if self.published_at(channel).is_some_and(|last| last >= at) {
+            return false;
+        }
+        match at.format(&Rfc3339) {
+            Ok(text) => {
+                self.published_at.insert(channel.to_string(), text);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+}
+
+/// RFC 3339 in whole seconds: this is for people reading `status`.
+fn seconds_rfc3339(now: SystemTime) -> String {
+    let at = OffsetDateTime::from(now);
+    at.replace_nanosecond(0)
+        .unwrap_or(at)
+        .format(&Rfc3339)
+        .unwrap_or_else(|_| at.to_string())
 }
 
 impl Layout {
@@ -184,12 +252,22 @@ pub fn quarantine(layout: &Layout, version: &Version, reason: &str) -> Result<St
     Ok(state)
 }
 
-/// The quarantine as `status` lists it: `version: reason`.
+/// The quarantine as `status` lists it: `version: reason`, followed by how often and
+/// when when that is known (`(quarantined 2 times, first at ..., last at ...)`).
 pub fn quarantine_list(state: &State) -> Vec<String> {
     state
         .quarantined
         .iter()
-        .map(|(version, reason)| format!("{version}: {reason}"))
+        .map(
+            |(version, reason)| match state.quarantine_history.get(version) {
+                Some(r) if r.count > 1 => format!(
+                    "{version}: {reason} (quarantined {} times, first at {}, last at {})",
+                    r.count, r.first_at, r.last_at
+                ),
+                Some(r) => format!("{version}: {reason} (quarantined at {})", r.last_at),
+                None => format!("{version}: {reason}"),
+            },
+        )
         .collect()
 }
 
@@ -252,6 +330,49 @@ mod tests {
         fs::write(layout.state_file(), b"{\"schema\": 1, \"current\": ").unwrap();
         let err = layout.load_state().unwrap_err().to_string();
         assert!(err.contains("state.json is corrupt"), "{err}");
+    }
+
+    #[test]
+    fn a_quarantine_counts_repeats_and_keeps_first_and_last_time_and_status_lists_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(dir.path());
+        let at = |s| SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(s);
+        let mut state = State::default();
+        state.quarantine_at(&v("1.1.0"), "sha256 mismatch", at(60));
+        state.quarantine_at(&v("1.2.0"), "never became ready", at(61));
+        state.quarantine_at(&v("1.1.0"), "rolled back to 1.0.0", at(120));
+        layout.save_state(&state).unwrap();
+        let state = layout.load_state().unwrap();
+        assert_eq!(
+            quarantine_list(&state),
+            vec![
+                "1.1.0: rolled back to 1.0.0 (quarantined 2 times, first at 1970-01-01T00:01:00Z, last at 1970-01-01T00:02:00Z)",
+                "1.2.0: never became ready (quarantined at 1970-01-01T00:01:01Z)",
+            ]
+        );
+        // A file written before the history existed still lists its quarantine.
+        fs::write(
+            layout.state_file(),
+            b"{\"schema\": 1, \"quarantined\": {\"1.3.0\": \"bad\"}}",
+        )
+        .unwrap();
+        assert_eq!(
+            quarantine_list(&layout.load_state().unwrap()),
+            vec!["1.3.0: bad"]
+        );
+    }
+
+    #[test]
+    fn the_newest_published_at_per_channel_never_goes_back() {
+        let t = |s| OffsetDateTime::from_unix_timestamp(s).unwrap();
+        let mut state = State::default();
+        assert!(state.accept_published_at("stable", t(100)));
+        assert!(!state.accept_published_at("stable", t(100)));
+        assert!(!state.accept_published_at("stable", t(50)));
+        assert!(state.accept_published_at("beta", t(10)));
+        assert_eq!(state.published_at("stable"), Some(t(100)));
+        assert_eq!(state.published_at("beta"), Some(t(10)));
+        assert_eq!(state.published_at("dev"), None);
     }
 
     #[test]

@@ -359,7 +359,12 @@ impl Driver {
             let report = CheckReport {
                 explicit: request.explicit,
                 found: match &run.checked {
-                    Ok(Checked::UpToDate(version)) => Found::UpToDate(version.clone()),
+                    Ok(
+                        Checked::UpToDate(version)
+                        | Checked::Ahead {
+                            running: version, ..
+                        },
+                    ) => Found::UpToDate(version.clone()),
                     Ok(Checked::Available(offer)) => Found::Available(offer.version.clone()),
                     Ok(Checked::Refused(refusal)) => Found::Refused(refusal.to_string()),
                     Err(err) => Found::Failed(err.to_string()),

@@ -5,12 +5,17 @@
 //!
 //! 1. The manifest's `channel` must be the channel this supervisor tracks (a mirror that
 //!    serves `beta`'s manifest under `stable/` is refused, not obeyed).
-//! 2. A manifest whose `expires` is past is refused: it may be a replayed old one.
-//! 3. Same version as the running one (by SemVer precedence, build metadata ignored):
-//!    up to date.
+//! 2. A manifest published before the newest one already accepted from this channel
+//!    (`published_at` going backwards) is refused: someone replays an old, validly signed
+//!    manifest to freeze the node on an old version. The same `published_at` is the same
+//!    manifest fetched again, and fine.
+//! 3. A manifest whose `expires` is past is refused, and the channel reported stale: its
+//!    publisher stopped re-signing it, or it is a replayed old one.
 //! 4. An explicit request (`aihummer update --version X`) must name the version offered.
-//! 5. A version below the running one is refused: the updater never downgrades by itself
-//!    (`aihummer rollback` is the way back).
+//! 5. Same version as the running one (by SemVer precedence, build metadata ignored):
+//!    up to date. A version below the running one is up to date too ([`Decision::Ahead`]):
+//!    the node runs ahead of its channel (after `update --version`, or a channel switch),
+//!    and the updater never downgrades by itself (`aihummer rollback` is the way back).
 //! 6. A version below the highest version this install has ever trusted is refused, so a
 //!    CDN (or an attacker replaying an old, validly signed manifest) cannot walk an install
 //!    back down after a rollback either.
@@ -22,6 +27,9 @@
 //!    unless the operator asked for exactly that version.
 //!
 //! Otherwise the offered version is the update.
+//!
+//! Past 500 lines with its tests (one per rule, and a property test over all of them);
+//! the rules belong together.
 
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
@@ -44,6 +52,8 @@ pub struct Inputs<'a> {
     pub channel: Channel,
     /// The highest version this install has trusted (persisted in the state file).
     pub highest_trusted: Option<&'a Version>,
+    /// The newest `published_at` already accepted from this channel.
+    pub last_published_at: Option<OffsetDateTime>,
     /// Quarantined versions (as written, e.g. `1.1.0`) and why.
     pub quarantined: &'a BTreeMap<String, String>,
     /// A version the operator asked for explicitly.
@@ -57,6 +67,11 @@ pub struct Inputs<'a> {
 pub enum Decision {
     /// The offered version is the running one.
     UpToDate,
+    /// The offered version is older than the running one: nothing to do.
+    Ahead {
+        /// What the manifest offers.
+        offered: Version,
+    },
     /// Install this version.
     Update(Version),
     /// The manifest cannot be acted upon; the reason says why.
@@ -74,9 +89,27 @@ pub enum Refusal {
         /// The manifest's `channel`.
         found: String,
     },
-    /// `expires` is in the past.
-    #[error("the manifest for {version} expired at {expires}")]
+    /// The manifest was published before the newest one already accepted.
+    #[error(
+        "the manifest for {version} was published at {published_at}, before {last}, the newest already accepted from channel {channel}; refusing a replayed old manifest"
+    )]
+    Replayed {
+        /// The tracked channel.
+        channel: Channel,
+        /// The offered version.
+        version: Version,
+        /// Its `published_at`, RFC 3339.
+        published_at: String,
+        /// The newest accepted `published_at`, RFC 3339.
+        last: String,
+    },
+    /// `expires` is in the past: the channel is stale.
+    #[error(
+        "channel {channel} is stale: its latest.json expired at {expires} (it offers {version})"
+    )]
     Expired {
+        /// The tracked channel.
+        channel: Channel,
         /// The offered version.
         version: Version,
         /// Its `expires`, RFC 3339.
@@ -89,14 +122,6 @@ pub enum Refusal {
         requested: Version,
         /// What the manifest offers.
         offered: Version,
-    },
-    /// The offered version is older than the running one.
-    #[error("the channel offers {offered}, older than the running {running}; not downgrading")]
-    OlderThanRunning {
-        /// What the manifest offers.
-        offered: Version,
-        /// What runs.
-        running: Version,
     },
     /// The offered version is below one this install already trusted.
     #[error(
@@ -140,9 +165,17 @@ pub enum Refusal {
 pub fn decide(inputs: Inputs<'_>) -> Decision {
     match check(inputs) {
         Ok(Some(version)) => Decision::Update(version),
+        Ok(None) if runs_ahead(&inputs) => Decision::Ahead {
+            offered: inputs.manifest.version.clone(),
+        },
         Ok(None) => Decision::UpToDate,
         Err(refusal) => Decision::Refused(refusal),
     }
+}
+
+/// Whether the offer is below the running version (checked only once nothing refused it).
+fn runs_ahead(i: &Inputs<'_>) -> bool {
+    i.manifest.version.cmp_precedence(i.running) == Ordering::Less
 }
 
 fn check(i: Inputs<'_>) -> Result<Option<Version>, Refusal> {
@@ -154,10 +187,21 @@ fn check(i: Inputs<'_>) -> Result<Option<Version>, Refusal> {
             found: m.channel.clone(),
         });
     }
+    if let Some(last) = i.last_published_at
+        && m.published_at < last
+    {
+        return Err(Refusal::Replayed {
+            channel: i.channel,
+            version: offered.clone(),
+            published_at: rfc3339(m.published_at),
+            last: rfc3339(last),
+        });
+    }
     if let Some(expires) = m.expires
         && expires <= OffsetDateTime::from(i.now)
     {
         return Err(Refusal::Expired {
+            channel: i.channel,
             version: offered.clone(),
             expires: rfc3339(expires),
         });
@@ -170,15 +214,8 @@ fn check(i: Inputs<'_>) -> Result<Option<Version>, Refusal> {
             offered: offered.clone(),
         });
     }
-    match offered.cmp_precedence(i.running) {
-        Ordering::Equal => return Ok(None),
-        Ordering::Less => {
-            return Err(Refusal::OlderThanRunning {
-                offered: offered.clone(),
-                running: i.running.clone(),
-            });
-        }
-        Ordering::Greater => {}
+    if offered.cmp_precedence(i.running) != Ordering::Greater {
+        return Ok(None);
     }
     if let Some(highest) = i.highest_trusted
         && offered.cmp_precedence(highest) == Ordering::Less
@@ -248,6 +285,7 @@ mod tests {
         highest: Option<Version>,
         quarantined: BTreeMap<String, String>,
         requested: Option<Version>,
+        last_published_at: Option<OffsetDateTime>,
     }
 
     impl Case {
@@ -259,6 +297,7 @@ mod tests {
                 highest: None,
                 quarantined: BTreeMap::new(),
                 requested: None,
+                last_published_at: None,
             }
         }
 
@@ -268,6 +307,7 @@ mod tests {
                 manifest: &self.manifest,
                 channel: self.channel,
                 highest_trusted: self.highest.as_ref(),
+                last_published_at: self.last_published_at,
                 quarantined: &self.quarantined,
                 requested: self.requested.as_ref(),
                 now: now(),
@@ -290,10 +330,35 @@ mod tests {
     }
 
     #[test]
-    fn an_older_version_is_refused() {
+    fn a_channel_behind_the_node_is_up_to_date_not_a_refusal() {
+        assert_eq!(
+            Case::new("1.5.0", "1.4.0").decide(),
+            Decision::Ahead {
+                offered: v("1.4.0")
+            }
+        );
+    }
+
+    #[test]
+    fn a_replayed_old_manifest_is_refused_and_the_same_one_again_is_not() {
+        let mut c = Case::new("1.0.0", "1.1.0");
+        let published = c.manifest.published_at;
+        c.last_published_at = Some(published + time::Duration::seconds(1));
+        let Decision::Refused(r) = c.decide() else {
+            panic!()
+        };
+        assert_eq!(
+            r.to_string(),
+            "the manifest for 1.1.0 was published at 2023-11-14T22:13:20Z, before 2023-11-14T22:13:21Z, the newest already accepted from channel stable; refusing a replayed old manifest"
+        );
+        c.last_published_at = Some(published);
+        assert_eq!(c.decide(), Decision::Update(v("1.1.0")));
+        // Replayed and behind the node: still a replay, not "up to date".
+        c.running = v("1.2.0");
+        c.last_published_at = Some(published + time::Duration::seconds(1));
         assert!(matches!(
-            Case::new("1.1.0", "1.0.0").decide(),
-            Decision::Refused(Refusal::OlderThanRunning { .. })
+            c.decide(),
+            Decision::Refused(Refusal::Replayed { .. })
         ));
     }
 
@@ -343,7 +408,8 @@ mod tests {
         };
         assert!(
             r.to_string()
-                .starts_with("the manifest for 1.1.0 expired at 2027-01-15T")
+                .starts_with("channel stable is stale: its latest.json expired at 2027-01-15T"),
+            "{r}"
         );
         c.manifest.expires = Some(OffsetDateTime::from(now() + Duration::from_secs(60)));
         assert_eq!(c.decide(), Decision::Update(v("1.1.0")));
@@ -402,7 +468,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn never_picks_a_version_not_above_running_or_below_highest_trusted_or_quarantined_unasked(
+        fn never_picks_a_version_not_above_running_or_below_highest_trusted_or_quarantined_unasked_or_replayed(
             running in arb_version(),
             offered in arb_version(),
             min_version in proptest::option::of(arb_version()),
@@ -412,6 +478,7 @@ mod tests {
             quarantine_it in any::<bool>(),
             request in proptest::option::of(arb_version()),
             expires_in in proptest::option::of(-100i64..100),
+            accepted_ago in proptest::option::of(-100i64..100),
         ) {
             let mut m = manifest(&offered.to_string());
             m.channel = manifest_channel.as_str().into();
@@ -421,11 +488,13 @@ mod tests {
             if quarantine_it {
                 quarantined.insert(offered.to_string(), "failed".to_string());
             }
+            let last_published_at = accepted_ago.map(|s| m.published_at + time::Duration::seconds(s));
             let decision = decide(Inputs {
                 running: &running,
                 manifest: &m,
                 channel,
                 highest_trusted: highest.as_ref(),
+                last_published_at,
                 quarantined: &quarantined,
                 requested: request.as_ref(),
                 now: now(),
@@ -440,6 +509,7 @@ mod tests {
                 prop_assert!(picked.pre.is_empty() || channel.carries_prereleases());
                 prop_assert_eq!(manifest_channel, channel);
                 prop_assert!(expires_in.is_none_or(|s| s > 0));
+                prop_assert!(last_published_at.is_none_or(|last| m.published_at >= last));
             }
         }
     }

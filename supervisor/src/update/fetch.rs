@@ -6,10 +6,16 @@
 //! - Redirects are followed (at most five) under the scheme rules of `urls`.
 //! - Every request has a connect timeout and a read timeout (a CDN that accepts and then
 //!   hangs fails after the read timeout); the manifest request also has an overall one.
+//!   An artifact download must also keep a minimum rate and finish within a deadline
+//!   scaled by its size (see [`crate::update::download`]), so a CDN trickling a byte just
+//!   inside the read timeout cannot hold the update for ever.
 //! - The manifest is capped ([`FetchOptions::manifest_cap`]); a body beyond the cap is
 //!   refused rather than buffered.
 //! - Conditional GET: the previous answer's `ETag` goes out as `If-None-Match`, and a 304
 //!   is [`ManifestFetch::NotModified`].
+//!
+//! A little past 500 lines: the error enum names every way a CDN can fail, each with the
+//! context an operator needs; splitting it from the client would only scatter them.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -21,10 +27,18 @@ use url::Url;
 
 use crate::update::channel::Channel;
 use crate::update::manifest::Artifact;
-use crate::update::urls::{self, UrlError, check_scheme, file_path, manifest_url, signature_url};
+use crate::update::urls::{
+    self, UrlError, check_scheme, file_path, manifest_url, redact, signature_url,
+};
 
 /// Default cap on the size of `latest.json` (and of its signature).
 pub const MANIFEST_CAP: u64 = 1024 * 1024;
+/// Default cap on an artifact's size (`AIHUMMER_UPDATE_MAX_SIZE`): 1 GiB.
+pub const ARTIFACT_CAP: u64 = 1 << 30;
+/// Default minimum download rate (`AIHUMMER_UPDATE_MIN_RATE`), bytes per second.
+pub const MIN_RATE: u64 = 16 * 1024;
+/// Default window over which the minimum rate is measured.
+pub const RATE_WINDOW: Duration = Duration::from_secs(60);
 
 /// Why something could not be fetched.
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +76,38 @@ pub enum FetchError {
         url: String,
         /// The status.
         status: StatusCode,
+    },
+    /// The download kept below the minimum rate for a whole window.
+    #[error(
+        "download of {url} too slow: {got} bytes in the last {window:?}, below the minimum rate of {min_rate} bytes/s (AIHUMMER_UPDATE_MIN_RATE); abandoned after {total} bytes"
+    )]
+    TooSlow {
+        /// The URL.
+        url: String,
+        /// Bytes that arrived in the window.
+        got: u64,
+        /// The window.
+        window: Duration,
+        /// The minimum rate in force.
+        min_rate: u64,
+        /// Bytes downloaded in all.
+        total: u64,
+    },
+    /// The download did not finish within its deadline.
+    #[error(
+        "download of {url} did not finish within {deadline:?} (the deadline for {size} bytes at the minimum rate of {min_rate} bytes/s); abandoned after {got} bytes"
+    )]
+    Deadline {
+        /// The URL.
+        url: String,
+        /// The deadline.
+        deadline: Duration,
+        /// The artifact's size.
+        size: u64,
+        /// The minimum rate in force.
+        min_rate: u64,
+        /// Bytes downloaded.
+        got: u64,
     },
     /// A manifest or signature larger than the cap.
     #[error("{url} is larger than the {cap}-byte cap; refusing it")]
@@ -126,6 +172,8 @@ impl FetchError {
         match self {
             FetchError::Request { .. }
             | FetchError::Timeout { .. }
+            | FetchError::TooSlow { .. }
+            | FetchError::Deadline { .. }
             | FetchError::Broken { .. }
             | FetchError::Truncated { .. } => true,
             FetchError::Status { status, .. } => {
@@ -147,6 +195,14 @@ pub struct FetchOptions {
     pub manifest_timeout: Duration,
     /// Largest accepted `latest.json` (and `.minisig`).
     pub manifest_cap: u64,
+    /// Largest artifact a manifest may announce; a bigger one is refused before any
+    /// download.
+    pub artifact_cap: u64,
+    /// Bytes per second an artifact download must keep up, measured over `rate_window`.
+    /// At least 1.
+    pub min_rate: u64,
+    /// The window over which `min_rate` is measured.
+    pub rate_window: Duration,
     /// Accept `http://` to hosts that are not loopback. Off unless the operator opts in.
     pub allow_insecure_http: bool,
 }
@@ -158,6 +214,9 @@ impl Default for FetchOptions {
             read_timeout: Duration::from_secs(30),
             manifest_timeout: Duration::from_secs(60),
             manifest_cap: MANIFEST_CAP,
+            artifact_cap: ARTIFACT_CAP,
+            min_rate: MIN_RATE,
+            rate_window: RATE_WINDOW,
             allow_insecure_http: false,
         }
     }
@@ -232,15 +291,15 @@ impl Fetcher {
     pub(super) fn request_error(&self, url: &Url, err: reqwest::Error) -> FetchError {
         if err.is_timeout() {
             FetchError::Timeout {
-                url: url.to_string(),
+                url: redact(url),
                 connect: self.options.connect_timeout,
                 read: self.options.read_timeout,
-                reason: chain(&err),
+                reason: chain(&err.without_url()),
             }
         } else {
             FetchError::Request {
-                url: url.to_string(),
-                reason: chain(&err),
+                url: redact(url),
+                reason: chain(&err.without_url()),
             }
         }
     }
@@ -314,7 +373,7 @@ impl Fetcher {
         }
         if !response.status().is_success() {
             return Err(FetchError::Status {
-                url: url.to_string(),
+                url: redact(url),
                 status: response.status(),
             });
         }
@@ -339,7 +398,7 @@ impl Fetcher {
             StatusCode::NOT_FOUND => Ok(None),
             s if s.is_success() => Ok(Some(self.read_capped(url, response).await?)),
             status => Err(FetchError::Status {
-                url: url.to_string(),
+                url: redact(url),
                 status,
             }),
         }
@@ -352,7 +411,7 @@ impl Fetcher {
     ) -> Result<Vec<u8>, FetchError> {
         let cap = self.options.manifest_cap;
         let too_large = || FetchError::TooLarge {
-            url: url.to_string(),
+            url: redact(url),
             cap,
         };
         if content_length(&response).is_some_and(|len| len > cap) {
@@ -388,7 +447,7 @@ impl Fetcher {
             .map_err(file_err(&path))?;
         if body.len() as u64 > cap {
             return Err(FetchError::TooLarge {
-                url: url.to_string(),
+                url: redact(url),
                 cap,
             });
         }

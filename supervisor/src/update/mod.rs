@@ -14,9 +14,11 @@
 //! - [`decide`]: the update decision (channels, SemVer, downgrade floor, quarantine), pure.
 //! - [`stage`]: a downloaded artifact verified into `versions/<version>/`.
 //! - [`pipeline`]: check, verify, decide and stage in order, with retries.
+//! - [`settings`]: the `AIHUMMER_UPDATE_*` settings (keys, download limits), read through
+//!   the caller's lookup.
 //!
-//! Settings come in as plain values ([`UpdaterOptions`]); nothing here reads the
-//! environment. The publisher's side of the same layout is [`crate::publish`].
+//! The pipeline takes its settings as plain values ([`UpdaterOptions`]); nothing here
+//! reads the process environment. The publisher's side of the same layout is [`crate::publish`].
 
 pub mod channel;
 pub mod decide;
@@ -24,6 +26,7 @@ pub mod download;
 pub mod fetch;
 pub mod manifest;
 pub mod pipeline;
+pub mod settings;
 pub mod signature;
 pub mod stage;
 #[cfg(test)]
@@ -32,5 +35,6 @@ pub mod urls;
 
 pub use channel::{Channel, UnknownChannel};
 pub use pipeline::{Checked, Offer, Run, Updater, UpdaterError, UpdaterOptions};
-pub use signature::{SignatureError, TrustedKey};
+pub use settings::{UpdateSettingError, UpdateSettings};
+pub use signature::{SignatureError, TrustedKeys};
 pub use urls::{UrlError, parse_base_url};

@@ -7,7 +7,20 @@
 //! a supervisor. What the bytes mean is [`crate::update::manifest`]'s,
 //! [`crate::update::signature`]'s and [`crate::update::decide`]'s business; this module
 //! only strings them together. It is built from [`UpdaterOptions`], plain values the
-//! caller reads from wherever it likes.
+//! caller reads from wherever it likes (every timeout among them, so tests run short).
+//!
+//! What it keeps between checks: the last verified manifest (for conditional GETs) and
+//! the newest `published_at` accepted from the channel, which is saved in `state.json`
+//! when there is an install dir (else kept for the life of the process), so a replayed
+//! older manifest is refused.
+//!
+//! A stage that fails on a sha256 or size mismatch is tried once more with a fresh
+//! download past every cache, and one whose smoke test timed out once more with a longer
+//! timeout, before the failure is reported; only what is then still wrong with the bytes
+//! or the binary is the release's fault ([`UpdaterError::blames_release`]).
+//!
+//! A little past 500 lines with its tests: check, stage and their retries share the
+//! updater's state and are read together.
 
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -15,16 +28,17 @@ use std::time::{Duration, SystemTime};
 
 use aihummer_common::backoff::Backoff;
 use semver::Version;
+use time::OffsetDateTime;
 use url::Url;
 
-use crate::install::{CheckOutcome, InstallError, Layout, SMOKE_TIMEOUT, State};
+use crate::install::{CheckOutcome, InstallError, Layout, SMOKE_TIMEOUT, SmokeError, State};
 use crate::update::channel::Channel;
 use crate::update::decide::{self, Decision, Refusal};
 use crate::update::fetch::{FetchError, FetchOptions, Fetched, Fetcher, ManifestFetch};
 use crate::update::manifest::{self, Manifest, ManifestError, TARGET};
-use crate::update::signature::{self, SignatureError, TrustedKey};
-use crate::update::stage::{self, StageError};
-use crate::update::urls::manifest_url;
+use crate::update::signature::{self, SignatureError, TrustedKeys};
+use crate::update::stage::{self, Attempt, StageError};
+use crate::update::urls::{manifest_url, redact};
 
 /// Why a check or a stage did not get through.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +64,18 @@ pub enum UpdaterError {
     /// The artifact could not be staged.
     #[error(transparent)]
     Stage(#[from] StageError),
+    /// The manifest announces an artifact larger than the cap.
+    #[error(
+        "{version}'s artifact is {size} bytes, more than the {cap}-byte cap (AIHUMMER_UPDATE_MAX_SIZE); refusing it before any download"
+    )]
+    ArtifactTooLarge {
+        /// The offered version.
+        version: Version,
+        /// The size the manifest announces.
+        size: u64,
+        /// The cap in force.
+        cap: u64,
+    },
     /// The CDN said "not modified" but nothing was remembered to compare with.
     #[error("{url} answered 304 Not Modified to a request that sent no ETag")]
     UnexpectedNotModified {
@@ -69,19 +95,22 @@ impl UpdaterError {
     }
 
     /// Whether the failure is the release's fault, so its version is quarantined: the
-    /// bytes or the binary are wrong, not the network or this machine.
+    /// bytes are wrong even when fetched past every cache, or the binary reports no or
+    /// the wrong version. Not the network, a cache or a slow machine: a smoke test that
+    /// timed out (twice) is this host's trouble as likely as the release's.
     pub fn blames_release(&self) -> bool {
-        matches!(
-            self,
-            UpdaterError::Stage(
-                StageError::Sha256 { .. }
-                    | StageError::Install(InstallError::Smoke(_))
-                    | StageError::Fetch {
-                        source: FetchError::Oversized { .. },
-                        ..
-                    }
-            )
-        )
+        match self {
+            UpdaterError::Stage(err) => {
+                err.is_mismatch()
+                    || matches!(
+                        err,
+                        StageError::Install(InstallError::Smoke(
+                            SmokeError::WrongVersion { .. } | SmokeError::Failed { .. }
+                        ))
+                    )
+            }
+            _ => false,
+        }
     }
 }
 
@@ -99,6 +128,13 @@ pub struct Offer {
 pub enum Checked {
     /// The channel offers the running version.
     UpToDate(Version),
+    /// The channel offers an older version than the running one: nothing to do.
+    Ahead {
+        /// What runs.
+        running: Version,
+        /// What the channel offers.
+        offered: Version,
+    },
     /// A newer version may be installed.
     Available(Offer),
     /// The manifest was fetched and verified, but is not acted upon.
@@ -112,11 +148,16 @@ pub struct Updater {
     fetcher: Fetcher,
     base: Url,
     channel: Channel,
-    key: Option<TrustedKey>,
+    key: Option<TrustedKeys>,
     layout: Option<Layout>,
     smoke_timeout: Duration,
+    smoke_retry_timeout: Duration,
+    check_retry: (Duration, Duration),
     /// Only a manifest that verified is kept, so a 304 never revives rejected bytes.
     last: Mutex<Option<Fetched>>,
+    /// The newest `published_at` accepted by this process (the state file keeps it
+    /// across restarts when there is an install dir).
+    published_at: Mutex<Option<OffsetDateTime>>,
 }
 
 /// What an [`Updater`] is built from.
@@ -126,14 +167,19 @@ pub struct UpdaterOptions {
     pub base: Url,
     /// The channel tracked.
     pub channel: Channel,
-    /// When set, manifests must be signed by this key.
-    pub key: Option<TrustedKey>,
+    /// When set, manifests must be signed by one of these keys.
+    pub key: Option<TrustedKeys>,
     /// The install dir; without one, checks work but nothing can be staged.
     pub layout: Option<Layout>,
     /// The CDN client's timeouts and caps.
     pub fetch: FetchOptions,
     /// How long a staged binary's `--version` may take.
     pub smoke_timeout: Duration,
+    /// How long it may take when tried again after a timeout.
+    pub smoke_retry_timeout: Duration,
+    /// The wait before the first retry of a check that failed for a reason that may pass,
+    /// and the longest wait between two attempts.
+    pub check_retry: (Duration, Duration),
 }
 
 impl UpdaterOptions {
@@ -147,6 +193,8 @@ impl UpdaterOptions {
             layout: None,
             fetch: FetchOptions::default(),
             smoke_timeout: SMOKE_TIMEOUT,
+            smoke_retry_timeout: SMOKE_TIMEOUT * 4,
+            check_retry: (FIRST_RETRY, MAX_RETRY),
         }
     }
 }
@@ -161,14 +209,16 @@ impl Updater {
             key: options.key,
             layout: options.layout,
             smoke_timeout: options.smoke_timeout,
+            smoke_retry_timeout: options.smoke_retry_timeout,
+            check_retry: options.check_retry,
             last: Mutex::new(None),
+            published_at: Mutex::new(None),
         })
     }
 
-    /// Where the manifest is fetched from, for messages.
+    /// Where the manifest is fetched from, for messages (credentials and query redacted).
     pub fn manifest_url(&self) -> String {
-        manifest_url(&self.base, self.channel)
-            .map_or_else(|_| self.base.to_string(), |u| u.to_string())
+        manifest_url(&self.base, self.channel).map_or_else(|_| redact(&self.base), |u| redact(&u))
     }
 
     /// The install state the decision reads: the state file, or a fresh one when no
@@ -190,22 +240,49 @@ impl Updater {
         let fetched = self.fetch().await?;
         let manifest = manifest::parse(&fetched.body)?;
         let state = self.state()?;
+        let remembered = self.published_at.lock().ok().and_then(|at| *at);
+        let last_published_at = state.published_at(self.channel.as_str()).max(remembered);
         let decision = decide::decide(decide::Inputs {
             running,
             manifest: &manifest,
             channel: self.channel,
             highest_trusted: state.highest_trusted.as_ref(),
+            last_published_at,
             quarantined: &state.quarantined,
             requested,
             now: SystemTime::now(),
         });
+        if !matches!(
+            decision,
+            Decision::Refused(Refusal::WrongChannel { .. } | Refusal::Replayed { .. })
+        ) {
+            self.accept_published_at(manifest.published_at);
+        }
         Ok(match decision {
             Decision::UpToDate => Checked::UpToDate(running.clone()),
-            Decision::Refused(refusal) => Checked::Refused(refusal),
+            Decision::Ahead { offered } => Checked::Ahead {
+                running: running.clone(),
+                offered,
+            },
+            Decision::Refused(refusal) => {
+                if matches!(refusal, Refusal::Expired { .. }) {
+                    // Service goes on; someone must re-publish (or re-sign) the channel.
+                    tracing::warn!(url = %self.manifest_url(), "{refusal}");
+                }
+                Checked::Refused(refusal)
+            }
             Decision::Update(version) => {
-                // A release without a build for this machine is refused at the check, not
-                // halfway through an install.
-                manifest.artifact_for(TARGET)?;
+                // A release without a build for this machine, or too big a one, is
+                // refused at the check, not halfway through an install.
+                let artifact = manifest.artifact_for(TARGET)?;
+                let cap = self.fetcher.options.artifact_cap;
+                if artifact.size > cap {
+                    return Err(UpdaterError::ArtifactTooLarge {
+                        version,
+                        size: artifact.size,
+                        cap,
+                    });
+                }
                 Checked::Available(Offer {
                     version,
                     manifest,
@@ -213,6 +290,29 @@ impl Updater {
                 })
             }
         })
+    }
+
+    /// Remembers `at` as the newest `published_at` accepted from the channel, in the
+    /// state file when there is one. A state file that cannot be written (an operator's
+    /// `update --check` without write access) costs only the memory across restarts.
+    fn accept_published_at(&self, at: OffsetDateTime) {
+        if let Ok(mut remembered) = self.published_at.lock()
+            && remembered.is_none_or(|r| r < at)
+        {
+            *remembered = Some(at);
+        }
+        let Some(layout) = &self.layout else {
+            return;
+        };
+        let saved = layout.load_state().and_then(|mut state| {
+            match state.accept_published_at(self.channel.as_str(), at) {
+                true => layout.save_state(&state),
+                false => Ok(()),
+            }
+        });
+        if let Err(err) = saved {
+            tracing::warn!(error = %err, "cannot save the channel's newest published_at");
+        }
     }
 
     /// The manifest's verified bytes: fetched anew, or the remembered ones on a 304.
@@ -266,16 +366,33 @@ impl Updater {
         let artifact = offer.manifest.artifact_for(TARGET)?;
         let url = self.fetcher.artifact_url(&offer.manifest_url, artifact)?;
         let total = artifact.size;
-        Ok(stage::stage(
-            layout,
-            &self.fetcher,
-            &offer.version,
-            &url,
-            artifact,
-            self.smoke_timeout,
-            |bytes| progress(bytes, total),
-        )
-        .await?)
+        let mut attempt = Attempt {
+            smoke_timeout: self.smoke_timeout,
+            fresh: false,
+        };
+        let mut smoke_retried = false;
+        loop {
+            let result = stage::stage(
+                layout,
+                &self.fetcher,
+                (&offer.version, &url, artifact),
+                attempt,
+                |bytes| progress(bytes, total),
+            )
+            .await;
+            match result {
+                Err(err) if err.is_mismatch() && !attempt.fresh => {
+                    tracing::warn!(version = %offer.version, error = %err, "download does not match the manifest; fetching it once more past every cache");
+                    attempt.fresh = true;
+                }
+                Err(err) if err.is_smoke_timeout() && !smoke_retried => {
+                    tracing::warn!(version = %offer.version, error = %err, retry_timeout = ?self.smoke_retry_timeout, "smoke test timed out; trying once more with a longer timeout");
+                    smoke_retried = true;
+                    attempt.smoke_timeout = self.smoke_retry_timeout;
+                }
+                result => return Ok(result?),
+            }
+        }
     }
 }
 
@@ -308,7 +425,7 @@ impl Updater {
         progress: impl FnMut(u64, u64),
     ) -> Run {
         let mut checked = self.check(running, requested).await;
-        let mut backoff = Backoff::new(FIRST_RETRY, MAX_RETRY);
+        let mut backoff = Backoff::new(self.check_retry.0, self.check_retry.1);
         for _ in 1..CHECK_ATTEMPTS {
             match &checked {
                 Err(err) if err.is_transient() => {
@@ -334,7 +451,10 @@ impl Checked {
     /// The outcome as the state file keeps it.
     pub fn outcome(&self) -> CheckOutcome {
         match self {
-            Checked::UpToDate(version) => CheckOutcome::UpToDate {
+            Checked::UpToDate(version)
+            | Checked::Ahead {
+                running: version, ..
+            } => CheckOutcome::UpToDate {
                 version: version.clone(),
             },
             Checked::Available(offer) => CheckOutcome::Available {
@@ -350,7 +470,6 @@ impl Checked {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::install::SmokeError;
     use reqwest::StatusCode;
 
     #[test]
@@ -365,6 +484,16 @@ mod tests {
             },
         )));
         assert!(smoke.blames_release() && !smoke.is_transient());
+        let slow = UpdaterError::Stage(StageError::Install(InstallError::Smoke(
+            SmokeError::Timeout {
+                binary: PathBuf::from("/x"),
+                after: Duration::from_secs(5),
+            },
+        )));
+        assert!(
+            !slow.blames_release(),
+            "a slow --version is this host's trouble as likely as the release's"
+        );
         let sha = UpdaterError::Stage(StageError::Sha256 {
             version: v.clone(),
             expected: "a".into(),

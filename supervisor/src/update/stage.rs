@@ -4,6 +4,9 @@
 //! `versions/<version>/aihummer-gateway` (see [`crate::install::staging`]).
 //!
 //! Whatever the reason a stage fails, nothing is left in `staging/` or `versions/`.
+//! Whether a failure is worth one more [`Attempt`] (a fresh download after a mismatch, a
+//! longer smoke test after a timeout) is the pipeline's call; this module says which
+//! failure it was.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -14,7 +17,7 @@ use url::Url;
 
 use crate::durable::{FileError, io_err};
 use crate::install::staging::sha256_file;
-use crate::install::{InstallError, Layout, smoke_test};
+use crate::install::{InstallError, Layout, SmokeError, smoke_test};
 use crate::update::fetch::{FetchError, Fetcher};
 use crate::update::manifest::Artifact;
 
@@ -69,6 +72,40 @@ pub enum StageError {
     },
 }
 
+/// How one stage attempt runs.
+#[derive(Debug, Clone, Copy)]
+pub struct Attempt {
+    /// How long the staged binary's `--version` may take.
+    pub smoke_timeout: Duration,
+    /// Bypass caches on the download (the retry after a mismatch).
+    pub fresh: bool,
+}
+
+impl StageError {
+    /// The bytes that arrived are not the manifest's (sha256, or more bytes than its
+    /// size): a corrupt cache or CDN node as likely as a bad release, so worth one fresh
+    /// download before the release is blamed.
+    pub fn is_mismatch(&self) -> bool {
+        matches!(
+            self,
+            StageError::Sha256 { .. }
+                | StageError::Fetch {
+                    source: FetchError::Oversized { .. },
+                    ..
+                }
+        )
+    }
+
+    /// `<binary> --version` did not answer in time: a loaded host as likely as a bad
+    /// binary, so never the release's fault on its own.
+    pub fn is_smoke_timeout(&self) -> bool {
+        matches!(
+            self,
+            StageError::Install(InstallError::Smoke(SmokeError::Timeout { .. }))
+        )
+    }
+}
+
 /// Downloads `artifact` (at `url`, already resolved and checked by
 /// [`Fetcher::artifact_url`]) as `version` into the install dir and returns the path of
 /// the installed binary, `versions/<version>/aihummer-gateway`. When that file already
@@ -77,12 +114,11 @@ pub enum StageError {
 pub async fn stage(
     layout: &Layout,
     fetcher: &Fetcher,
-    version: &Version,
-    url: &Url,
-    artifact: &Artifact,
-    smoke_timeout: Duration,
+    (version, url, artifact): (&Version, &Url, &Artifact),
+    attempt: Attempt,
     progress: impl FnMut(u64),
 ) -> Result<PathBuf, StageError> {
+    let smoke_timeout = attempt.smoke_timeout;
     let installed = layout.binary(version);
     if sha256_file(&installed).await.ok().as_ref() == Some(&artifact.sha256) {
         smoke_test(&installed, Some(version), smoke_timeout)
@@ -108,7 +144,7 @@ pub async fn stage(
     // A large buffer turns the many small HTTP chunks into few blocking writes.
     let mut out = BufWriter::with_capacity(1024 * 1024, tokio::fs::File::from_std(file));
     let downloaded = fetcher
-        .download(url, artifact.size, &mut out, progress)
+        .download(url, artifact.size, attempt.fresh, &mut out, progress)
         .await
         .map_err(|source| StageError::Fetch {
             version: version.clone(),

@@ -7,6 +7,9 @@
 //! signature key can be swapped by anyone on the path; `file://` for air-gapped mirrors,
 //! and for an artifact only when its manifest came from one (a remote manifest must not
 //! make the supervisor read local files). Redirects follow the same rules.
+//!
+//! A CDN URL may carry secrets (`https://user:token@cdn/...`, `...?X-Amz-Signature=...`),
+//! so every URL that reaches a log line, an error or `status` goes through [`redact`].
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -19,7 +22,7 @@ use crate::update::channel::Channel;
 #[derive(Debug, thiserror::Error)]
 pub enum UrlError {
     /// `AIHUMMER_DOWNLOAD_BASE_URL` is not a usable URL.
-    #[error("AIHUMMER_DOWNLOAD_BASE_URL={value:?} is not usable: {reason}")]
+    #[error("AIHUMMER_DOWNLOAD_BASE_URL={value} is not usable: {reason}")]
     BaseUrl {
         /// What it was set to.
         value: String,
@@ -58,12 +61,15 @@ pub enum UrlError {
 
 /// Parses `AIHUMMER_DOWNLOAD_BASE_URL` and applies the scheme rules.
 pub fn parse_base_url(value: &str, allow_insecure_http: bool) -> Result<Url, UrlError> {
-    let refused = |reason: String| UrlError::BaseUrl {
-        value: value.to_string(),
-        reason,
-    };
-    let url = Url::parse(value.trim()).map_err(|err| refused(err.to_string()))?;
-    check_scheme(&url, allow_insecure_http, true).map_err(|err| refused(err.to_string()))?;
+    let url = Url::parse(value.trim()).map_err(|err| UrlError::BaseUrl {
+        // What does not parse cannot be redacted piecewise, so none of it is shown.
+        value: "(not shown: it does not parse as a URL)".into(),
+        reason: err.to_string(),
+    })?;
+    check_scheme(&url, allow_insecure_http, true).map_err(|err| UrlError::BaseUrl {
+        value: redact(&url),
+        reason: err.to_string(),
+    })?;
     Ok(url)
 }
 
@@ -75,7 +81,7 @@ pub fn manifest_url(base: &Url, channel: Channel) -> Result<Url, UrlError> {
         channel
     );
     Url::parse(&text).map_err(|err| UrlError::BaseUrl {
-        value: base.to_string(),
+        value: redact(base),
         reason: err.to_string(),
     })
 }
@@ -94,7 +100,7 @@ pub fn resolve_url(manifest_url: &Url, artifact_url: &str) -> Result<Url, UrlErr
         .join(artifact_url)
         .map_err(|err| UrlError::Resolve {
             url: artifact_url.to_string(),
-            base: manifest_url.to_string(),
+            base: redact(manifest_url),
             reason: err.to_string(),
         })
 }
@@ -120,12 +126,10 @@ pub fn check_scheme(
     match url.scheme() {
         "https" => Ok(()),
         "http" if allow_insecure_http || is_loopback(url) => Ok(()),
-        "http" => Err(UrlError::InsecureHttp {
-            url: url.to_string(),
-        }),
+        "http" => Err(UrlError::InsecureHttp { url: redact(url) }),
         "file" if allow_file => Ok(()),
         scheme => Err(UrlError::Scheme {
-            url: url.to_string(),
+            url: redact(url),
             scheme: scheme.to_string(),
         }),
     }
@@ -134,9 +138,28 @@ pub fn check_scheme(
 /// The local path of a `file://` URL.
 pub fn file_path(url: &Url) -> Result<PathBuf, UrlError> {
     url.to_file_path().map_err(|()| UrlError::Scheme {
-        url: url.to_string(),
+        url: redact(url),
         scheme: "file (with a host or a relative path)".into(),
     })
+}
+
+/// `url` as logs and messages show it: a password or user name becomes `***`, and a
+/// query string `?***`, so credentials and signed-link tokens never reach a log.
+pub fn redact(url: &Url) -> String {
+    let mut shown = url.clone();
+    // Setting these fails only for URLs that cannot have them (`file:`, `data:`), which
+    // then have none to hide.
+    if !shown.username().is_empty() {
+        let _ = shown.set_username("***");
+    }
+    if shown.password().is_some() {
+        let _ = shown.set_password(Some("***"));
+    }
+    if shown.query().is_some() {
+        shown.set_query(Some("***"));
+    }
+    shown.set_fragment(None);
+    shown.to_string()
 }
 
 fn is_loopback(url: &Url) -> bool {
@@ -203,6 +226,24 @@ mod tests {
             resolve_url(&file, "1.4.2/gw").unwrap().as_str(),
             "file:///srv/mirror/stable/1.4.2/gw"
         );
+    }
+
+    #[test]
+    fn credentials_and_query_strings_are_redacted() {
+        let url = Url::parse(
+            "https://deploy:s3cret@cdn.example.com/stable/1.0.0/gw?X-Amz-Signature=abc&t=1#f",
+        )
+        .unwrap();
+        assert_eq!(
+            redact(&url),
+            "https://***:***@cdn.example.com/stable/1.0.0/gw?***"
+        );
+        let token_only = Url::parse("https://tok@cdn.example.com/x").unwrap();
+        assert_eq!(redact(&token_only), "https://***@cdn.example.com/x");
+        let plain = Url::parse("https://cdn.example.com/stable/latest.json").unwrap();
+        assert_eq!(redact(&plain), plain.as_str());
+        let file = Url::parse("file:///srv/mirror/stable/latest.json").unwrap();
+        assert_eq!(redact(&file), file.as_str());
     }
 
     #[test]
