@@ -279,3 +279,26 @@ async fn outbox_counts_are_served_on_the_operator_listener_and_not_in_public() {
         (200, Some(u64::from(gw.pid())))
     );
 }
+
+#[tokio::test]
+async fn the_webhook_url_is_logged_without_its_credentials_or_query_string() {
+    let db = TestDb::create().await;
+    let port = free_port();
+    let hook = format!("http://bot:hunter2secret@127.0.0.1:{port}/hook?token=qs3cret");
+    let gw = Gateway::start(&[
+        ("AIHUMMER_DATABASE_URL", &db.url()),
+        ("AIHUMMER_REPLY_WEBHOOK_URL", &hook),
+    ]);
+    gw.wait_ready(Duration::from_secs(30)).await;
+    let logs = wait_for(Duration::from_secs(10), "the delivery log line", || async {
+        let logs = gw.logs();
+        logs.contains("delivering replies").then_some(logs)
+    })
+    .await;
+    let shown = format!("http://redacted@127.0.0.1:{port}/hook?redacted");
+    assert!(logs.contains(&shown), "{logs}");
+    assert!(
+        !logs.contains("hunter2secret") && !logs.contains("qs3cret"),
+        "{logs}"
+    );
+}
