@@ -3,11 +3,13 @@
 //! their documented sockets, signals, routes and exit codes.
 //!
 //! - [`settings`]: the `AIHUMMER_*` reader and value parsers, errors naming the variable.
+//! - [`redact`]: URLs shown in logs and errors without credentials or query strings.
 //! - [`backoff`]: exponential retry delays with jitter, a pure value.
 //! - [`sockets`]: the names and numbering of sockets passed to a gateway.
 //! - [`logging`]: `tracing` output, human on a terminal, JSON otherwise.
 
 pub mod backoff;
 pub mod logging;
+pub mod redact;
 pub mod settings;
 pub mod sockets;

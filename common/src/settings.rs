@@ -2,11 +2,21 @@
 //! parsers behind it. A refused value is a [`SettingError`] naming the variable and the
 //! value, so the operator knows what to fix; each binary's own config error wraps it.
 //!
+//! Every duration has a ceiling: its own documented maximum
+//! ([`Env::duration_at_most`]), or [`MAX_DURATION`]. A typo like `30000000000s` is then
+//! a startup error naming the variable rather than a timer that never fires, or an
+//! `Instant` overflow that panics the first time it is added to `now`.
+//!
 //! The reader takes a lookup function instead of the process environment, so every rule
 //! is unit tested without touching global state.
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
+
+/// The ceiling for a duration without a maximum of its own: ten years (of 365.25 days,
+/// as `humantime` counts them, so it prints as `10years`). Far beyond any sensible
+/// timeout or retention, and far below what overflows an `Instant`.
+pub const MAX_DURATION: Duration = Duration::from_secs(315_576_000);
 
 /// A setting that cannot be used, named so the operator knows what to fix.
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +40,24 @@ pub enum SettingError {
         value: String,
         /// Why it was refused.
         reason: String,
+    },
+    /// A duration above the variable's maximum.
+    #[error("{var}={value:?} is more than the maximum of {max}")]
+    TooLong {
+        /// The variable's name.
+        var: &'static str,
+        /// What it was set to.
+        value: String,
+        /// The largest accepted value, humanly written.
+        max: String,
+    },
+    /// A yes/no setting that is neither.
+    #[error("{var}={value:?} is not true or false")]
+    Flag {
+        /// The variable's name.
+        var: &'static str,
+        /// What it was set to.
+        value: String,
     },
 }
 
@@ -59,14 +87,45 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
         (self.lookup)(var).filter(|v| !v.trim().is_empty())
     }
 
-    /// A duration, or `default` when unset.
+    /// A duration, or `default` when unset; at most [`MAX_DURATION`].
     pub fn duration(&self, var: &'static str, default: Duration) -> Result<Duration, SettingError> {
-        match self.get(var) {
-            None => Ok(default),
-            Some(value) => parse_duration(&value).map_err(|reason| SettingError::Duration {
+        self.duration_at_most(var, default, MAX_DURATION)
+    }
+
+    /// A duration, or `default` when unset; a value above `max` is refused.
+    pub fn duration_at_most(
+        &self,
+        var: &'static str,
+        default: Duration,
+        max: Duration,
+    ) -> Result<Duration, SettingError> {
+        let Some(value) = self.get(var) else {
+            return Ok(default);
+        };
+        let value = value.trim().to_string();
+        match parse_duration(&value) {
+            Ok(duration) if duration <= max => Ok(duration),
+            Ok(_) => Err(SettingError::TooLong {
+                var,
+                value,
+                max: humantime::format_duration(max).to_string(),
+            }),
+            Err(reason) => Err(SettingError::Duration { var, value, reason }),
+        }
+    }
+
+    /// A yes/no setting (`true`/`false`, `yes`/`no`, `on`/`off`, `1`/`0`, any case), or
+    /// `default` when unset.
+    pub fn flag(&self, var: &'static str, default: bool) -> Result<bool, SettingError> {
+        let Some(value) = self.get(var) else {
+            return Ok(default);
+        };
+        match value.trim().to_ascii_lowercase().as_str() {
+            "true" | "yes" | "on" | "1" => Ok(true),
+            "false" | "no" | "off" | "0" => Ok(false),
+            _ => Err(SettingError::Flag {
                 var,
                 value: value.trim().to_string(),
-                reason,
             }),
         }
     }
@@ -79,6 +138,22 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
     ) -> Result<SocketAddr, SettingError> {
         let value = self.get(var).unwrap_or_else(|| default.to_string());
         parse_listen_addr(&value).map_err(|reason| SettingError::Address { var, value, reason })
+    }
+
+    /// A listen address for something off by default: `None` when unset.
+    pub fn optional_listen_addr(
+        &self,
+        var: &'static str,
+    ) -> Result<Option<SocketAddr>, SettingError> {
+        self.get(var)
+            .map(|value| {
+                parse_listen_addr(&value).map_err(|reason| SettingError::Address {
+                    var,
+                    value,
+                    reason,
+                })
+            })
+            .transpose()
     }
 }
 
@@ -163,6 +238,63 @@ mod tests {
             Duration::from_secs(3)
         );
         assert_eq!(env.listen_addr("AIHUMMER_UNSET", ":9").unwrap().port(), 9);
+    }
+
+    #[test]
+    fn a_duration_above_its_maximum_is_refused_naming_variable_value_and_maximum() {
+        let env = env(&[
+            ("AIHUMMER_DRAIN_TIMEOUT", "1000000000000s"),
+            ("AIHUMMER_LEASE", "2h"),
+            ("AIHUMMER_OK", "1h"),
+        ]);
+        let err = env
+            .duration("AIHUMMER_DRAIN_TIMEOUT", Duration::ZERO)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("AIHUMMER_DRAIN_TIMEOUT=\"1000000000000s\"")
+                && err.contains("maximum of 10years"),
+            "{err}"
+        );
+        let hour = Duration::from_secs(3600);
+        let err = env
+            .duration_at_most("AIHUMMER_LEASE", hour, hour)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("AIHUMMER_LEASE=\"2h\"") && err.contains("maximum of 1h"),
+            "{err}"
+        );
+        assert_eq!(
+            env.duration_at_most("AIHUMMER_OK", Duration::ZERO, hour)
+                .unwrap(),
+            hour
+        );
+        assert_eq!(
+            env.duration_at_most("AIHUMMER_UNSET", hour, Duration::ZERO)
+                .unwrap(),
+            hour,
+            "a default is not checked against the maximum"
+        );
+    }
+
+    #[test]
+    fn flags_take_the_usual_spellings_and_refuse_anything_else() {
+        let env = env(&[("A", "TRUE"), ("B", "off"), ("C", "0"), ("D", "maybe")]);
+        assert!(env.flag("A", false).unwrap());
+        assert!(!env.flag("B", true).unwrap());
+        assert!(!env.flag("C", true).unwrap());
+        assert!(env.flag("UNSET", true).unwrap());
+        let err = env.flag("D", false).unwrap_err().to_string();
+        assert!(err.contains("D=\"maybe\""), "{err}");
+    }
+
+    #[test]
+    fn an_optional_address_is_none_when_unset_and_refused_when_bad() {
+        let env = env(&[("A", ":9100"), ("B", "nope")]);
+        assert_eq!(env.optional_listen_addr("A").unwrap().unwrap().port(), 9100);
+        assert!(env.optional_listen_addr("UNSET").unwrap().is_none());
+        assert!(env.optional_listen_addr("B").is_err());
     }
 
     #[test]

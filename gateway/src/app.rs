@@ -5,6 +5,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use aihummer_common::redact;
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
@@ -12,6 +13,7 @@ use crate::config::{Config, ConfigError, DbTarget};
 use crate::database::{self, StartupError};
 use crate::http::inbound::Inbound;
 use crate::http::routes;
+use crate::http::signature::Verifier;
 use crate::leader::Elector;
 use crate::listeners::{self, ListenerError, Listeners};
 use crate::outbox::deliver::Deliverer;
@@ -57,10 +59,11 @@ pub fn start(
     config: Config,
     inherited: Result<Option<Listeners>, ListenerError>,
 ) -> Result<(), GatewayError> {
-    let listeners = match inherited? {
+    let mut listeners = match inherited? {
         Some(listeners) => listeners,
         None => listeners::bind(config.addr)?,
     };
+    listeners.add_operator(config.metrics_addr)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -134,6 +137,7 @@ fn start_background(
     );
     match deliverer {
         Ok(deliverer) => {
+            tracing::info!(webhook = %redact::url(webhook.as_str()), "delivering replies");
             tasks.spawn(deliverer.run(stop.subscribe()));
         }
         Err(err) => {
@@ -168,7 +172,13 @@ pub async fn run(
     let shared = Arc::new(Shared::new(config.database.is_some(), leading));
     let inbound = Arc::new(Inbound {
         shared: shared.clone(),
-        secret: config.inbound_secret.clone(),
+        verifier: config.inbound_secret.clone().map(|secret| {
+            Verifier::new(
+                secret,
+                config.inbound_tolerance,
+                config.inbound_legacy_signature,
+            )
+        }),
         workspace: config.default_workspace,
         responder: Box::new(Builtin),
     });
@@ -177,10 +187,12 @@ pub async fn run(
     // private probe answers from the first moment.
     let supervised = listeners.probe.is_some();
     let (open_public, public_open) = watch::channel(!supervised || !shared.full_mode);
-    let server = Server::new(routes::router(shared.clone(), inbound));
+    // Two servers, because the listeners serve different routers; they drain together.
+    let server = Server::new(routes::public(shared.clone(), inbound));
+    let private = Server::new(routes::private(shared.clone()));
     let mut addrs = vec![server.serve_when(listeners.public, public_open)?];
-    if let Some(probe) = listeners.probe {
-        addrs.push(server.serve(probe)?);
+    for listener in [listeners.probe, listeners.operator].into_iter().flatten() {
+        addrs.push(private.serve(listener)?);
     }
     tracing::info!(
         version = crate::VERSION,
@@ -225,8 +237,11 @@ pub async fn run(
     shared.start_draining();
     stop.send_replace(true);
     background.close();
-    let (drained, background_done) = tokio::join!(
+    // Only client connections are worth reporting: a probe or operator request still open
+    // at the deadline is dropped like any other.
+    let (drained, _, background_done) = tokio::join!(
         server.drain(config.drain_timeout),
+        private.drain(config.drain_timeout),
         tokio::time::timeout(config.drain_timeout, background.wait())
     );
     if background_done.is_err() {

@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::str::FromStr;
 use std::time::Duration;
 
+use aihummer_common::redact;
 use aihummer_common::settings::{Env, SettingError};
 use reqwest::Url;
 use sqlx::postgres::PgConnectOptions;
@@ -23,6 +24,28 @@ pub const DEFAULT_OUTBOX_LEASE: Duration = Duration::from_secs(30);
 pub const DEFAULT_HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(300);
 /// How long delivered replies and answered inbound messages are kept.
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+/// How far an inbound signature's timestamp may be from now.
+pub const DEFAULT_INBOUND_TOLERANCE: Duration = Duration::from_secs(300);
+
+/// The largest accepted value of each duration setting. Each is far above any sensible
+/// value and low enough that a typo is a startup error, not a drain that never ends, a
+/// replay window of days or a timer that overflows.
+pub mod maximum {
+    use std::time::Duration;
+
+    const HOUR: u64 = 3600;
+
+    /// `AIHUMMER_DRAIN_TIMEOUT`: 1h.
+    pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(HOUR);
+    /// `AIHUMMER_OUTBOX_LEASE`: 1h.
+    pub const OUTBOX_LEASE: Duration = Duration::from_secs(HOUR);
+    /// `AIHUMMER_HOUSEKEEPING_INTERVAL`: 1 day.
+    pub const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(24 * HOUR);
+    /// `AIHUMMER_RETENTION`: 1 year (365.25 days, as `humantime` counts it).
+    pub const RETENTION: Duration = Duration::from_secs(8766 * HOUR);
+    /// `AIHUMMER_INBOUND_TOLERANCE`: 1h; a wider window is a wider replay window.
+    pub const INBOUND_TOLERANCE: Duration = Duration::from_secs(HOUR);
+}
 
 /// A setting that cannot be used, named so the operator knows what to fix.
 #[derive(Debug, thiserror::Error)]
@@ -41,7 +64,7 @@ pub enum ConfigError {
     /// `AIHUMMER_REPLY_WEBHOOK_URL` is not an http(s) URL.
     #[error("AIHUMMER_REPLY_WEBHOOK_URL={value:?} is not an http:// or https:// URL: {reason}")]
     Webhook {
-        /// What it was set to.
+        /// What it was set to, credentials and query string redacted.
         value: String,
         /// Why it was refused.
         reason: String,
@@ -107,6 +130,11 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// `AIHUMMER_INBOUND_SECRET`: HMAC key for `POST /v1/inbound/generic`.
     pub inbound_secret: Option<Secret>,
+    /// `AIHUMMER_INBOUND_TOLERANCE`: how far a signature's timestamp may be from now.
+    pub inbound_tolerance: Duration,
+    /// `AIHUMMER_INBOUND_LEGACY_SIGNATURE`: whether the old body-only
+    /// `X-AIHummer-Inbound-Secret` is still accepted.
+    pub inbound_legacy_signature: bool,
     /// `AIHUMMER_DEFAULT_WORKSPACE_ID`: the workspace generic inbound messages belong to.
     pub default_workspace: Option<Uuid>,
     /// `AIHUMMER_REPLY_WEBHOOK_URL`: where replies are delivered.
@@ -117,6 +145,8 @@ pub struct Config {
     pub housekeeping_interval: Duration,
     /// `AIHUMMER_RETENTION`: how long delivered replies and inbound keys are kept.
     pub retention: Duration,
+    /// `AIHUMMER_METRICS_ADDR`: the operator listener of a gateway running alone.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 impl Config {
@@ -129,7 +159,7 @@ impl Config {
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let env = Env::new(get);
         let get = |name: &str| env.get(name);
-        let duration = |var, default| env.duration(var, default);
+        let duration = |var, default, max| env.duration_at_most(var, default, max);
         Ok(Self {
             database: get("AIHUMMER_DATABASE_URL")
                 .map(|url| parse_database_url("AIHUMMER_DATABASE_URL", &url))
@@ -138,8 +168,18 @@ impl Config {
                 .map(|url| parse_database_url("AIHUMMER_DB_APP_URL", &url))
                 .transpose()?,
             addr: env.listen_addr("AIHUMMER_GATEWAY_ADDR", DEFAULT_ADDR)?,
-            drain_timeout: duration("AIHUMMER_DRAIN_TIMEOUT", DEFAULT_DRAIN_TIMEOUT)?,
+            drain_timeout: duration(
+                "AIHUMMER_DRAIN_TIMEOUT",
+                DEFAULT_DRAIN_TIMEOUT,
+                maximum::DRAIN_TIMEOUT,
+            )?,
             inbound_secret: get("AIHUMMER_INBOUND_SECRET").map(Secret),
+            inbound_tolerance: duration(
+                "AIHUMMER_INBOUND_TOLERANCE",
+                DEFAULT_INBOUND_TOLERANCE,
+                maximum::INBOUND_TOLERANCE,
+            )?,
+            inbound_legacy_signature: env.flag("AIHUMMER_INBOUND_LEGACY_SIGNATURE", false)?,
             default_workspace: get("AIHUMMER_DEFAULT_WORKSPACE_ID")
                 .map(|v| {
                     Uuid::parse_str(v.trim()).map_err(|err| ConfigError::Workspace {
@@ -151,19 +191,25 @@ impl Config {
             reply_webhook: get("AIHUMMER_REPLY_WEBHOOK_URL")
                 .map(|v| parse_webhook(&v))
                 .transpose()?,
-            outbox_lease: duration("AIHUMMER_OUTBOX_LEASE", DEFAULT_OUTBOX_LEASE)?,
+            outbox_lease: duration(
+                "AIHUMMER_OUTBOX_LEASE",
+                DEFAULT_OUTBOX_LEASE,
+                maximum::OUTBOX_LEASE,
+            )?,
             housekeeping_interval: duration(
                 "AIHUMMER_HOUSEKEEPING_INTERVAL",
                 DEFAULT_HOUSEKEEPING_INTERVAL,
+                maximum::HOUSEKEEPING_INTERVAL,
             )?,
-            retention: duration("AIHUMMER_RETENTION", DEFAULT_RETENTION)?,
+            retention: duration("AIHUMMER_RETENTION", DEFAULT_RETENTION, maximum::RETENTION)?,
+            metrics_addr: env.optional_listen_addr("AIHUMMER_METRICS_ADDR")?,
         })
     }
 }
 
 fn parse_webhook(value: &str) -> Result<Url, ConfigError> {
     let refuse = |reason: String| ConfigError::Webhook {
-        value: value.to_string(),
+        value: redact::url(value),
         reason,
     };
     let url = Url::parse(value.trim()).map_err(|err| refuse(err.to_string()))?;
@@ -250,6 +296,64 @@ mod tests {
         assert!(config(&[("AIHUMMER_REPLY_WEBHOOK_URL", "not a url")]).is_err());
         let c = config(&[("AIHUMMER_REPLY_WEBHOOK_URL", "http://127.0.0.1:9/hook")]).unwrap();
         assert_eq!(c.reply_webhook.unwrap().path(), "/hook");
+    }
+
+    #[test]
+    fn a_refused_webhook_url_is_named_without_its_credentials_or_query() {
+        let err = config(&[(
+            "AIHUMMER_REPLY_WEBHOOK_URL",
+            "ftp://bot:hunter2@hooks.example.com/r?token=s3cret",
+        )])
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("hooks.example.com/r"), "{err}");
+        assert!(!err.contains("hunter2") && !err.contains("s3cret"), "{err}");
+    }
+
+    #[test]
+    fn every_duration_setting_has_a_maximum_named_in_its_error() {
+        for (var, max) in [
+            ("AIHUMMER_DRAIN_TIMEOUT", "1h"),
+            ("AIHUMMER_OUTBOX_LEASE", "1h"),
+            ("AIHUMMER_HOUSEKEEPING_INTERVAL", "1day"),
+            ("AIHUMMER_RETENTION", "1year"),
+            ("AIHUMMER_INBOUND_TOLERANCE", "1h"),
+        ] {
+            let err = config(&[(var, "1000000000000s")]).unwrap_err().to_string();
+            assert!(
+                err.contains(var) && err.contains(&format!("maximum of {max}")),
+                "{err}"
+            );
+            assert!(config(&[(var, max)]).is_ok(), "{var}={max} is allowed");
+        }
+    }
+
+    #[test]
+    fn inbound_signing_defaults_to_five_minutes_and_no_legacy_header() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c.inbound_tolerance, Duration::from_secs(300));
+        assert!(!c.inbound_legacy_signature);
+        let c = config(&[
+            ("AIHUMMER_INBOUND_TOLERANCE", "30s"),
+            ("AIHUMMER_INBOUND_LEGACY_SIGNATURE", "true"),
+        ])
+        .unwrap();
+        assert_eq!(c.inbound_tolerance, Duration::from_secs(30));
+        assert!(c.inbound_legacy_signature);
+        let err = config(&[("AIHUMMER_INBOUND_LEGACY_SIGNATURE", "sure")]).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("AIHUMMER_INBOUND_LEGACY_SIGNATURE"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_metrics_listener_is_off_unless_an_address_is_set() {
+        assert!(config(&[]).unwrap().metrics_addr.is_none());
+        let c = config(&[("AIHUMMER_METRICS_ADDR", "127.0.0.1:9100")]).unwrap();
+        assert_eq!(c.metrics_addr, Some("127.0.0.1:9100".parse().unwrap()));
+        assert!(config(&[("AIHUMMER_METRICS_ADDR", "nowhere")]).is_err());
     }
 
     #[test]

@@ -5,14 +5,16 @@
 //! [`PROBE`] is a private readiness listener; the other is the public one whatever its
 //! name (a supervisor names it [`PUBLIC`](aihummer_common::sockets::PUBLIC); systemd may
 //! name it anything). With nothing inherited, the gateway binds `AIHUMMER_GATEWAY_ADDR`
-//! itself. This is the crate's only `unsafe` code.
+//! itself. A gateway without a probe (running alone) also binds its operator listener at
+//! `AIHUMMER_METRICS_ADDR` when that is set. This is the crate's only `unsafe` code.
 
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::RawFd;
 
 use aihummer_common::sockets::{FIRST_FD, LISTEN_VARS, PROBE};
 
-/// The listeners the gateway serves on (the same routes on both).
+/// The listeners the gateway serves on: public routes on `public`, private routes (see
+/// [`crate::http::routes::private`]) on the others.
 #[derive(Debug)]
 pub struct Listeners {
     /// Client traffic. When inherited, other processes may hold the same socket: never
@@ -20,6 +22,24 @@ pub struct Listeners {
     pub public: TcpListener,
     /// The supervisor's private readiness probe, when running under one.
     pub probe: Option<TcpListener>,
+    /// The operator listener (`AIHUMMER_METRICS_ADDR`), only when running alone.
+    pub operator: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// Binds the operator listener at `addr`, unless a supervisor started this gateway:
+    /// during a handoff two gateways run at once, and the supervisor owns that address.
+    pub fn add_operator(&mut self, addr: Option<SocketAddr>) -> Result<(), ListenerError> {
+        match addr {
+            Some(addr) if self.probe.is_none() => self.operator = Some(bind_one(addr)?),
+            Some(addr) => tracing::info!(
+                %addr,
+                "AIHUMMER_METRICS_ADDR is the supervisor's to serve; this gateway answers on its probe"
+            ),
+            None => {}
+        }
+        Ok(())
+    }
 }
 
 /// Inherited sockets that cannot be used.
@@ -51,7 +71,7 @@ pub enum ListenerError {
         "unexpected extra inherited socket {0:?}: expected one public and at most one named probe"
     )]
     Extra(String),
-    /// Binding `AIHUMMER_GATEWAY_ADDR` failed.
+    /// Binding `AIHUMMER_GATEWAY_ADDR` or `AIHUMMER_METRICS_ADDR` failed.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         /// The address.
@@ -117,19 +137,29 @@ pub unsafe fn take_inherited() -> Result<Option<Listeners>, ListenerError> {
         }
     }
     match public {
-        Some(public) => Ok(Some(Listeners { public, probe })),
+        Some(public) => Ok(Some(Listeners {
+            public,
+            probe,
+            operator: None,
+        })),
         None => Err(ListenerError::NoPublic(names.join(":"))),
     }
 }
 
 /// Binds `addr` for public traffic, when nothing was inherited.
 pub fn bind(addr: SocketAddr) -> Result<Listeners, ListenerError> {
-    let public = TcpListener::bind(addr).map_err(|source| ListenerError::Bind { addr, source })?;
-    public
+    Ok(Listeners {
+        public: bind_one(addr)?,
+        probe: None,
+        operator: None,
+    })
+}
+
+fn bind_one(addr: SocketAddr) -> Result<TcpListener, ListenerError> {
+    let listener =
+        TcpListener::bind(addr).map_err(|source| ListenerError::Bind { addr, source })?;
+    listener
         .set_nonblocking(true)
         .map_err(ListenerError::NonBlocking)?;
-    Ok(Listeners {
-        public,
-        probe: None,
-    })
+    Ok(listener)
 }

@@ -35,6 +35,10 @@ pub enum Phase {
 }
 
 impl Phase {
+    /// The public reason for every database failure: the error text itself names hosts,
+    /// roles and databases, so it goes to the log and the private listeners only.
+    pub const UNAVAILABLE: &'static str = "database unavailable";
+
     /// A short machine-readable name.
     pub fn name(&self) -> &'static str {
         match self {
@@ -60,6 +64,14 @@ impl Phase {
             Phase::Ready => "ready".to_string(),
         }
     }
+
+    /// [`Phase::reason`] without database error text, for the public listener.
+    pub fn public_reason(&self) -> String {
+        match self {
+            Phase::DatabaseUnavailable(_) => Self::UNAVAILABLE.to_string(),
+            other => other.reason(),
+        }
+    }
 }
 
 /// The pools the gateway serves with, once startup has opened them.
@@ -77,6 +89,7 @@ pub struct Shared {
     phase: Mutex<Phase>,
     pools: OnceLock<Pools>,
     draining: AtomicBool,
+    database_problem: Mutex<Option<String>>,
     leadership: watch::Receiver<bool>,
     /// Whether a database is configured at all.
     pub full_mode: bool,
@@ -99,6 +112,7 @@ impl Shared {
             phase: Mutex::new(phase),
             pools: OnceLock::new(),
             draining: AtomicBool::new(false),
+            database_problem: Mutex::new(None),
             leadership,
             full_mode,
             pid: std::process::id(),
@@ -148,6 +162,22 @@ impl Shared {
     /// Whether a drain has started.
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Records what the last readiness check found wrong with the database (`None`: it
+    /// answered), logging each change once rather than at every probe.
+    pub fn note_database_problem(&self, problem: Option<&str>) {
+        let Ok(mut last) = self.database_problem.lock() else {
+            return;
+        };
+        if last.as_deref() == problem {
+            return;
+        }
+        match problem {
+            Some(problem) => tracing::warn!(%problem, "database unreachable; not ready"),
+            None => tracing::info!("database answers again; ready"),
+        }
+        *last = problem.map(str::to_string);
     }
 
     /// Whether this gateway holds the scheduler's leadership: the elector's last word,

@@ -30,6 +30,22 @@ pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often a supervisor asks the CDN for a newer version (plus jitter).
 pub const DEFAULT_UPDATE_INTERVAL: Duration = Duration::from_secs(6 * 3600);
 
+/// The largest accepted value of each duration setting: far above any sensible value, low
+/// enough that a typo is a startup error rather than a handoff that never gives up or a
+/// deadline that overflows.
+pub mod maximum {
+    use std::time::Duration;
+
+    const HOUR: u64 = 3600;
+
+    /// `AIHUMMER_READY_TIMEOUT`: 1 day (a first start may migrate a large database).
+    pub const READY_TIMEOUT: Duration = Duration::from_secs(24 * HOUR);
+    /// `AIHUMMER_DRAIN_TIMEOUT`: 1h, as the gateway's own maximum.
+    pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(HOUR);
+    /// `AIHUMMER_UPDATE_INTERVAL`: 30 days.
+    pub const UPDATE_INTERVAL: Duration = Duration::from_secs(30 * 24 * HOUR);
+}
+
 /// A setting that cannot be used, named so the operator knows what to fix.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -155,7 +171,7 @@ impl Settings {
     ) -> Result<Self, ConfigError> {
         let env = Env::new(get);
         let get = |name: &str| env.get(name);
-        let duration = |var, default| env.duration(var, default);
+        let duration = |var, default, max| env.duration_at_most(var, default, max);
         let download_base_url = get("AIHUMMER_DOWNLOAD_BASE_URL")
             .map(|v| parse_base_url(&v, false))
             .transpose()?;
@@ -183,15 +199,27 @@ impl Settings {
             state_dir,
             gateway_bin: get("AIHUMMER_GATEWAY_BIN").map(PathBuf::from),
             exe_dir,
-            ready_timeout: duration("AIHUMMER_READY_TIMEOUT", DEFAULT_READY_TIMEOUT)?,
-            drain_timeout: duration("AIHUMMER_DRAIN_TIMEOUT", DEFAULT_DRAIN_TIMEOUT)?,
+            ready_timeout: duration(
+                "AIHUMMER_READY_TIMEOUT",
+                DEFAULT_READY_TIMEOUT,
+                maximum::READY_TIMEOUT,
+            )?,
+            drain_timeout: duration(
+                "AIHUMMER_DRAIN_TIMEOUT",
+                DEFAULT_DRAIN_TIMEOUT,
+                maximum::DRAIN_TIMEOUT,
+            )?,
             update_mode,
             update_channel: get("AIHUMMER_UPDATE_CHANNEL")
                 .map(|v| v.parse())
                 .transpose()?
                 .unwrap_or(Channel::Stable),
             download_base_url,
-            update_interval: duration("AIHUMMER_UPDATE_INTERVAL", DEFAULT_UPDATE_INTERVAL)?,
+            update_interval: duration(
+                "AIHUMMER_UPDATE_INTERVAL",
+                DEFAULT_UPDATE_INTERVAL,
+                maximum::UPDATE_INTERVAL,
+            )?,
             update,
         })
     }
@@ -436,6 +464,24 @@ mod tests {
         assert_eq!(s.drain_timeout, Duration::from_secs(7));
         let err = settings(&[("AIHUMMER_DRAIN_TIMEOUT", "soon")], 0).unwrap_err();
         assert!(err.to_string().contains("AIHUMMER_DRAIN_TIMEOUT"), "{err}");
+    }
+
+    #[test]
+    fn every_duration_setting_has_a_maximum_named_in_its_error() {
+        for (var, max) in [
+            ("AIHUMMER_READY_TIMEOUT", "1day"),
+            ("AIHUMMER_DRAIN_TIMEOUT", "1h"),
+            ("AIHUMMER_UPDATE_INTERVAL", "30days"),
+        ] {
+            let err = settings(&[(var, "1000000000000s")], 0)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(var) && err.contains(&format!("maximum of {max}")),
+                "{err}"
+            );
+            assert!(settings(&[(var, max)], 0).is_ok(), "{var}={max} is allowed");
+        }
     }
 
     #[test]

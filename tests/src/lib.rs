@@ -571,12 +571,34 @@ impl Drop for Receiver {
 /// The shared secret the inbound tests sign with.
 pub const INBOUND_SECRET: &str = "test-inbound-secret";
 
-/// Lowercase hex HMAC-SHA256 of `body` under `secret`.
-pub fn sign(secret: &str, body: &[u8]) -> String {
+/// Lowercase hex HMAC-SHA256 of `data` under `secret`: the body-only legacy signature
+/// (`X-AIHummer-Inbound-Secret`) when `data` is the body.
+pub fn hmac_hex(secret: &str, data: &[u8]) -> String {
     use hmac::Mac;
     let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("hmac key");
-    mac.update(body);
+    mac.update(data);
     hex::encode(mac.finalize().into_bytes())
+}
+
+/// The seconds since the Unix epoch, now.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs() as i64
+}
+
+/// The `X-AIHummer-Signature` value for `body` sent with `key` as `Idempotency-Key`
+/// (`None`: no such header), signed at `t`: `t=<t>,v1=<HMAC of "<t>.<key>.<body>">`.
+pub fn signature_at(secret: &str, t: i64, key: Option<&str>, body: &[u8]) -> String {
+    let mut data = format!("{t}.{}.", key.unwrap_or_default()).into_bytes();
+    data.extend_from_slice(body);
+    format!("t={t},v1={}", hmac_hex(secret, &data))
+}
+
+/// The `X-AIHummer-Signature` value for `body` and `key`, signed now.
+pub fn signature(secret: &str, key: Option<&str>, body: &[u8]) -> String {
+    signature_at(secret, unix_now(), key, body)
 }
 
 /// Posts a signed generic inbound message, with `key` as `Idempotency-Key` if given.
@@ -590,7 +612,7 @@ pub async fn post_inbound(
     let mut request = client
         .post(format!("{gateway}/v1/inbound/generic"))
         .header("content-type", "application/json")
-        .header("x-aihummer-inbound-secret", sign(INBOUND_SECRET, &raw))
+        .header("x-aihummer-signature", signature(INBOUND_SECRET, key, &raw))
         .body(raw);
     if let Some(key) = key {
         request = request.header("idempotency-key", key);

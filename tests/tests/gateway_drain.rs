@@ -4,7 +4,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::os::fd::OwnedFd;
 use std::time::Duration;
 
-use aihummer_tests::{Gateway, RawHttp, binary, get_json, http, wait_for};
+use aihummer_tests::{Gateway, RawHttp, binary, free_port, get_json, http, wait_for};
 use command_fds::{CommandFdExt, FdMapping};
 use nix::sys::signal::Signal;
 use tokio::time::Instant;
@@ -189,12 +189,17 @@ async fn a_socket_passed_as_fd_3_is_served_instead_of_the_configured_address() {
 }
 
 #[tokio::test]
-async fn a_probe_socket_named_in_listen_fdnames_serves_the_same_routes() {
+async fn a_probe_socket_serves_the_operator_routes_the_public_socket_does_not() {
     let (public, public_addr) = loopback_listener();
     let (probe, probe_addr) = loopback_listener();
+    let metrics = format!("127.0.0.1:{}", free_port());
     let gw = Gateway::start_with(
         &binary("aihummer-gateway"),
-        &[("LISTEN_FDS", "2"), ("LISTEN_FDNAMES", "public:probe")],
+        &[
+            ("LISTEN_FDS", "2"),
+            ("LISTEN_FDNAMES", "public:probe"),
+            ("AIHUMMER_METRICS_ADDR", &metrics),
+        ],
         pass(vec![public.into(), probe.into()]),
     );
     let client = http();
@@ -207,6 +212,53 @@ async fn a_probe_socket_named_in_listen_fdnames_serves_the_same_routes() {
         .await;
         assert_eq!(health["pid"], gw.pid());
     }
+    let stats = |addr: SocketAddr| {
+        let client = client.clone();
+        async move {
+            let (status, body) = get_json(&client, &format!("http://{addr}/v1/outbox/stats"))
+                .await
+                .expect("an answer");
+            (status, body["error"]["code"].as_str().map(str::to_string))
+        }
+    };
+    // Health-only mode: the route exists on the probe (503 not ready), not in public.
+    assert_eq!(stats(probe_addr).await, (503, Some("not_ready".into())));
+    assert_eq!(stats(public_addr).await, (404, Some("not_found".into())));
+    assert!(
+        get_json(&client, &format!("http://{metrics}/healthz"))
+            .await
+            .is_none(),
+        "a supervised gateway must leave AIHUMMER_METRICS_ADDR to its supervisor"
+    );
+}
+
+#[tokio::test]
+async fn the_probe_tells_the_supervisor_why_the_database_is_unavailable() {
+    let (public, _) = loopback_listener();
+    let (probe, probe_addr) = loopback_listener();
+    // Nothing listens on a free port: the database refuses.
+    let database = format!("postgres://someone@127.0.0.1:{}/nowhere", free_port());
+    let _gw = Gateway::start_with(
+        &binary("aihummer-gateway"),
+        &[
+            ("LISTEN_FDS", "2"),
+            ("LISTEN_FDNAMES", "public:probe"),
+            ("AIHUMMER_DATABASE_URL", &database),
+        ],
+        pass(vec![public.into(), probe.into()]),
+    );
+    let readyz = format!("http://{probe_addr}/readyz");
+    let reason = wait_for(Duration::from_secs(10), "the probe's reason", || async {
+        match get_json(&http(), &readyz).await {
+            Some((503, body)) => body["reason"]
+                .as_str()
+                .filter(|r| r.starts_with("database unavailable: "))
+                .map(str::to_string),
+            _ => None,
+        }
+    })
+    .await;
+    assert!(reason.len() > "database unavailable: ".len(), "{reason}");
 }
 
 #[tokio::test]

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use aihummer_tests::{Gateway, Proxy, TestDb, binary, get_json, http, wait_for};
+use aihummer_tests::{Gateway, Proxy, TestDb, binary, free_port, get_json, http, wait_for};
 
 fn version_of(name: &str) -> String {
     let out = std::process::Command::new(binary(name))
@@ -187,6 +187,118 @@ async fn a_bad_setting_stops_the_gateway_with_a_message_naming_it() {
     let logs = gw.logs();
     assert!(
         logs.contains("AIHUMMER_DRAIN_TIMEOUT") && logs.contains("whenever"),
+        "{logs}"
+    );
+}
+
+#[tokio::test]
+async fn an_absurd_duration_is_a_startup_error_naming_the_variable_and_its_maximum() {
+    let mut gw = Gateway::start(&[("AIHUMMER_DRAIN_TIMEOUT", "1000000000000s")]);
+    assert_eq!(gw.wait_exit(Duration::from_secs(10)).await.code(), Some(1));
+    let logs = gw.logs();
+    assert!(
+        logs.contains("AIHUMMER_DRAIN_TIMEOUT")
+            && logs.contains("1000000000000s")
+            && logs.contains("is more than the maximum of 1h"),
+        "{logs}"
+    );
+    assert!(!logs.contains("panicked"), "{logs}");
+}
+
+/// `/readyz`'s reason on `base`, once it is a 503 whose reason `accept` takes.
+async fn not_ready_reason(base: &str, accept: impl Fn(&str) -> bool) -> String {
+    let url = format!("{base}/readyz");
+    wait_for(Duration::from_secs(15), "a 503 from /readyz", || async {
+        match get_json(&http(), &url).await {
+            Some((503, body)) => body["reason"]
+                .as_str()
+                .filter(|r| accept(r))
+                .map(str::to_string),
+            _ => None,
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn the_public_readyz_hides_database_errors_which_the_operator_listener_and_the_log_keep() {
+    let db = TestDb::create().await;
+    let mut proxy = Proxy::new();
+    let operator = format!("http://127.0.0.1:{}", free_port());
+    let metrics = operator.trim_start_matches("http://").to_string();
+    let gw = Gateway::start(&[
+        ("AIHUMMER_DATABASE_URL", &proxy.url(&db)),
+        ("AIHUMMER_METRICS_ADDR", &metrics),
+    ]);
+    let detail = not_ready_reason(&operator, |r| r.starts_with("database unavailable: ")).await;
+    let public = not_ready_reason(&gw.url(""), |r| r.contains("database")).await;
+    assert_eq!(public, "database unavailable", "operator saw: {detail}");
+
+    // Lost after startup: the same generic answer in public, the detail in private, and
+    // one WARN line per change rather than one per probe.
+    proxy.start().await;
+    gw.wait_ready(Duration::from_secs(30)).await;
+    proxy.stop().await;
+    let detail = not_ready_reason(&operator, |r| r.starts_with("database unreachable: ")).await;
+    for _ in 0..4 {
+        let public = not_ready_reason(&gw.url(""), |r| r.contains("database")).await;
+        assert_eq!(public, "database unavailable", "operator saw: {detail}");
+    }
+    let logs = gw.logs();
+    let warnings = logs.matches("database unreachable; not ready").count();
+    assert!((1..=2).contains(&warnings), "{warnings} warnings: {logs}");
+}
+
+#[tokio::test]
+async fn outbox_counts_are_served_on_the_operator_listener_and_not_in_public() {
+    let db = TestDb::create().await;
+    let operator = format!("127.0.0.1:{}", free_port());
+    let gw = Gateway::start(&[
+        ("AIHUMMER_DATABASE_URL", &db.url()),
+        ("AIHUMMER_METRICS_ADDR", &operator),
+    ]);
+    gw.wait_ready(Duration::from_secs(30)).await;
+    let client = http();
+    let (status, body) = get_json(&client, &gw.url("/v1/outbox/stats"))
+        .await
+        .expect("an answer");
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("not_found"))
+    );
+    let (status, stats) = get_json(&client, &format!("http://{operator}/v1/outbox/stats"))
+        .await
+        .expect("an answer");
+    assert_eq!(status, 200);
+    assert_eq!(stats["pending"], 0);
+    let (status, ready) = get_json(&client, &format!("http://{operator}/readyz"))
+        .await
+        .expect("an answer");
+    assert_eq!(
+        (status, ready["pid"].as_u64()),
+        (200, Some(u64::from(gw.pid())))
+    );
+}
+
+#[tokio::test]
+async fn the_webhook_url_is_logged_without_its_credentials_or_query_string() {
+    let db = TestDb::create().await;
+    let port = free_port();
+    let hook = format!("http://bot:hunter2secret@127.0.0.1:{port}/hook?token=qs3cret");
+    let gw = Gateway::start(&[
+        ("AIHUMMER_DATABASE_URL", &db.url()),
+        ("AIHUMMER_REPLY_WEBHOOK_URL", &hook),
+    ]);
+    gw.wait_ready(Duration::from_secs(30)).await;
+    let logs = wait_for(Duration::from_secs(10), "the delivery log line", || async {
+        let logs = gw.logs();
+        logs.contains("delivering replies").then_some(logs)
+    })
+    .await;
+    let shown = format!("http://redacted@127.0.0.1:{port}/hook?redacted");
+    assert!(logs.contains(&shown), "{logs}");
+    assert!(
+        !logs.contains("hunter2secret") && !logs.contains("qs3cret"),
         "{logs}"
     );
 }

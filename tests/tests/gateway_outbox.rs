@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use aihummer_tests::{
-    Gateway, INBOUND_SECRET, Receiver, TestDb, binary, get_json, http, post_inbound, sign, wait_for,
+    Gateway, INBOUND_SECRET, Receiver, TestDb, binary, free_port, get_json, http, post_inbound,
+    signature, wait_for,
 };
 use serde_json::json;
 use sqlx::PgPool;
@@ -140,7 +141,11 @@ async fn a_receiver_answering_500_then_200_gets_the_reply_again_with_the_same_ke
 async fn a_receiver_answering_400_dead_letters_the_reply_and_a_requeue_delivers_it() {
     let db = TestDb::create().await;
     let receiver = Receiver::start(&[400]).await;
-    let gw = Gateway::start(&env(&db.url(), &receiver.url()));
+    let (url, hook) = (db.url(), receiver.url());
+    let operator = format!("127.0.0.1:{}", free_port());
+    let mut vars = env(&url, &hook);
+    vars.push(("AIHUMMER_METRICS_ADDR", &operator));
+    let gw = Gateway::start(&vars);
     gw.wait_ready(Duration::from_secs(30)).await;
     let message = json!({"channel": "chat", "external_id": "y", "text": "refused"});
     post_inbound(&http(), &gw.url(""), &message, Some("k400"))
@@ -154,7 +159,7 @@ async fn a_receiver_answering_400_dead_letters_the_reply_and_a_requeue_delivers_
         .await
         .expect("reason");
     assert!(reason.contains("HTTP 400"), "{reason}");
-    let (_, stats) = get_json(&http(), &gw.url("/v1/outbox/stats"))
+    let (_, stats) = get_json(&http(), &format!("http://{operator}/v1/outbox/stats"))
         .await
         .expect("stats");
     assert_eq!(stats["dead"], 1);
@@ -192,7 +197,7 @@ async fn bad_input_gets_the_documented_errors_and_writes_nothing() {
     let post = |body: Vec<u8>, signature: Option<String>| {
         let mut request = client.post(&url).body(body);
         if let Some(signature) = signature {
-            request = request.header("x-aihummer-inbound-secret", signature);
+            request = request.header("x-aihummer-signature", signature);
         }
         async move {
             let response = request.send().await.expect("answer");
@@ -207,26 +212,24 @@ async fn bad_input_gets_the_documented_errors_and_writes_nothing() {
             )
         }
     };
+    let signed = |body: &[u8]| Some(signature(INBOUND_SECRET, None, body));
+    let no_external_id = br#"{"channel":"sms","text":"x"}"#;
     let cases = [
         (post(good.clone(), None).await, (401, "missing_signature")),
         (
-            post(good.clone(), Some(sign("wrong", &good))).await,
+            post(good.clone(), Some(signature("wrong", None, &good))).await,
             (401, "bad_signature"),
         ),
         (
             post(good.clone(), Some("not-hex".into())).await,
-            (401, "bad_signature"),
+            (401, "malformed_signature"),
         ),
         (
-            post(b"{nope".to_vec(), Some(sign(INBOUND_SECRET, b"{nope"))).await,
+            post(b"{nope".to_vec(), signed(b"{nope")).await,
             (422, "bad_message"),
         ),
         (
-            post(
-                br#"{"channel":"sms","text":"x"}"#.to_vec(),
-                Some(sign(INBOUND_SECRET, br#"{"channel":"sms","text":"x"}"#)),
-            )
-            .await,
+            post(no_external_id.to_vec(), signed(no_external_id)).await,
             (422, "bad_message"),
         ),
     ];
@@ -237,11 +240,7 @@ async fn bad_input_gets_the_documented_errors_and_writes_nothing() {
         r#"{{"channel":"sms","external_id":"1","text":"{}"}}"#,
         "x".repeat(200_000)
     );
-    let (status, code) = post(
-        huge.clone().into_bytes(),
-        Some(sign(INBOUND_SECRET, huge.as_bytes())),
-    )
-    .await;
+    let (status, code) = post(huge.clone().into_bytes(), signed(huge.as_bytes())).await;
     assert_eq!((status, code.as_str()), (413, "body_too_large"));
 
     let without_workspace = Gateway::start(&[
@@ -251,7 +250,10 @@ async fn bad_input_gets_the_documented_errors_and_writes_nothing() {
     without_workspace.wait_ready(Duration::from_secs(30)).await;
     let response = client
         .post(without_workspace.url("/v1/inbound/generic"))
-        .header("x-aihummer-inbound-secret", sign(INBOUND_SECRET, &good))
+        .header(
+            "x-aihummer-signature",
+            signature(INBOUND_SECRET, None, &good),
+        )
         .body(good.clone())
         .send()
         .await

@@ -256,3 +256,18 @@ async fn sighup_without_a_cdn_records_that_no_update_source_is_configured() {
         "nothing else changed"
     );
 }
+
+#[tokio::test]
+async fn an_absurd_duration_stops_the_supervisor_at_start_naming_the_variable_and_its_maximum() {
+    let mut supervisor = Supervisor::start(&[("AIHUMMER_DRAIN_TIMEOUT", "1000000000000s")]);
+    let exit = supervisor.wait_exit(Duration::from_secs(10)).await;
+    assert_eq!(exit.code(), Some(1));
+    let logs = supervisor.logs();
+    assert!(
+        logs.contains("AIHUMMER_DRAIN_TIMEOUT")
+            && logs.contains("1000000000000s")
+            && logs.contains("is more than the maximum of 1h"),
+        "{logs}"
+    );
+    assert!(!logs.contains("panicked"), "{logs}");
+}

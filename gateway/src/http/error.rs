@@ -29,9 +29,14 @@ impl ApiError {
         }
     }
 
-    /// 503 `not_ready`: the database is not up yet, for the reason `phase` gives.
+    /// 503 `not_ready`: the database is not up yet, for the reason `phase` gives (without
+    /// database error text: error answers may go to anyone).
     pub fn not_ready(phase: &Phase) -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", phase.reason())
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            phase.public_reason(),
+        )
     }
 }
 

@@ -1,12 +1,13 @@
 //! `POST /v1/inbound/generic`: the HTTP side of a signed message in, a reply queued.
 //!
-//! The body's HMAC-SHA256 under `AIHUMMER_INBOUND_SECRET` arrives as lowercase hex in
-//! `X-AIHummer-Inbound-Secret` and is checked in constant time before anything is parsed.
+//! The signature (over a timestamp, the `Idempotency-Key` and the body; see
+//! [`crate::http::signature`]) is checked before anything is parsed.
 //! The `Idempotency-Key` header (or, without one, a key derived from the message) makes a
 //! retry return the first result. Storing is [`crate::inbound::store`]; this module only
 //! checks, parses and turns each outcome into a status.
 
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -15,20 +16,16 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
 use uuid::Uuid;
 
-use crate::config::Secret;
 use crate::http::error::ApiError;
+use crate::http::signature::Verifier;
 use crate::inbound::{Message, store};
 use crate::responder::Responder;
 use crate::state::Shared;
 
 /// The largest accepted body.
 pub const MAX_BODY: usize = 64 * 1024;
-/// The signature header.
-pub const SIGNATURE_HEADER: &str = "x-aihummer-inbound-secret";
 /// The longest accepted `Idempotency-Key`.
 pub const MAX_KEY_LEN: usize = 255;
 
@@ -36,8 +33,9 @@ pub const MAX_KEY_LEN: usize = 255;
 pub struct Inbound {
     /// Shared gateway state (pools, readiness).
     pub shared: Arc<Shared>,
-    /// The HMAC key; `None` disables the route with a clear 503.
-    pub secret: Option<Secret>,
+    /// Checks signatures under `AIHUMMER_INBOUND_SECRET`; `None` (no secret) disables the
+    /// route with a clear 503.
+    pub verifier: Option<Verifier>,
     /// The workspace messages belong to; `None` answers a clear 503.
     pub workspace: Option<Uuid>,
     /// Produces replies.
@@ -63,19 +61,6 @@ pub enum KeyError {
     Length,
 }
 
-/// Checks the lowercase-hex HMAC-SHA256 `signature` of `body` under `secret`, in
-/// constant time.
-pub fn signature_matches(secret: &[u8], body: &[u8], signature: &str) -> bool {
-    let Ok(signature) = hex::decode(signature.trim()) else {
-        return false;
-    };
-    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret) else {
-        return false;
-    };
-    mac.update(body);
-    mac.verify_slice(&signature).is_ok()
-}
-
 /// The key that makes a retry a no-op: the client's `Idempotency-Key`, or one derived from
 /// the message itself, so an identical resend without a key is still recognised.
 pub fn idempotency_key(headers: &HeaderMap, message: &Message) -> Result<String, KeyError> {
@@ -95,14 +80,16 @@ async fn generic(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = body.map_err(refused_body)?;
-    let secret = inbound.secret.as_ref().ok_or_else(|| {
+    let verifier = inbound.verifier.as_ref().ok_or_else(|| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "inbound_disabled",
             "generic inbound is disabled: AIHUMMER_INBOUND_SECRET is not set",
         )
     })?;
-    check_signature(secret, &headers, &body)?;
+    verifier
+        .check(&headers, &body, SystemTime::now())
+        .map_err(|why| ApiError::new(StatusCode::UNAUTHORIZED, why.code(), why.to_string()))?;
     let message = Message::parse(&body).map_err(|why| {
         ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -158,44 +145,9 @@ fn refused_body(rejection: BytesRejection) -> ApiError {
     ApiError::new(status, code, rejection.body_text())
 }
 
-/// 401 unless the signature header carries the body's HMAC under `secret`.
-fn check_signature(secret: &Secret, headers: &HeaderMap, body: &[u8]) -> Result<(), ApiError> {
-    let signature = headers.get(SIGNATURE_HEADER).and_then(|v| v.to_str().ok());
-    match signature {
-        None => Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "missing_signature",
-            "the X-AIHummer-Inbound-Secret header is missing",
-        )),
-        Some(sig) if !signature_matches(secret.0.as_bytes(), body, sig) => Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "bad_signature",
-            "X-AIHummer-Inbound-Secret is not the HMAC-SHA256 of the body",
-        )),
-        Some(_) => Ok(()),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn sign(secret: &str, body: &[u8]) -> String {
-        let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-        mac.update(body);
-        hex::encode(mac.finalize().into_bytes())
-    }
-
-    #[test]
-    fn only_the_hmac_of_the_exact_body_under_the_secret_matches() {
-        let body = br#"{"channel":"c","external_id":"1","text":"hi"}"#;
-        let good = sign("secret", body);
-        assert!(signature_matches(b"secret", body, &good));
-        assert!(!signature_matches(b"other", body, &good));
-        assert!(!signature_matches(b"secret", b"{}", &good));
-        assert!(!signature_matches(b"secret", body, "zz-not-hex"));
-        assert!(!signature_matches(b"secret", body, &good[..10]));
-    }
 
     #[test]
     fn the_idempotency_key_comes_from_the_header_or_from_the_message() {

@@ -1,9 +1,14 @@
-//! The HTTP-facing parts: the router and its handlers, and the JSON error they answer with.
+//! The HTTP-facing parts: the routers and their handlers, and the JSON error they answer
+//! with.
 //!
-//! - [`routes`]: the router, health, readiness, ping, outbox counts and the fallbacks.
+//! - [`routes`]: the public and the private router, ping, outbox counts, the fallbacks.
+//! - [`health`]: `/healthz` and `/readyz`, with generic reasons in public.
 //! - [`inbound`]: the `POST /v1/inbound/generic` handler (signature, parsing, statuses).
+//! - [`signature`]: the inbound signature scheme, checked without I/O.
 //! - [`error`]: the `{"error":{"code","message"}}` answer every handler fails with.
 
 pub mod error;
+pub mod health;
 pub mod inbound;
 pub mod routes;
+pub mod signature;

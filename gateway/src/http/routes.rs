@@ -1,5 +1,11 @@
-//! The gateway's router: health, readiness, ping and outbox counts, the inbound route
-//! merged in, and fallbacks. Every error is an [`ApiError`].
+//! The gateway's two routers, and the small handlers that are not health or inbound.
+//!
+//! - [`public`]: what clients reach: health, readiness (generic reasons), ping, inbound.
+//! - [`private`]: what only the supervisor's probe and an operator reach: health,
+//!   readiness with its detail, outbox counts.
+//!
+//! Both fall back to the same JSON 404/405, so a route that is private answers 404 on the
+//! public listener like any unknown path. Every error is an [`ApiError`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,76 +21,34 @@ use serde_json::json;
 
 use crate::VERSION;
 use crate::http::error::ApiError;
+use crate::http::health;
 use crate::http::inbound::{self, Inbound};
-use crate::state::{Phase, Shared};
+use crate::state::Shared;
 
 /// The longest artificial delay `/v1/ping?delay_ms=` accepts.
 pub const MAX_PING_DELAY: Duration = Duration::from_secs(30);
-/// How long `/readyz` waits on the database before calling it unreachable.
-const DB_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The router, served on the public and the probe listener alike.
-pub fn router(shared: Arc<Shared>, inbound: Arc<Inbound>) -> Router {
+/// The router of the public listener.
+pub fn public(shared: Arc<Shared>, inbound: Arc<Inbound>) -> Router {
     Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz_public))
         .route("/v1/ping", get(ping))
-        .route("/v1/outbox/stats", get(outbox_stats))
         .with_state(shared)
         .merge(inbound::routes(inbound))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
 }
 
-async fn healthz(State(shared): State<Arc<Shared>>) -> Response {
-    Json(json!({
-        "status": "ok",
-        "version": VERSION,
-        "pid": shared.pid,
-        "mode": if shared.full_mode { "full" } else { "health-only" },
-        "phase": shared.phase().name(),
-        "leader": shared.is_leader(),
-        "draining": shared.is_draining(),
-    }))
-    .into_response()
-}
-
-async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
-    match readiness(&shared).await {
-        Ok(()) => {
-            Json(json!({ "ready": true, "version": VERSION, "pid": shared.pid })).into_response()
-        }
-        Err(reason) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({
-                "ready": false,
-                "reason": reason,
-                "version": VERSION,
-                "pid": shared.pid,
-            })),
-        )
-            .into_response(),
-    }
-}
-
-/// Ready means: not draining, startup finished, and both pools answer right now.
-async fn readiness(shared: &Shared) -> Result<(), String> {
-    if shared.is_draining() {
-        return Err("draining".into());
-    }
-    let phase = shared.phase();
-    let Some(pools) = shared.pools().filter(|_| phase == Phase::Ready) else {
-        return Err(phase.reason());
-    };
-    for pool in [&pools.owner, &pools.app] {
-        let check = sqlx::query("SELECT 1").execute(pool);
-        match tokio::time::timeout(DB_CHECK_TIMEOUT, check).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(err)) => return Err(format!("database unreachable: {err}")),
-            Err(_) => return Err("database unreachable: no answer within 2s".into()),
-        }
-    }
-    Ok(())
+/// The router of the private listeners: the supervisor's probe and the operator listener.
+pub fn private(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz_private))
+        .route("/v1/outbox/stats", get(outbox_stats))
+        .with_state(shared)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
 }
 
 #[derive(Deserialize)]

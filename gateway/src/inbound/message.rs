@@ -24,18 +24,26 @@ pub enum MessageError {
     /// A field that identifies the message is blank.
     #[error("field `{0}` must not be empty")]
     Empty(&'static str),
+    /// A field holds a NUL character, which PostgreSQL text cannot store: refused as bad
+    /// input, so a sender does not retry it for ever.
+    #[error("field `{0}` must not contain NUL characters (\\u0000)")]
+    Nul(&'static str),
 }
 
 impl Message {
     /// Parses and validates a body.
     pub fn parse(body: &[u8]) -> Result<Self, MessageError> {
         let message: Message = serde_json::from_slice(body)?;
-        for (field, value) in [
-            ("channel", &message.channel),
-            ("external_id", &message.external_id),
+        for (field, value, may_be_blank) in [
+            ("channel", &message.channel, false),
+            ("external_id", &message.external_id, false),
+            ("text", &message.text, true),
         ] {
-            if value.trim().is_empty() {
+            if !may_be_blank && value.trim().is_empty() {
                 return Err(MessageError::Empty(field));
+            }
+            if value.contains('\0') {
+                return Err(MessageError::Nul(field));
             }
         }
         Ok(message)
@@ -66,5 +74,16 @@ mod tests {
         assert!(Message::parse(br#"{"channel":" ","external_id":"1","text":"x"}"#).is_err());
         assert!(Message::parse(br#"{"channel":1,"external_id":"1","text":"x"}"#).is_err());
         assert!(Message::parse(b"not json").is_err());
+    }
+
+    #[test]
+    fn a_nul_character_in_any_field_is_refused_naming_the_field() {
+        for field in ["channel", "external_id", "text"] {
+            let mut message = serde_json::json!({"channel":"c","external_id":"1","text":"x"});
+            message[field] = "a\u{0}b".into();
+            let err = Message::parse(message.to_string().as_bytes()).unwrap_err();
+            assert!(matches!(err, MessageError::Nul(f) if f == field), "{err}");
+            assert!(err.to_string().contains(&format!("`{field}`")), "{err}");
+        }
     }
 }
