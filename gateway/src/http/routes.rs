@@ -76,7 +76,7 @@ async fn readiness(shared: &Shared) -> Result<(), String> {
     let Some(pools) = shared.pools().filter(|_| phase == Phase::Ready) else {
         return Err(phase.reason());
     };
-    for pool in [&pools.owner, &pools.app] {
+    for pool in [&pools.owner, pools.app.pool()] {
         let check = sqlx::query("SELECT 1").execute(pool);
         match tokio::time::timeout(DB_CHECK_TIMEOUT, check).await {
             Ok(Ok(_)) => {}
