@@ -216,7 +216,9 @@ async fn a_follower_whose_connection_goes_silent_notices_and_leads_once_the_path
     )
     .await;
     let takeover_took = restored.elapsed();
-    println!("silent connection noticed after {notice_took:?}; led {takeover_took:?} after restore");
+    println!(
+        "silent connection noticed after {notice_took:?}; led {takeover_took:?} after restore"
+    );
     assert!(
         notice_took < Duration::from_secs(8),
         "noticing took {notice_took:?}; log:\n{}",
