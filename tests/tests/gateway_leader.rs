@@ -191,6 +191,21 @@ async fn a_follower_whose_connection_goes_silent_notices_and_leads_once_the_path
         }
     };
     assert_eq!(leads(&follower).await, Some(false));
+    let pool = db.pool().await;
+    wait_for(
+        Duration::from_secs(10),
+        "the follower to wait in the leadership lock's queue",
+        || async {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
+            )
+            .fetch_one(&pool)
+            .await
+            .ok()?;
+            (waiting > 0).then_some(())
+        },
+    )
+    .await;
 
     // The path dies without a reset: the follower's wait in the lock queue gets no answer.
     proxy.cut_silently().await;
