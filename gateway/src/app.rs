@@ -45,10 +45,13 @@ pub enum GatewayError {
 }
 
 impl GatewayError {
-    /// 3 for migration refusals (conflict, failed or dirty migration), 1 for the rest.
+    /// 3 when the database refuses to be used (a migration conflicts, failed or is dirty;
+    /// `AIHUMMER_DATABASE_URL` goes through a transaction pooler; `AIHUMMER_DB_APP_URL`'s
+    /// login or `aihummer_app` could skip row-level security), 1 for the rest. Each is
+    /// something an operator must fix; restarting alone never helps.
     pub fn exit_code(&self) -> u8 {
         match self {
-            GatewayError::Startup(StartupError::Migration(_)) => 3,
+            GatewayError::Startup(StartupError::Migration(_) | StartupError::UnsafeAppRole(_)) => 3,
             _ => 1,
         }
     }
@@ -256,7 +259,7 @@ pub async fn run(
         ),
     }
     if let Some(pools) = shared.pools() {
-        let close = async { tokio::join!(pools.app.close(), pools.owner.close()) };
+        let close = async { tokio::join!(pools.app.pool().close(), pools.owner.close()) };
         let _ = tokio::time::timeout(POOL_CLOSE_TIMEOUT, close).await;
     }
     match failure {

@@ -1,8 +1,13 @@
 //! The startup sequence against PostgreSQL, in strict order: apply migrations on the owner
 //! connection, open the owner pool (and create the default workspace if it is missing),
-//! open the app pool and check its role. A transient
+//! open the app pool and check its roles. A transient
 //! failure (database down, connection lost) is retried with backoff while `/readyz` reports
-//! the reason; a migration conflict or failure, or an unsafe app role, ends startup.
+//! the reason; a migration conflict or failure, an owner URL behind a transaction pooler, or
+//! an unsafe app login or role, ends startup (exit code 3).
+//!
+//! The app pool's connections stay in their login role: each serving transaction switches
+//! to `aihummer_app` itself ([`crate::tenant`]). So the login must be safe on its own (it
+//! answers anything run outside such a transaction), and `aihummer_app` must be safe inside.
 
 use std::time::Duration;
 
@@ -13,10 +18,11 @@ use uuid::Uuid;
 use crate::config::DbTarget;
 use crate::migrate::{self, MigrationError};
 use crate::state::{Phase, Pools, Shared};
+use crate::tenant::{self, APP_ROLE, AppPool};
 use aihummer_common::backoff::Backoff;
 
-/// The role the app pool serves as; created by the migrations.
-pub const APP_ROLE: &str = "aihummer_app";
+/// PostgreSQL's SQLSTATE for a missing privilege, here: the login may not `SET ROLE`.
+const INSUFFICIENT_PRIVILEGE: &str = "42501";
 const POOL_SIZE: u32 = 16;
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -26,7 +32,7 @@ pub enum StartupError {
     /// Migrations conflict with the database or failed.
     #[error(transparent)]
     Migration(MigrationError),
-    /// The app connection could bypass row-level security.
+    /// The app connection could bypass row-level security, or cannot switch to the app role.
     #[error("AIHUMMER_DB_APP_URL is unsafe to serve with: {0}")]
     UnsafeAppRole(String),
 }
@@ -72,7 +78,7 @@ async fn attempt(
             true => Failure::Retry(err.to_string()),
             false => Failure::Fatal(StartupError::Migration(err)),
         })?;
-    let owner_pool = open(owner.options.clone(), false).await?;
+    let owner_pool = open(owner.options.clone()).await?;
     if let Some(workspace) = workspace {
         sqlx::query(
             "INSERT INTO workspaces (id, name) VALUES ($1, 'default') ON CONFLICT DO NOTHING",
@@ -84,8 +90,8 @@ async fn attempt(
     }
     let app_pool = match app {
         Some(app) => {
-            let pool = open(app.options.clone(), true).await?;
-            check_app_role(&pool).await?;
+            let pool = AppPool::restricted(open(app.options.clone()).await?);
+            check_app_roles(&pool).await?;
             pool
         }
         None => {
@@ -93,7 +99,7 @@ async fn attempt(
                 "AIHUMMER_DB_APP_URL is not set: serving on the owner pool, so row-level \
                  security does not separate workspaces"
             );
-            owner_pool.clone()
+            AppPool::unrestricted(owner_pool.clone())
         }
     };
     Ok(Pools {
@@ -102,47 +108,67 @@ async fn attempt(
     })
 }
 
-/// Opens a pool and one connection to prove it works. App connections switch to
-/// `aihummer_app` so they hold exactly its privileges whatever login role was used.
-async fn open(options: PgConnectOptions, as_app_role: bool) -> Result<PgPool, Failure> {
+/// Opens a pool and one connection to prove it works.
+async fn open(options: PgConnectOptions) -> Result<PgPool, Failure> {
     let options = options
         .log_statements(tracing::log::LevelFilter::Debug)
         .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(1));
-    let mut pool = PgPoolOptions::new()
+    PgPoolOptions::new()
         .max_connections(POOL_SIZE)
-        .acquire_timeout(ACQUIRE_TIMEOUT);
-    if as_app_role {
-        pool = pool.after_connect(|conn, _| {
-            Box::pin(async move {
-                sqlx::query("SET ROLE aihummer_app").execute(conn).await?;
-                Ok(())
-            })
-        });
-    }
-    pool.connect_with(options)
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .connect_with(options)
         .await
         .map_err(|err| Failure::Retry(err.to_string()))
 }
 
-/// Refuses an app role that would skip row-level security.
-async fn check_app_role(pool: &PgPool) -> Result<(), Failure> {
-    let (bypasses, owns): (bool, i64) = sqlx::query_as(
-        "SELECT r.rolsuper OR r.rolbypassrls,
-                (SELECT count(*) FROM pg_tables t WHERE t.tableowner = current_user)
-         FROM pg_roles r WHERE r.rolname = current_user",
+/// Refuses an app connection that could skip row-level security: a login role or an
+/// `aihummer_app` that is a superuser, has `BYPASSRLS` or owns tables (owners have their own
+/// policy), or a login that cannot switch to `aihummer_app`.
+async fn check_app_roles(app: &AppPool) -> Result<(), Failure> {
+    let (login, superuser, bypass, owns): (String, bool, bool, i64) = sqlx::query_as(
+        "SELECT r.rolname::text, r.rolsuper, r.rolbypassrls,
+                (SELECT count(*) FROM pg_tables t WHERE t.tableowner = r.rolname)
+         FROM pg_roles r WHERE r.rolname = session_user",
     )
-    .fetch_one(pool)
+    .fetch_one(app.pool())
     .await
     .map_err(|err| Failure::Retry(err.to_string()))?;
-    if bypasses {
-        return Err(Failure::Fatal(StartupError::UnsafeAppRole(format!(
-            "role {APP_ROLE} is SUPERUSER or BYPASSRLS"
-        ))));
-    }
-    if owns > 0 {
-        return Err(Failure::Fatal(StartupError::UnsafeAppRole(format!(
-            "role {APP_ROLE} owns {owns} tables, and owners have their own policy"
-        ))));
-    }
-    Ok(())
+    refuse_unsafe(&format!("the login role {login}"), superuser, bypass, owns)?;
+    // No workspace has the nil id: this transaction sees no tenant rows.
+    let mut tx = tenant::begin(app, Uuid::nil()).await.map_err(|err| {
+        let refused = err
+            .as_database_error()
+            .and_then(|db| db.code())
+            .is_some_and(|code| code == INSUFFICIENT_PRIVILEGE);
+        match refused {
+            true => Failure::Fatal(StartupError::UnsafeAppRole(format!(
+                "the login role {login} cannot switch to {APP_ROLE} ({err}); grant it with \
+                 GRANT {APP_ROLE} TO {login}"
+            ))),
+            false => Failure::Retry(err.to_string()),
+        }
+    })?;
+    let (superuser, bypass, owns): (bool, bool, i64) = sqlx::query_as(
+        "SELECT r.rolsuper, r.rolbypassrls,
+                (SELECT count(*) FROM pg_tables t WHERE t.tableowner = r.rolname)
+         FROM pg_roles r WHERE r.rolname = current_user",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(|err| Failure::Retry(err.to_string()))?;
+    let _ = tx.rollback().await;
+    refuse_unsafe(&format!("role {APP_ROLE}"), superuser, bypass, owns)
+}
+
+fn refuse_unsafe(who: &str, superuser: bool, bypass: bool, owns: i64) -> Result<(), Failure> {
+    let why = if superuser {
+        format!("{who} is SUPERUSER, which skips row-level security")
+    } else if bypass {
+        format!("{who} has BYPASSRLS, which skips row-level security")
+    } else if owns > 0 {
+        format!("{who} owns {owns} tables, and owners have their own policy")
+    } else {
+        return Ok(());
+    };
+    Err(Failure::Fatal(StartupError::UnsafeAppRole(why)))
 }

@@ -3,9 +3,10 @@
 //!
 //! ```text
 //!            ┌──────────── follower ─────────────┐
-//!   start ──►│ connect a dedicated connection,   │
+//!   start ──►│ open a dedicated session,         │
 //!            │ wait in pg_advisory_lock's queue  │
-//!            │ (reconnect after a tick on error) │
+//!            │ in rounds of 2s (silent for 4s:   │
+//!            │ dead; reconnect after a tick)     │
 //!            └───────┬───────────────────────────┘
 //!  got lock: publish │            ▲ connection check failed: publish false, step down
 //!       true         ▼            │ (dropping the connection ends the session and its lock)
@@ -20,19 +21,24 @@
 //! A session advisory lock dies with its connection. Locally a killed leader's socket is
 //! closed by the kernel and the lock is gone at once; across a network the server only
 //! notices a vanished peer through TCP keepalive, so the leader's session sets short
-//! server-side keepalives. The leader itself notices a dead connection within one check.
+//! server-side keepalives. The leader itself notices a dead connection within one check,
+//! and a follower within [`advisory::SILENCE_BOUND`] (its wait is renewed in rounds, and a
+//! round with no answer ends it), so once the path is back it queues again on a fresh
+//! connection instead of waiting for ever on a dead one. The session must be one of its own:
+//! behind a transaction pooler the follower refuses to queue (see [`crate::session`]).
 //! Leadership is published `false` before the lock is given up, so this gateway's
 //! scheduler stops before another's can start. Scheduled work is fenced in the database as well (see [`crate::scheduler`]), so even
 //! two leaders in a partition cannot run one slot twice.
 
 use std::time::Duration;
 
+use sqlx::Connection;
 use sqlx::postgres::{PgConnectOptions, PgConnection};
-use sqlx::{ConnectOptions, Connection};
 use tokio::sync::watch;
 use tokio::time::Interval;
 
-use crate::advisory;
+use crate::advisory::{self, LockError};
+use crate::session::{self, SessionError};
 
 /// Advisory lock key for leadership ("aihmlead" in ASCII).
 pub const LOCK_KEY: i64 = 0x6169_686d_6c65_6164;
@@ -115,6 +121,11 @@ impl Elector {
             };
             match waited {
                 Some(Ok(())) => return Some(conn),
+                Some(Err(LockError::Silent(bound))) => tracing::warn!(
+                    silent_for = ?bound,
+                    "leader election: the database connection stopped answering while \
+                     waiting for leadership; reconnecting"
+                ),
                 Some(Err(err)) => {
                     tracing::debug!(error = %err, "leader election: waiting for the lock failed")
                 }
@@ -160,16 +171,18 @@ async fn resign(mut conn: PgConnection) {
     let _ = tokio::time::timeout(CHECK_TIMEOUT, conn.close()).await;
 }
 
-/// A dedicated connection whose server side drops it within ~11s of the peer vanishing.
+/// A dedicated session whose server side drops it within ~11s of the peer vanishing.
 async fn connect(options: &PgConnectOptions) -> Option<PgConnection> {
-    let connected = tokio::time::timeout(CHECK_TIMEOUT, options.connect()).await;
-    let mut conn = match connected {
-        Ok(Ok(conn)) => conn,
-        Ok(Err(err)) => {
+    let mut conn = match session::open(options, CHECK_TIMEOUT).await {
+        Ok(conn) => conn,
+        Err(err @ SessionError::TransactionPooler { .. }) => {
+            tracing::error!(error = %err, "leader election: refusing to lead");
+            return None;
+        }
+        Err(err) => {
             tracing::debug!(error = %err, "leader election: cannot connect");
             return None;
         }
-        Err(_) => return None,
     };
     match tokio::time::timeout(CHECK_TIMEOUT, set_keepalives(&mut conn)).await {
         Ok(Ok(_)) => Some(conn),

@@ -10,8 +10,12 @@
 //! - [`serve`]: accepting and serving connections, and the lame-duck drain.
 //! - [`database`]: pools and the startup sequence (connect, migrate, verify the app role).
 //! - [`migrate`]: embedded migrations applied under an advisory lock.
-//! - [`advisory`]: session advisory locks (migrations, leadership) as small verbs.
-//! - [`tenant`]: transactions scoped to one workspace for row-level security.
+//! - [`advisory`]: session advisory locks (migrations, leadership) as small verbs, waited
+//!   for in bounded rounds.
+//! - [`session`]: dedicated connections for those locks, refused behind a transaction
+//!   pooler.
+//! - [`tenant`]: the app pool, and its transactions: each switches to `aihummer_app` and
+//!   is scoped to one workspace for row-level security.
 //! - [`inbound`]: inbound messages: validation, and storing each with its reply.
 //! - [`responder`]: the turn that writes a reply (built-in, deterministic).
 //! - [`outbox`]: delivery of queued replies to the webhook, at least once, idempotently.
@@ -35,6 +39,7 @@ pub mod outbox;
 pub mod responder;
 pub mod scheduler;
 pub mod serve;
+pub mod session;
 pub mod state;
 pub mod tenant;
 

@@ -4,6 +4,9 @@
 //! wait on the lock and then find nothing left to do. The lock is taken on a dedicated
 //! connection that is closed afterwards, on success and on every error path, so a failed
 //! migration can never leave the lock held on a pooled connection (a known sqlx pitfall).
+//! That connection must be a session of its own: behind a transaction pooler the gateway
+//! refuses to start ([`crate::session`]), and a wait for the lock on a connection that went
+//! silent ends within [`advisory::SILENCE_BOUND`] and is retried.
 //!
 //! Forward-safe: migrations the database has but this binary does not know (a newer
 //! gateway applied them during a rolling upgrade) are ignored. A migration whose contents
@@ -11,11 +14,12 @@
 
 use std::time::Duration;
 
+use sqlx::Connection;
 use sqlx::migrate::{MigrateError, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgConnection};
-use sqlx::{ConnectOptions, Connection};
 
-use crate::advisory;
+use crate::advisory::{self, LockError};
+use crate::session::{self, SessionError};
 use crate::state::Phase;
 
 /// Advisory lock key for migrations ("aihmmigr" in ASCII). Advisory locks are scoped to
@@ -46,6 +50,9 @@ pub enum MigrationError {
         /// The database's error.
         reason: String,
     },
+    /// `AIHUMMER_DATABASE_URL` is no session of its own, so the lock would mean nothing.
+    #[error(transparent)]
+    NoSession(SessionError),
     /// Anything else the migrator refused.
     #[error("migrations could not run: {0}")]
     Other(String),
@@ -115,15 +122,20 @@ pub async fn apply(
     options: &PgConnectOptions,
     report: impl Fn(Phase),
 ) -> Result<(), MigrationError> {
-    let mut conn = tokio::time::timeout(CONNECT_TIMEOUT, options.connect())
+    let mut conn = session::open(options, CONNECT_TIMEOUT)
         .await
-        .map_err(|_| MigrationError::Unreachable("no answer within 10s".into()))?
-        .map_err(sql_error)?;
+        .map_err(|err| match err {
+            SessionError::Unreachable(why) => MigrationError::Unreachable(why),
+            pooled @ SessionError::TransactionPooler { .. } => MigrationError::NoSession(pooled),
+        })?;
     let result = apply_locked(&mut conn, &report).await;
     // The advisory lock is a session lock: ending the session releases it on every path,
-    // including a failed migration whose error skipped the unlock.
-    if let Err(err) = conn.close().await {
-        tracing::debug!(error = %err, "closing the migration connection failed");
+    // including a failed migration whose error skipped the unlock. A connection that went
+    // silent is dropped instead once the close times out.
+    match tokio::time::timeout(CONNECT_TIMEOUT, conn.close()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => tracing::debug!(error = %err, "closing the migration connection failed"),
+        Err(_) => tracing::debug!("closing the migration connection timed out"),
     }
     result
 }
@@ -137,7 +149,14 @@ async fn apply_locked(
         .map_err(sql_error)?;
     if !locked {
         report(Phase::WaitingForMigrationLock);
-        advisory::lock(conn, LOCK_KEY).await.map_err(sql_error)?;
+        advisory::lock(conn, LOCK_KEY)
+            .await
+            .map_err(|err| match err {
+                LockError::Sql(err) => sql_error(err),
+                silent @ LockError::Silent(_) => {
+                    MigrationError::Unreachable(format!("waiting for the migration lock: {silent}"))
+                }
+            })?;
     }
     report(Phase::Migrating);
     let migrator = migrator();

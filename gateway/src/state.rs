@@ -17,6 +17,8 @@ use std::sync::{Mutex, OnceLock};
 use sqlx::PgPool;
 use tokio::sync::watch;
 
+use crate::tenant::AppPool;
+
 /// The startup phase, as `/readyz` reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Phase {
@@ -79,8 +81,9 @@ impl Phase {
 pub struct Pools {
     /// Owner connection: migrations and cross-tenant background work.
     pub owner: PgPool,
-    /// Serving connection: `aihummer_app` when configured, else the owner pool.
-    pub app: PgPool,
+    /// Serving connection: transactions switch to `aihummer_app` when
+    /// `AIHUMMER_DB_APP_URL` is set; else the owner pool, unrestricted.
+    pub app: AppPool,
 }
 
 /// Shared, cheaply readable gateway state.

@@ -2,8 +2,10 @@
 //!
 //! - [`TestDb`]: a fresh database per test, dropped afterwards (also on panic).
 //! - [`Gateway`]: an `aihummer-gateway` process with its own port and a log file.
-//! - [`Proxy`]: a TCP forwarder to PostgreSQL that a test can cut and restore, to make
-//!   the database unreachable without touching the shared server.
+//! - [`Proxy`]: a TCP forwarder to PostgreSQL that a test can cut (with or without telling
+//!   the client) and restore, to make the database unreachable without touching the
+//!   shared server.
+//! - [`pgbouncer::PgBouncer`]: a real PgBouncer in session or transaction pooling mode.
 //! - [`Receiver`]: a webhook receiver recording every delivery, answering from a script.
 //! - [`wait_for`]: every wait polls a real signal (an HTTP answer, a row, an exit) under a
 //!   deadline; nothing sleeps a fixed time hoping something happened.
@@ -12,6 +14,7 @@
 //! builds them (through the `gateway/tests` and `supervisor/tests` integration tests); a
 //! run limited to this package (`-p aihummer-tests`) would use whatever was built last.
 
+pub mod pgbouncer;
 pub mod supervisor;
 pub mod update;
 pub mod updating;
@@ -20,6 +23,7 @@ use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill};
@@ -147,15 +151,21 @@ impl TestDb {
     /// Creates a login role that is a member of `aihummer_app` (which the migrations
     /// create), the way an installer would, and returns its name.
     pub async fn app_login(&mut self) -> String {
+        self.login("IN ROLE aihummer_app").await
+    }
+
+    /// Creates a login role with `attributes` (`CREATE ROLE .. LOGIN <attributes>`),
+    /// dropped with this database, and returns its name.
+    pub async fn login(&mut self, attributes: &str) -> String {
         let role = format!(
             "aihummer_login_{}",
             &uuid::Uuid::new_v4().simple().to_string()[..12]
         );
         let pool = self.pool().await;
-        sqlx::query(&format!("CREATE ROLE {role} LOGIN IN ROLE aihummer_app"))
+        sqlx::query(&format!("CREATE ROLE {role} LOGIN {attributes}"))
             .execute(&pool)
             .await
-            .expect("create app login role");
+            .expect("create login role");
         pool.close().await;
         self.roles.push(role.clone());
         role
@@ -296,8 +306,21 @@ pub struct Proxy {
     pub port: u16,
     running: Option<(
         tokio::task::JoinHandle<()>,
-        tokio::sync::watch::Sender<bool>,
+        tokio::sync::watch::Sender<Option<Cut>>,
     )>,
+    /// Client sides of silently cut connections, held open and never read or written
+    /// until the proxy is dropped.
+    silenced: Arc<Mutex<Vec<tokio::net::TcpStream>>>,
+}
+
+/// How a proxy ends the connections it forwards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cut {
+    /// Both sides are closed: the client sees the connection end.
+    Close,
+    /// The server side is closed (as the server's own keepalive would find a dead path);
+    /// the client side stays open and silent, as when a network path dies without a reset.
+    Silent,
 }
 
 impl Proxy {
@@ -306,6 +329,7 @@ impl Proxy {
         Proxy {
             port: free_port(),
             running: None,
+            silenced: Arc::default(),
         }
     }
 
@@ -324,8 +348,9 @@ impl Proxy {
             .next()
             .unwrap_or("127.0.0.1:5432")
             .into();
-        let (cut, _) = tokio::sync::watch::channel(false);
+        let (cut, _) = tokio::sync::watch::channel(None);
         let cut_rx = cut.subscribe();
+        let silenced = self.silenced.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((mut client, _)) = listener.accept().await else {
@@ -333,13 +358,17 @@ impl Proxy {
                 };
                 let upstream = upstream.clone();
                 let mut cut = cut_rx.clone();
+                let silenced = silenced.clone();
                 tokio::spawn(async move {
                     let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await else {
                         return;
                     };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                        _ = cut.wait_for(|cut| *cut) => {}
+                    let how = tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => None,
+                        how = cut.wait_for(Option::is_some) => how.ok().and_then(|how| *how),
+                    };
+                    if how == Some(Cut::Silent) {
+                        silenced.lock().expect("silenced list").push(client);
                     }
                 });
             }
@@ -349,10 +378,20 @@ impl Proxy {
 
     /// Stops listening and cuts every forwarded connection.
     pub async fn stop(&mut self) {
+        self.cut(Cut::Close).await;
+    }
+
+    /// Stops listening and cuts every forwarded connection without telling its client:
+    /// nothing more is forwarded either way, and the client's side stays open.
+    pub async fn cut_silently(&mut self) {
+        self.cut(Cut::Silent).await;
+    }
+
+    async fn cut(&mut self, how: Cut) {
         if let Some((task, cut)) = self.running.take() {
             task.abort();
             let _ = task.await;
-            cut.send_replace(true);
+            cut.send_replace(Some(how));
         }
     }
 }

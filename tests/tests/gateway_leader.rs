@@ -171,3 +171,79 @@ async fn a_leader_that_loses_its_database_connection_steps_down_and_another_take
         cut_off.logs()
     );
 }
+
+#[tokio::test]
+async fn a_follower_whose_connection_goes_silent_notices_and_leads_once_the_path_is_back() {
+    let db = TestDb::create().await;
+    let leader = Gateway::start(&[("AIHUMMER_DATABASE_URL", &db.url())]);
+    leader.wait_ready(Duration::from_secs(30)).await;
+    assert_eq!(sole_leader(&[&leader], Duration::from_secs(10)).await, 0);
+    let mut proxy = aihummer_tests::Proxy::new();
+    proxy.start().await;
+    let mut follower = Gateway::start(&[("AIHUMMER_DATABASE_URL", &proxy.url(&db))]);
+    follower.wait_ready(Duration::from_secs(30)).await;
+    let client = http();
+    let leads = |gw: &Gateway| {
+        let (client, url) = (client.clone(), gw.url("/healthz"));
+        async move {
+            let (_, health) = get_json(&client, &url).await?;
+            Some(health["leader"] == true)
+        }
+    };
+    assert_eq!(leads(&follower).await, Some(false));
+    let pool = db.pool().await;
+    wait_for(
+        Duration::from_secs(10),
+        "the follower to wait in the leadership lock's queue",
+        || async {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
+            )
+            .fetch_one(&pool)
+            .await
+            .ok()?;
+            (waiting > 0).then_some(())
+        },
+    )
+    .await;
+
+    // The path dies without a reset: the follower's wait in the lock queue gets no answer.
+    proxy.cut_silently().await;
+    let cut = Instant::now();
+    let noticed = "stopped answering while waiting for leadership";
+    wait_for(
+        Duration::from_secs(15),
+        "the follower to notice its silent connection",
+        || async { follower.logs().contains(noticed).then_some(()) },
+    )
+    .await;
+    let notice_took = cut.elapsed();
+
+    let mut leader = leader;
+    leader.child.start_kill().expect("kill -9 the leader");
+    leader.wait_exit(Duration::from_secs(10)).await;
+    proxy.start().await;
+    let restored = Instant::now();
+    wait_for(
+        Duration::from_secs(15),
+        "the follower to lead once the path is back",
+        || async { leads(&follower).await?.then_some(()) },
+    )
+    .await;
+    let takeover_took = restored.elapsed();
+    println!(
+        "silent connection noticed after {notice_took:?}; led {takeover_took:?} after restore"
+    );
+    assert!(
+        notice_took < Duration::from_secs(8),
+        "noticing took {notice_took:?}; log:\n{}",
+        follower.logs()
+    );
+    assert!(
+        takeover_took < Duration::from_secs(8),
+        "taking over took {takeover_took:?}; log:\n{}",
+        follower.logs()
+    );
+    follower.signal(Signal::SIGTERM);
+    follower.wait_exit(Duration::from_secs(30)).await;
+}

@@ -291,6 +291,7 @@ async fn replies_written_through_the_app_role_stay_invisible_to_another_workspac
     assert_eq!(status, 200);
 
     let app = sqlx::PgPool::connect(&app_url).await.expect("app pool");
+    let app = aihummer_gateway::tenant::AppPool::restricted(app);
     let other = uuid::Uuid::new_v4();
     let mut tx = aihummer_gateway::tenant::begin(&app, other)
         .await

@@ -1,10 +1,15 @@
 //! Row-level security as the restricted `aihummer_app` role: one workspace never sees or
-//! writes another's rows, and a transaction with no tenant sees nothing.
+//! writes another's rows, and a transaction with no tenant sees nothing. The app pool's
+//! connections switch to that role per transaction only, and an app login that could skip
+//! row-level security itself is refused.
 
 use std::str::FromStr;
 use std::time::Duration;
 
-use aihummer_gateway::{migrate, tenant};
+use aihummer_gateway::config::DbTarget;
+use aihummer_gateway::state::Shared;
+use aihummer_gateway::tenant::{self, AppPool};
+use aihummer_gateway::{database, migrate};
 use aihummer_tests::{Gateway, TestDb};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Row};
@@ -13,14 +18,14 @@ use uuid::Uuid;
 struct Fixture {
     db: TestDb,
     owner: PgPool,
-    app: PgPool,
+    app: AppPool,
     a: Uuid,
     b: Uuid,
 }
 
 /// A migrated database with two workspaces holding one message each, and an app pool
-/// that connects through a login role and switches to `aihummer_app`, as the gateway does.
-/// One connection only, so every transaction reuses the same session.
+/// that connects through a login role whose transactions switch to `aihummer_app`, as the
+/// gateway's do. One connection only, so every transaction reuses the same session.
 async fn fixture() -> Fixture {
     let mut db = TestDb::create().await;
     let options = PgConnectOptions::from_str(&db.url()).expect("url");
@@ -47,15 +52,10 @@ async fn fixture() -> Fixture {
     let login = db.app_login().await;
     let app = PgPoolOptions::new()
         .max_connections(1)
-        .after_connect(|conn, _| {
-            Box::pin(async move {
-                sqlx::query("SET ROLE aihummer_app").execute(conn).await?;
-                Ok(())
-            })
-        })
         .connect(&db.url_as(&login))
         .await
         .expect("app pool");
+    let app = AppPool::restricted(app);
     Fixture {
         db,
         owner,
@@ -142,7 +142,7 @@ async fn with_no_tenant_set_nothing_is_visible_even_on_a_connection_a_tenant_use
     tx.commit().await.expect("commit");
 
     // The pool has one connection: this is the same session, after the tenant's transaction.
-    let mut tx = f.app.begin().await.expect("plain tx");
+    let mut tx = f.app.pool().begin().await.expect("plain tx");
     for table in ["workspaces", "inbound_messages", "outbox"] {
         let row = sqlx::query(&format!("SELECT count(*) AS n FROM {table}"))
             .fetch_one(&mut *tx)
@@ -173,7 +173,7 @@ async fn the_app_role_is_neither_owner_superuser_nor_bypassrls_and_cannot_touch_
             .expect("owned");
     assert_eq!(owned, 0);
     let err = sqlx::query("SELECT count(*) FROM job_runs")
-        .fetch_one(&f.app)
+        .fetch_one(f.app.pool())
         .await
         .expect_err("job_runs is not for the app role");
     assert!(err.to_string().contains("permission denied"), "{err}");
@@ -199,4 +199,105 @@ async fn a_gateway_serves_through_the_app_role_when_one_is_configured() {
     .await
     .expect("activity");
     assert_eq!(users, [login]);
+}
+
+#[tokio::test]
+async fn the_app_pool_is_in_the_app_role_inside_a_serving_transaction_and_only_there() {
+    let mut db = TestDb::create().await;
+    let owner = DbTarget {
+        options: PgConnectOptions::from_str(&db.url()).expect("url"),
+    };
+    migrate::apply(&owner.options, |_| {})
+        .await
+        .expect("migrate");
+    let login = db.app_login().await;
+    let app = DbTarget {
+        options: PgConnectOptions::from_str(&db.url_as(&login)).expect("url"),
+    };
+    let (_leadership, leading) = tokio::sync::watch::channel(false);
+    let shared = Shared::new(true, leading);
+    let pools = database::start(&owner, Some(&app), None, &shared)
+        .await
+        .expect("startup");
+    let current_user = "SELECT current_user::text";
+
+    // Startup's own role check ran a serving transaction on the pool's one connection.
+    let outside: String = sqlx::query_scalar(current_user)
+        .fetch_one(pools.app.pool())
+        .await
+        .expect("outside");
+    assert_eq!(
+        outside, login,
+        "a pooled connection must not hold the app role"
+    );
+    let mut tx = tenant::begin(&pools.app, Uuid::new_v4()).await.expect("tx");
+    let inside: String = sqlx::query_scalar(current_user)
+        .fetch_one(&mut *tx)
+        .await
+        .expect("inside");
+    assert_eq!(inside, "aihummer_app");
+    tx.commit().await.expect("commit");
+    let after: String = sqlx::query_scalar(current_user)
+        .fetch_one(pools.app.pool())
+        .await
+        .expect("after");
+    assert_eq!(after, login, "the role must end with the transaction");
+    pools.app.pool().close().await;
+    pools.owner.close().await;
+}
+
+/// A fresh database with the migrations applied (which create `aihummer_app`).
+async fn migrated() -> TestDb {
+    let db = TestDb::create().await;
+    let options = PgConnectOptions::from_str(&db.url()).expect("url");
+    migrate::apply(&options, |_| {}).await.expect("migrate");
+    db
+}
+
+/// Starts a gateway serving through `app_login` and returns its exit code and log.
+async fn refused(db: &TestDb, app_login: &str) -> (Option<i32>, String) {
+    let app_url = db.url_as(app_login);
+    let mut gw = Gateway::start(&[
+        ("AIHUMMER_DATABASE_URL", &db.url()),
+        ("AIHUMMER_DB_APP_URL", &app_url),
+    ]);
+    let status = gw.wait_exit(Duration::from_secs(30)).await;
+    (status.code(), gw.logs())
+}
+
+#[tokio::test]
+async fn a_superuser_app_login_is_refused_at_startup_naming_the_variable() {
+    let db = TestDb::create().await;
+    // The test server's `postgres` is a superuser, and may switch to any role.
+    let (code, logs) = refused(&db, "postgres").await;
+    assert_eq!(code, Some(3), "{logs}");
+    assert!(
+        logs.contains("AIHUMMER_DB_APP_URL is unsafe")
+            && logs.contains("login role postgres is SUPERUSER"),
+        "{logs}"
+    );
+}
+
+#[tokio::test]
+async fn a_bypassrls_app_login_is_refused_at_startup() {
+    let mut db = migrated().await;
+    let login = db.login("BYPASSRLS IN ROLE aihummer_app").await;
+    let (code, logs) = refused(&db, &login).await;
+    assert_eq!(code, Some(3), "{logs}");
+    assert!(
+        logs.contains(&format!("login role {login} has BYPASSRLS")),
+        "{logs}"
+    );
+}
+
+#[tokio::test]
+async fn an_app_login_that_cannot_switch_to_the_app_role_is_refused_at_startup() {
+    let mut db = migrated().await;
+    let login = db.login("").await;
+    let (code, logs) = refused(&db, &login).await;
+    assert_eq!(code, Some(3), "{logs}");
+    assert!(
+        logs.contains(&format!("GRANT aihummer_app TO {login}")),
+        "{logs}"
+    );
 }

@@ -103,7 +103,7 @@ pub async fn readiness(shared: &Shared) -> Result<(), NotReady> {
     let Some(pools) = shared.pools().filter(|_| phase == Phase::Ready) else {
         return Err(NotReady::Starting(phase));
     };
-    for pool in [&pools.owner, &pools.app] {
+    for pool in [&pools.owner, pools.app.pool()] {
         let check = sqlx::query("SELECT 1").execute(pool);
         let problem = match tokio::time::timeout(DB_CHECK_TIMEOUT, check).await {
             Ok(Ok(_)) => continue,

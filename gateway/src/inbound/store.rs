@@ -1,17 +1,17 @@
 //! The inbound messages' SQL. [`accept`] is the one verb the route needs: the message and
-//! its reply's outbox row are written in one transaction through the app pool with the
-//! tenant set, so a reply exists exactly when its message does, and a repeated
-//! idempotency key returns the first result and queues nothing new, also when two
-//! gateways race.
+//! its reply's outbox row are written in one transaction through the app pool as
+//! `aihummer_app` with the tenant set, so a reply exists exactly when its message does,
+//! and a repeated idempotency key returns the first result and queues nothing new, also
+//! when two gateways race.
 
 use serde_json::{Value, json};
-use sqlx::{PgPool, Postgres, Transaction};
+use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
 use crate::inbound::Message;
 use crate::outbox::store as outbox;
 use crate::responder::{Responder, Turn};
-use crate::tenant;
+use crate::tenant::{self, AppPool};
 
 /// What storing a message came to.
 #[derive(Debug, Clone, PartialEq)]
@@ -26,7 +26,7 @@ pub struct Accepted {
 /// Stores `message` under `key` in `workspace` with the reply `responder` writes, or
 /// returns the stored result of the first delivery of the same key.
 pub async fn accept(
-    app: &PgPool,
+    app: &AppPool,
     workspace: Uuid,
     key: &str,
     message: &Message,
