@@ -143,23 +143,10 @@ pub fn file_path(url: &Url) -> Result<PathBuf, UrlError> {
     })
 }
 
-/// `url` as logs and messages show it: a password or user name becomes `***`, and a
-/// query string `?***`, so credentials and signed-link tokens never reach a log.
+/// `url` as logs and messages show it: credentials, query string and fragment masked (see
+/// [`aihummer_common::redact`]), so signed-link tokens never reach a log.
 pub fn redact(url: &Url) -> String {
-    let mut shown = url.clone();
-    // Setting these fails only for URLs that cannot have them (`file:`, `data:`), which
-    // then have none to hide.
-    if !shown.username().is_empty() {
-        let _ = shown.set_username("***");
-    }
-    if shown.password().is_some() {
-        let _ = shown.set_password(Some("***"));
-    }
-    if shown.query().is_some() {
-        shown.set_query(Some("***"));
-    }
-    shown.set_fragment(None);
-    shown.to_string()
+    aihummer_common::redact::url(url.as_str())
 }
 
 fn is_loopback(url: &Url) -> bool {
@@ -236,10 +223,10 @@ mod tests {
         .unwrap();
         assert_eq!(
             redact(&url),
-            "https://***:***@cdn.example.com/stable/1.0.0/gw?***"
+            "https://redacted@cdn.example.com/stable/1.0.0/gw?redacted#redacted"
         );
         let token_only = Url::parse("https://tok@cdn.example.com/x").unwrap();
-        assert_eq!(redact(&token_only), "https://***@cdn.example.com/x");
+        assert_eq!(redact(&token_only), "https://redacted@cdn.example.com/x");
         let plain = Url::parse("https://cdn.example.com/stable/latest.json").unwrap();
         assert_eq!(redact(&plain), plain.as_str());
         let file = Url::parse("file:///srv/mirror/stable/latest.json").unwrap();
