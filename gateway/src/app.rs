@@ -102,6 +102,20 @@ fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
     })
 }
 
+/// SIGUSR1 takes the gateway out of rotation (`/readyz` 503) while it keeps serving: a
+/// supervisor that is itself stopping sends it first, waits `AIHUMMER_SHUTDOWN_DELAY` for
+/// the proxies to notice, and only then SIGTERM to drain.
+fn withdraw_on_sigusr1(shared: Arc<Shared>) -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut usr1 = signal(SignalKind::user_defined1())?;
+    tokio::spawn(async move {
+        while usr1.recv().await.is_some() {
+            shared.withdraw();
+        }
+    });
+    Ok(())
+}
+
 /// Starts the leader election, publishing on `leadership`, the scheduler following it,
 /// and the outbox deliverer.
 fn start_background(
@@ -205,6 +219,7 @@ pub async fn run(
         "aihummer-gateway serving"
     );
 
+    withdraw_on_sigusr1(shared.clone())?;
     let (stop, _) = watch::channel(false);
     let background = TaskTracker::new();
     let bring_up = async {

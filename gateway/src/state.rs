@@ -92,6 +92,7 @@ pub struct Shared {
     phase: Mutex<Phase>,
     pools: OnceLock<Pools>,
     draining: AtomicBool,
+    withdrawn: AtomicBool,
     database_problem: Mutex<Option<String>>,
     leadership: watch::Receiver<bool>,
     /// Whether a database is configured at all.
@@ -115,6 +116,7 @@ impl Shared {
             phase: Mutex::new(phase),
             pools: OnceLock::new(),
             draining: AtomicBool::new(false),
+            withdrawn: AtomicBool::new(false),
             database_problem: Mutex::new(None),
             leadership,
             full_mode,
@@ -160,6 +162,19 @@ impl Shared {
     /// Marks the gateway as draining; returns whether it already was.
     pub fn start_draining(&self) -> bool {
         self.draining.swap(true, Ordering::SeqCst)
+    }
+
+    /// Takes the gateway out of rotation: `/readyz` answers 503 from now on while every
+    /// route keeps serving, so a proxy stops sending traffic before the drain begins.
+    pub fn withdraw(&self) {
+        if !self.withdrawn.swap(true, Ordering::SeqCst) {
+            tracing::info!("withdrawn from rotation: /readyz answers 503, still serving");
+        }
+    }
+
+    /// Whether the gateway was taken out of rotation.
+    pub fn is_withdrawn(&self) -> bool {
+        self.withdrawn.load(Ordering::SeqCst)
     }
 
     /// Whether a drain has started.

@@ -27,6 +27,9 @@ pub const ROOT_SOCKET: &str = "/run/aihummer/supervisor.sock";
 pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long a gateway may drain; the gateway's own default is the same.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a stopping supervisor keeps serving out of rotation before it drains: off by
+/// default, since without a proxy in front nobody needs the warning.
+pub const DEFAULT_SHUTDOWN_DELAY: Duration = Duration::ZERO;
 /// How often a supervisor asks the CDN for a newer version (plus jitter).
 pub const DEFAULT_UPDATE_INTERVAL: Duration = Duration::from_secs(6 * 3600);
 
@@ -44,6 +47,8 @@ pub mod maximum {
     pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(HOUR);
     /// `AIHUMMER_UPDATE_INTERVAL`: 30 days.
     pub const UPDATE_INTERVAL: Duration = Duration::from_secs(30 * 24 * HOUR);
+    /// `AIHUMMER_SHUTDOWN_DELAY`: 10 minutes (a proxy notices within seconds).
+    pub const SHUTDOWN_DELAY: Duration = Duration::from_secs(600);
 }
 
 /// A setting that cannot be used, named so the operator knows what to fix.
@@ -99,6 +104,9 @@ pub struct Settings {
     pub ready_timeout: Duration,
     /// `AIHUMMER_DRAIN_TIMEOUT`: how long an old gateway may take to drain.
     pub drain_timeout: Duration,
+    /// `AIHUMMER_SHUTDOWN_DELAY`: how long a stopping supervisor keeps its gateway serving
+    /// with `/readyz` 503 before it drains.
+    pub shutdown_delay: Duration,
     /// `AIHUMMER_AUTO_UPDATE`, effective: [`UpdateMode::Off`] when it was left unset and
     /// no CDN is configured.
     pub update_mode: UpdateMode,
@@ -208,6 +216,11 @@ impl Settings {
                 "AIHUMMER_DRAIN_TIMEOUT",
                 DEFAULT_DRAIN_TIMEOUT,
                 maximum::DRAIN_TIMEOUT,
+            )?,
+            shutdown_delay: duration(
+                "AIHUMMER_SHUTDOWN_DELAY",
+                DEFAULT_SHUTDOWN_DELAY,
+                maximum::SHUTDOWN_DELAY,
             )?,
             update_mode,
             update_channel: get("AIHUMMER_UPDATE_CHANNEL")

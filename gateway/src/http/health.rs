@@ -26,6 +26,8 @@ const DB_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 pub enum NotReady {
     /// A drain has started.
     Draining,
+    /// Taken out of rotation before a stop; still serving.
+    Withdrawn,
     /// Startup is not finished; the phase says where it is.
     Starting(Phase),
     /// Started, but a pool does not answer now; the database's own words.
@@ -37,6 +39,7 @@ impl NotReady {
     pub fn detailed(&self) -> String {
         match self {
             NotReady::Draining => "draining".into(),
+            NotReady::Withdrawn => "shutting down".into(),
             NotReady::Starting(phase) => phase.reason(),
             NotReady::Unreachable(detail) => format!("database unreachable: {detail}"),
         }
@@ -46,6 +49,7 @@ impl NotReady {
     pub fn public(&self) -> String {
         match self {
             NotReady::Draining => "draining".into(),
+            NotReady::Withdrawn => "shutting down".into(),
             NotReady::Starting(phase) => phase.public_reason(),
             NotReady::Unreachable(_) => Phase::UNAVAILABLE.into(),
         }
@@ -94,10 +98,13 @@ fn answer(shared: &Shared, readiness: Result<(), String>) -> Response {
     }
 }
 
-/// Ready means: not draining, startup finished, and both pools answer right now.
+/// Ready means: not draining nor withdrawn, startup finished, and both pools answer now.
 pub async fn readiness(shared: &Shared) -> Result<(), NotReady> {
     if shared.is_draining() {
         return Err(NotReady::Draining);
+    }
+    if shared.is_withdrawn() {
+        return Err(NotReady::Withdrawn);
     }
     let phase = shared.phase();
     let Some(pools) = shared.pools().filter(|_| phase == Phase::Ready) else {

@@ -104,6 +104,12 @@ impl Gateway {
         let _ = self.signals.send(Signal::SIGTERM);
     }
 
+    /// Sends SIGUSR1: the gateway turns `/readyz` 503 and keeps serving, so proxies take
+    /// it out of rotation before it drains.
+    pub fn withdraw(&self) {
+        let _ = self.signals.send(Signal::SIGUSR1);
+    }
+
     /// Sends SIGKILL: its drain deadline passed.
     pub fn kill(&self) {
         let _ = self.signals.send(Signal::SIGKILL);

@@ -84,6 +84,7 @@ impl Driver {
         let config = Config {
             ready_timeout: settings.ready_timeout,
             drain_timeout: settings.drain_timeout,
+            shutdown_delay: settings.shutdown_delay,
             apply: settings.update_mode == UpdateMode::Apply,
             update_source: match &updater {
                 Some(_) => Ok(()),
@@ -223,6 +224,12 @@ impl Driver {
                         let verdict = probe::readiness(addr, pid).await;
                         let _ = sender.send(Message::Input(Input::Probed { child, verdict }));
                     });
+                }
+                None
+            }
+            Effect::Withdraw(child) => {
+                if let Some(gateway) = self.children.get(&child) {
+                    gateway.withdraw();
                 }
                 None
             }

@@ -126,6 +126,8 @@ pub enum Effect {
     },
     /// Probe a child's readiness; answer with [`Input::Probed`].
     Probe(ChildId),
+    /// Send SIGUSR1: the child turns `/readyz` 503 and keeps serving.
+    Withdraw(ChildId),
     /// Send SIGTERM: the child drains and exits.
     Terminate(ChildId),
     /// Send SIGKILL: the drain deadline passed.

@@ -156,6 +156,11 @@ impl Machine {
         entry.exit = Some(status.clone());
         match std::mem::replace(&mut self.state, State::Stopped) {
             State::Running(active) if active == child => self.crashed(now, active),
+            State::Withdrawn { active, .. } if active == child => {
+                // Nothing left to keep serving: the stop goes on at once.
+                self.status.active = None;
+                self.enter_stopping(now, None);
+            }
             State::Starting(gating) if gating.candidate == child => {
                 self.candidate_exited(now, None, gating, status);
             }

@@ -129,6 +129,25 @@ impl Machine {
         }
     }
 
+    /// Stopping with a gateway serving: it leaves rotation first (`/readyz` 503) and keeps
+    /// serving for `AIHUMMER_SHUTDOWN_DELAY`, long enough for a proxy's health checks to
+    /// notice, so requests are not sent to a node that is about to close its listener.
+    pub(super) fn withdraw(&mut self, now: Instant, active: ChildId, signal: &str) {
+        let delay = self.config.shutdown_delay;
+        tracing::info!(
+            signal,
+            delay = %humantime::format_duration(delay),
+            "stopping: out of rotation first, still serving, then draining"
+        );
+        self.status.phase = Phase::Stopping;
+        self.notify(Notify::Stopping);
+        self.effects.push(Effect::Withdraw(active));
+        self.state = State::Withdrawn {
+            active,
+            until: after(now, delay),
+        };
+    }
+
     pub(super) fn enter_stopping(&mut self, now: Instant, handoff: Option<Drain>) {
         self.status.phase = Phase::Stopping;
         self.notify(Notify::Stopping);

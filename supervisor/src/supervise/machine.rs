@@ -56,6 +56,8 @@ pub struct Config {
     pub ready_timeout: Duration,
     /// `AIHUMMER_DRAIN_TIMEOUT`.
     pub drain_timeout: Duration,
+    /// `AIHUMMER_SHUTDOWN_DELAY`.
+    pub shutdown_delay: Duration,
     /// Whether `apply` mode stages and installs what checks find.
     pub apply: bool,
     /// Whether updates can be checked at all, or why not.
@@ -163,6 +165,12 @@ pub(super) enum State {
     Draining(Drain),
     RollingBack(RollingBack),
     BackingOff(Instant),
+    /// Stopping: the serving gateway answers `/readyz` 503 but keeps serving until the
+    /// instant given, so proxies take the node out of rotation first.
+    Withdrawn {
+        active: ChildId,
+        until: Instant,
+    },
     Stopping {
         deadline: Instant,
         handoff: Option<Drain>,
@@ -262,7 +270,10 @@ impl Machine {
     }
 
     fn is_stopping(&self) -> bool {
-        matches!(self.state, State::Stopping { .. } | State::Stopped)
+        matches!(
+            self.state,
+            State::Withdrawn { .. } | State::Stopping { .. } | State::Stopped
+        )
     }
 
     /// The next instant the current state has something to do at.
@@ -278,7 +289,7 @@ impl Machine {
                 }
             },
             State::Draining(drain) => unkilled(&drain.old).then_some(drain.deadline),
-            State::BackingOff(until) => Some(*until),
+            State::BackingOff(until) | State::Withdrawn { until, .. } => Some(*until),
             State::Stopping { deadline, .. } => {
                 let live = self
                     .children
@@ -308,6 +319,7 @@ impl Machine {
                 self.state = State::Draining(drain);
             }
             State::BackingOff(until) if now >= until => self.enter_starting(now),
+            State::Withdrawn { until, .. } if now >= until => self.enter_stopping(now, None),
             State::Stopping { deadline, handoff } => {
                 if now >= deadline {
                     let live: Vec<ChildId> = self.live_children().collect();
@@ -352,6 +364,10 @@ impl Machine {
                 State::Draining(drain) => self.draining(now, drain, request),
                 State::RollingBack(rolling) => self.rolling_back(now, rolling, request),
                 State::BackingOff(until) => self.backing_off(now, until, request),
+                State::Withdrawn { active, until } => {
+                    self.state = State::Withdrawn { active, until };
+                    self.withdrawn(now, request);
+                }
                 state @ (State::Stopping { .. } | State::Stopped) => {
                     self.state = state;
                     self.stopping(now, request);
@@ -380,6 +396,9 @@ impl Machine {
     pub(super) fn running(&mut self, now: Instant, active: ChildId, input: Input) {
         self.state = State::Running(active);
         match input {
+            Input::Stop(signal) if !self.config.shutdown_delay.is_zero() => {
+                self.withdraw(now, active, signal);
+            }
             Input::Stop(signal) => {
                 tracing::info!(signal, "stopping");
                 self.enter_stopping(now, None);
@@ -511,6 +530,17 @@ impl Machine {
                 self.busy(now, other);
                 None
             }
+        }
+    }
+
+    /// Stopping, out of rotation before the drain: a second stop drains at once.
+    pub(super) fn withdrawn(&mut self, now: Instant, input: Input) {
+        match input {
+            Input::Stop(signal) => {
+                tracing::info!(signal, "stop repeated; draining now");
+                self.enter_stopping(now, None);
+            }
+            other => self.stopping(now, other),
         }
     }
 

@@ -6,7 +6,7 @@
 //! - at most two gateways exist at once;
 //! - no signal or probe goes to a gateway that has exited;
 //! - every control request gets exactly one final reply;
-//! - a stop always ends in exit within the drain deadline;
+//! - a stop always ends in exit within the drain deadline (plus the shutdown delay);
 //! - the version serving is never quarantined.
 
 use std::collections::BTreeSet;
@@ -65,11 +65,13 @@ struct Checker {
     max_live: usize,
     stop_at: Option<std::time::Instant>,
     gone: BTreeSet<ChildId>,
+    /// The drain deadline, plus the shutdown delay when one is set.
+    deadline: Duration,
 }
 
 impl Checker {
     fn check(&mut self, world: &World) -> Result<(), TestCaseError> {
-        let drain_deadline = Duration::from_secs(3);
+        let drain_deadline = self.deadline;
         prop_assert!(
             world.live.len() <= 2,
             "{} gateways at once",
@@ -171,13 +173,16 @@ proptest! {
     #[test]
     fn random_inputs_never_break_the_safety_invariants(
         apply_mode in any::<bool>(),
+        shutdown_delay in prop_oneof![Just(0u64), 1u64..2000],
         behaviours in prop::collection::vec(behaviour(), 0..12),
         ops in prop::collection::vec(op(), 1..60),
     ) {
         let mut config = config();
         config.apply = apply_mode;
+        config.shutdown_delay = Duration::from_millis(shutdown_delay);
         let mut world = World::with(config, behaviours);
-        let mut checker = Checker { seen: 0, max_live: 0, stop_at: None, gone: BTreeSet::new() };
+        let deadline = Duration::from_secs(3) + Duration::from_millis(shutdown_delay);
+        let mut checker = Checker { seen: 0, max_live: 0, stop_at: None, gone: BTreeSet::new(), deadline };
         checker.check(&world)?;
         for op in ops {
             apply(&mut world, op);
@@ -186,7 +191,7 @@ proptest! {
         // However it got here, a stop ends it: every client answered, every gateway gone.
         world.input(Input::Stop("SIGTERM"));
         checker.check(&world)?;
-        world.advance(Duration::from_secs(4));
+        world.advance(Duration::from_secs(6));
         checker.check(&world)?;
         prop_assert!(world.exited_at.is_some(), "no exit after the stop");
         prop_assert!(world.live.is_empty(), "gateways left: {:?}", world.live);

@@ -90,6 +90,7 @@ pub fn config() -> Config {
     Config {
         ready_timeout: Duration::from_secs(2),
         drain_timeout: Duration::from_secs(1),
+        shutdown_delay: Duration::ZERO,
         apply: false,
         update_source: Ok(()),
         install: Some(InstallView {
@@ -370,7 +371,7 @@ impl World {
                 self.replies.entry(client).or_default().push(reply);
                 None
             }
-            Effect::Notify(_) => None,
+            Effect::Notify(_) | Effect::Withdraw(_) => None,
             Effect::Check(request) => {
                 self.checks.push(request);
                 None

@@ -580,3 +580,42 @@ fn an_update_not_ready_while_the_serving_gateway_is_ready_is_quarantined() {
         "nothing retries a release at fault"
     );
 }
+
+#[test]
+fn a_stop_with_a_shutdown_delay_withdraws_the_gateway_first_and_drains_after_the_delay() {
+    let mut config = config();
+    config.shutdown_delay = Duration::from_secs(5);
+    let mut world = World::serving_one(config);
+    let serving = world.serving().unwrap();
+    world.input(Input::Stop("SIGTERM"));
+    assert_eq!(world.count(|e| *e == Effect::Withdraw(serving)), 1);
+    assert_eq!(world.count(|e| *e == Effect::Terminate(serving)), 0);
+    let late = world.client();
+    world.input(Input::Restart(late));
+    assert_eq!(
+        failed(&world.outcomes(late)).unwrap().0,
+        FailureKind::Stopping
+    );
+    world.advance(Duration::from_millis(4990));
+    assert_eq!(
+        world.count(|e| *e == Effect::Terminate(serving)),
+        0,
+        "still serving"
+    );
+    world.advance(Duration::from_millis(20));
+    assert_eq!(world.count(|e| *e == Effect::Terminate(serving)), 1);
+    world.advance(Duration::from_millis(100));
+    assert!(world.exited_at.is_some());
+}
+
+#[test]
+fn a_second_stop_during_the_shutdown_delay_drains_at_once() {
+    let mut config = config();
+    config.shutdown_delay = Duration::from_secs(5);
+    let mut world = World::serving_one(config);
+    let serving = world.serving().unwrap();
+    world.input(Input::Stop("SIGTERM"));
+    world.advance(Duration::from_secs(1));
+    world.input(Input::Stop("SIGINT"));
+    assert_eq!(world.count(|e| *e == Effect::Terminate(serving)), 1);
+}
