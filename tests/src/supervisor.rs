@@ -35,8 +35,10 @@ pub struct Supervisor {
 
 impl Supervisor {
     /// Starts `aihummer run` on a free loopback port with a clean environment plus `env`.
-    /// Defaults, which `env` may override: the workspace's gateway, a 5s ready timeout and
-    /// a 3s drain timeout.
+    /// Defaults, which `env` may override: the workspace's gateway, a 5s ready timeout, a
+    /// 3s drain timeout, and the gateway running as root when the suite runs as root
+    /// (`AIHUMMER_GATEWAY_USER=root`: the suites' scripts and scratch directories are
+    /// root's own; `supervisor_privileges` tests the split).
     pub fn start(env: &[(&str, &str)]) -> Supervisor {
         let dir = tempfile::tempdir().expect("tempdir");
         Self::start_in(dir, env)
@@ -81,6 +83,7 @@ impl Supervisor {
             .env("AIHUMMER_GATEWAY_BIN", &gateway)
             .env("AIHUMMER_READY_TIMEOUT", "5s")
             .env("AIHUMMER_DRAIN_TIMEOUT", "3s")
+            .env("AIHUMMER_GATEWAY_USER", "root")
             .env("AIHUMMER_LOG", "info")
             .envs(env.iter().map(|(k, v)| (*k, *v)))
             .stdin(Stdio::null())
