@@ -101,16 +101,16 @@ pub struct Access {
 impl Access {
     /// Whether `peer` may send requests; the error is the refusal to send it.
     pub fn check(&self, peer: &Peer) -> Result<(), String> {
-        let who = format!("uid {} (pid {})", peer.uid, peer.pid);
         if self.gateways.contains(peer.pgid) {
             return Err(format!(
-                "permission denied: {who} runs in the gateway's process group {}; a gateway may not control its supervisor",
-                peer.pgid
+                "permission denied: pid {} (uid {}) runs in the gateway's process group {}; a gateway may not control its supervisor",
+                peer.pid, peer.uid, peer.pgid
             ));
         }
         if peer.uid == self.gateway_uid && self.gateway_uid != self.uid {
             return Err(format!(
-                "permission denied: {who} is the gateway's user (AIHUMMER_GATEWAY_USER); a gateway may not control its supervisor"
+                "permission denied: uid {} is the gateway's user (AIHUMMER_GATEWAY_USER); a gateway may not control its supervisor",
+                peer.uid
             ));
         }
         let admin = self
@@ -124,8 +124,8 @@ impl Access {
             None => String::new(),
         };
         Err(format!(
-            "permission denied: {who} may not control this supervisor (only root, uid {}{group} may)",
-            self.uid
+            "permission denied: uid {} may not control this supervisor (only root, uid {}{group} may)",
+            peer.uid, self.uid
         ))
     }
 }
@@ -161,7 +161,7 @@ mod tests {
         let refusal = access.check(&peer(1002, 1002, &[1002], 7)).unwrap_err();
         assert_eq!(
             refusal,
-            "permission denied: uid 1002 (pid 4321) may not control this supervisor (only root, uid 0 and members of group 50 (AIHUMMER_ADMIN_GROUP) may)"
+            "permission denied: uid 1002 may not control this supervisor (only root, uid 0 and members of group 50 (AIHUMMER_ADMIN_GROUP) may)"
         );
     }
 

@@ -502,7 +502,7 @@ mod tests {
         assert_eq!(reply.code, ErrorCode::Refused);
         assert_eq!(
             reply.message,
-            "permission denied: uid 4242 (pid 4242) may not control this supervisor (only root, uid 1000 may)"
+            "permission denied: uid 4242 may not control this supervisor (only root, uid 1000 may)"
         );
         let unknown = error(exchange(b"", Err(PeerError::NoPid)).await);
         assert_eq!(unknown.code, ErrorCode::Refused);
