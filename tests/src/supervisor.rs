@@ -56,6 +56,17 @@ impl Supervisor {
         env: &[(&str, &str)],
         prepare: impl FnOnce(&mut std::process::Command),
     ) -> Supervisor {
+        Self::start_wrapped(dir, env, &[], prepare)
+    }
+
+    /// Like [`Supervisor::start_with`], started through `wrapper` (a program and its
+    /// arguments, say `setpriv` limiting capabilities), which must exec `aihummer run`.
+    pub fn start_wrapped(
+        dir: TempDir,
+        env: &[(&str, &str)],
+        wrapper: &[String],
+        prepare: impl FnOnce(&mut std::process::Command),
+    ) -> Supervisor {
         let log = dir.path().join("supervisor.log");
         let socket = env
             .iter()
@@ -74,7 +85,14 @@ impl Supervisor {
             .parse()
             .expect("addr");
         let gateway = binary("aihummer-gateway");
-        let mut cmd = std::process::Command::new(binary("aihummer"));
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut cmd = std::process::Command::new(program);
+                cmd.args(args).arg(binary("aihummer"));
+                cmd
+            }
+            None => std::process::Command::new(binary("aihummer")),
+        };
         cmd.arg("run")
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())

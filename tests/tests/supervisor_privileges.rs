@@ -338,6 +338,63 @@ async fn the_cli_refuses_a_socket_served_by_a_user_it_does_not_trust() {
 }
 
 #[tokio::test]
+async fn the_unit_s_capabilities_are_enough_to_run_hand_off_and_stop_a_gateway_of_another_user() {
+    if !root() {
+        return;
+    }
+    let unit = include_str!("../../packaging/aihummer.service");
+    let caps: Vec<String> = unit
+        .lines()
+        .find_map(|line| line.strip_prefix("CapabilityBoundingSet="))
+        .expect("the unit sets CapabilityBoundingSet")
+        .split_whitespace()
+        .map(|cap| format!("+{}", cap.trim_start_matches("CAP_").to_lowercase()))
+        .collect();
+    let setpriv = vec![
+        "setpriv".to_string(),
+        format!("--bounding-set=-all,{}", caps.join(",")),
+        "--".to_string(),
+    ];
+    let admin = TestGroup::create("adm");
+    let gw = TestUser::create("gw", &[]);
+    let dir = open_dir();
+    let state = dir.path().join("state");
+    let env = [
+        ("AIHUMMER_GATEWAY_USER", gw.name.as_str()),
+        ("AIHUMMER_ADMIN_GROUP", admin.name.as_str()),
+        ("AIHUMMER_STATE_DIR", state.to_str().unwrap()),
+    ];
+    let mut sup = Supervisor::start_wrapped(dir, &env, &setpriv, |_| {});
+    let first = sup.wait_serving(SERVING).await;
+    assert_eq!(owner_and_mode(&sup.socket), (0, admin.gid, 0o660));
+    assert_eq!(status_ids(first, "Uid:"), [gw.uid; 4], "{}", sup.logs());
+    for field in ["CapPrm:", "CapEff:", "CapAmb:"] {
+        let status = std::fs::read_to_string(format!("/proc/{first}/status")).unwrap();
+        let value = status
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .map(|v| u64::from_str_radix(v.trim(), 16).unwrap());
+        assert_eq!(value, Some(0), "the gateway's {field}");
+    }
+
+    // A handoff drains the old gateway: signalling a process of another uid takes CAP_KILL.
+    let out = tokio::time::timeout(SERVING, sup.cli(&["restart", "--json"]))
+        .await
+        .unwrap_or_else(|_| panic!("the restart did not end; log:\n{}", sup.logs()));
+    assert!(out.status.success(), "{}\n{}", stderr(&out), sup.logs());
+    let second = sup.wait_serving(SERVING).await;
+    assert_ne!(second, first);
+    wait_for(SERVING, "the old gateway to be reaped", || async {
+        (!aihummer_tests::supervisor::alive(first)).then_some(())
+    })
+    .await;
+    sup.signal(nix::sys::signal::Signal::SIGTERM);
+    let status = sup.wait_exit(SERVING).await;
+    assert!(status.success(), "{}", sup.logs());
+    assert!(!aihummer_tests::supervisor::alive(second));
+}
+
+#[tokio::test]
 async fn a_missing_gateway_user_stops_a_root_supervisor_with_an_error_naming_the_variable() {
     if !root() {
         return;
