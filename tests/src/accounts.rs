@@ -100,8 +100,18 @@ impl TestUser {
 
 impl Drop for TestUser {
     fn drop(&mut self) {
-        // Also removes its own group, which has no other member.
-        let _ = Command::new("userdel").arg(&self.name).status();
+        // userdel refuses while a process of the user runs: a gateway of a supervisor just
+        // stopped may still be draining. It also removes the user's own group.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !Command::new("userdel")
+            .arg(&self.name)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success())
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 }
 
