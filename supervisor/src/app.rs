@@ -10,6 +10,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::config::{self, ConfigError, Settings};
 use crate::control::{self, Access, BindError};
 use crate::process::fds::{self, FdError};
+use crate::process::identity::{self, Identities, IdentityError};
 use crate::supervise::{self, Driver, Handle};
 use crate::update::{Updater, UpdaterError};
 
@@ -19,6 +20,9 @@ pub enum AppError {
     /// A setting is invalid.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// The gateway's user, the admin group or the install dir's ownership is unusable.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
     /// The public listener could not be set up.
     #[error(transparent)]
     Listener(#[from] FdError),
@@ -45,11 +49,31 @@ impl Drop for SocketFile {
 /// Runs the supervisor. `inherited` is the public listener systemd passed, if any, taken
 /// before any thread started.
 pub fn run(inherited: Result<Option<TcpListener>, FdError>) -> Result<(), AppError> {
-    let settings = Settings::from_env()?;
+    let mut settings = Settings::from_env()?;
     let inherited = inherited?;
+    let euid = config::current_uid();
+    let identities = Identities::resolve(&settings.gateway_user, &settings.admin_group, euid)?;
+    if let (Some(run_as), Some(state_dir)) = (&identities.run_as, &settings.state_dir) {
+        identity::check_state_dir(state_dir, run_as)?;
+    }
+    describe(&identities, &settings);
+    // What this process creates (installed versions, the state file) must never be
+    // writable by the gateway's user through a loose inherited umask.
+    {
+        use nix::sys::stat::{Mode, umask};
+        let inherited_mask = umask(Mode::S_IWGRP | Mode::S_IWOTH);
+        umask(inherited_mask | Mode::S_IWGRP | Mode::S_IWOTH);
+    }
+    settings.launch.run_as = identities.run_as.clone();
+    let access = Access {
+        uid: euid,
+        gateway_uid: identities.gateway_uid(euid),
+        admin_gid: identities.admin_gid,
+        gateways: settings.launch.groups.clone(),
+    };
     // The control socket first: a second supervisor is then reported as such, rather than
     // as a busy port.
-    let control = control::bind(&settings.socket, config::current_uid())?;
+    let control = control::bind(&settings.socket, euid, identities.admin_gid)?;
     let socket_file = SocketFile(settings.socket.clone());
     let public = match inherited {
         Some(listener) => listener,
@@ -59,15 +83,39 @@ pub fn run(inherited: Result<Option<TcpListener>, FdError>) -> Result<(), AppErr
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let result = runtime.block_on(serve(settings, public, control));
+    let result = runtime.block_on(serve(settings, public, control, access));
     drop(socket_file);
     result
+}
+
+/// Says in the log who the gateway runs as and who may use the control socket.
+fn describe(identities: &Identities, settings: &Settings) {
+    match &identities.run_as {
+        Some(run_as) if run_as.uid == 0 => tracing::warn!(
+            "AIHUMMER_GATEWAY_USER={}: the gateway runs as root, without privilege separation",
+            run_as.name
+        ),
+        Some(run_as) => tracing::info!(
+            user = %run_as.name,
+            uid = run_as.uid,
+            gid = run_as.gid,
+            "the gateway runs as AIHUMMER_GATEWAY_USER"
+        ),
+        None => tracing::info!("not root: the gateway runs as this supervisor's user"),
+    }
+    if identities.admin_gid.is_none() {
+        tracing::info!(
+            group = %settings.admin_group,
+            "AIHUMMER_ADMIN_GROUP does not exist: only root and this supervisor's user may use the control socket"
+        );
+    }
 }
 
 async fn serve(
     settings: Settings,
     public: TcpListener,
     control: std::os::unix::net::UnixListener,
+    access: Access,
 ) -> Result<(), AppError> {
     let control = tokio::net::UnixListener::from_std(control)?;
     let (inbox, inputs) = mpsc::unbounded_channel();
@@ -82,9 +130,6 @@ async fn serve(
     let updater = settings.update_options().map(Updater::new).transpose()?;
     let (driver, views) = Driver::new(settings, public, (inbox.clone(), inputs), updater).await;
     let handle = Arc::new(Handle::new(views.status, inbox));
-    let access = Access {
-        uid: config::current_uid(),
-    };
     let (stop_server, server_stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(control::serve(control, handle, access, async {
         let _ = server_stopped.await;

@@ -2,7 +2,7 @@
 //!
 //! Parsing takes a lookup function (and the uid) instead of reading the process, so every
 //! rule is unit tested without touching global state. Variables not read here pass through
-//! to the gateway unchanged.
+//! to the gateway unchanged; those only the supervisor may see are [`SUPERVISOR_ONLY`].
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -13,6 +13,7 @@ use aihummer_common::settings::{Env, SettingError};
 use url::Url;
 
 use crate::install::{GATEWAY_FILE, Layout};
+use crate::process::child::Launch;
 use crate::update::{
     Channel, UnknownChannel, UpdateSettingError, UpdateSettings, UpdaterOptions, UrlError,
     parse_base_url,
@@ -32,6 +33,38 @@ pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_SHUTDOWN_DELAY: Duration = Duration::ZERO;
 /// How often a supervisor asks the CDN for a newer version (plus jitter).
 pub const DEFAULT_UPDATE_INTERVAL: Duration = Duration::from_secs(6 * 3600);
+/// The user a root supervisor runs the gateway as when `AIHUMMER_GATEWAY_USER` is unset;
+/// also the service user the CLI trusts to serve the control socket.
+pub const DEFAULT_GATEWAY_USER: &str = "aihummer";
+/// The group allowed on the control socket when `AIHUMMER_ADMIN_GROUP` is unset.
+pub const DEFAULT_ADMIN_GROUP: &str = "aihummer-admin";
+
+/// Settings only the supervisor may see: they are removed from every gateway's
+/// environment, so the internet-facing process learns neither where the control socket
+/// is nor how updates are fetched, verified and installed. Every `AIHUMMER_UPDATE_*`
+/// variable is supervisor-only too ([`SUPERVISOR_ONLY_PREFIX`]). The gateway reads none
+/// of them; everything else (`AIHUMMER_DRAIN_TIMEOUT`, the database, inbound, webhook and
+/// log settings) passes through.
+pub const SUPERVISOR_ONLY: &[&str] = &[
+    "AIHUMMER_SUPERVISOR_SOCKET",
+    "AIHUMMER_DOWNLOAD_BASE_URL",
+    "AIHUMMER_AUTO_UPDATE",
+    "AIHUMMER_STATE_DIR",
+    "AIHUMMER_GATEWAY_BIN",
+    "AIHUMMER_GATEWAY_USER",
+    "AIHUMMER_ADMIN_GROUP",
+    "AIHUMMER_READY_TIMEOUT",
+    "AIHUMMER_SHUTDOWN_DELAY",
+    "AIHUMMER_FAILPOINT",
+];
+/// Every variable with this prefix is supervisor-only: the update key, channel, interval
+/// and the rest of the update settings.
+pub const SUPERVISOR_ONLY_PREFIX: &str = "AIHUMMER_UPDATE_";
+
+/// Whether the variable `name` is kept from the gateway's environment.
+pub fn supervisor_only(name: &str) -> bool {
+    SUPERVISOR_ONLY.contains(&name) || name.starts_with(SUPERVISOR_ONLY_PREFIX)
+}
 
 /// The largest accepted value of each duration setting: far above any sensible value, low
 /// enough that a typo is a startup error rather than a handoff that never gives up or a
@@ -118,6 +151,13 @@ pub struct Settings {
     pub update_interval: Duration,
     /// `AIHUMMER_UPDATE_PUBKEY`, `AIHUMMER_UPDATE_ALLOW_UNSIGNED` and the download limits.
     pub update: UpdateSettings,
+    /// `AIHUMMER_GATEWAY_USER`: the user a root supervisor runs the gateway as.
+    pub gateway_user: String,
+    /// `AIHUMMER_ADMIN_GROUP`: the group whose members may use the control socket.
+    pub admin_group: String,
+    /// How gateways are started. Parsing leaves it at this process's own user;
+    /// `app::run` fills in the gateway user it resolved from the user database.
+    pub launch: Launch,
 }
 
 /// `AIHUMMER_AUTO_UPDATE`: what the supervisor does about newer versions on its own.
@@ -234,6 +274,11 @@ impl Settings {
                 maximum::UPDATE_INTERVAL,
             )?,
             update,
+            gateway_user: gateway_user(get),
+            admin_group: get("AIHUMMER_ADMIN_GROUP")
+                .map(|v| v.trim().to_string())
+                .unwrap_or_else(|| DEFAULT_ADMIN_GROUP.to_string()),
+            launch: Launch::default(),
         })
     }
 
@@ -284,9 +329,17 @@ pub fn current_uid() -> u32 {
     nix::unistd::geteuid().as_raw()
 }
 
-/// The control socket: `AIHUMMER_SUPERVISOR_SOCKET`, else [`ROOT_SOCKET`] for root, else
-/// a per-user path (`$XDG_RUNTIME_DIR/aihummer/supervisor.sock`, falling back to
-/// `/tmp/aihummer-<uid>/supervisor.sock`). Clients and the supervisor resolve it alike.
+/// `AIHUMMER_GATEWAY_USER` through `get`, or [`DEFAULT_GATEWAY_USER`].
+pub fn gateway_user(get: impl Fn(&str) -> Option<String>) -> String {
+    get("AIHUMMER_GATEWAY_USER")
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| DEFAULT_GATEWAY_USER.to_string())
+}
+
+/// The control socket a supervisor binds: `AIHUMMER_SUPERVISOR_SOCKET`, else
+/// [`ROOT_SOCKET`] for root, else a per-user path (`$XDG_RUNTIME_DIR/aihummer/supervisor.sock`,
+/// falling back to `/tmp/aihummer-<uid>/supervisor.sock`).
 pub fn socket_path(get: impl Fn(&str) -> Option<String>, uid: u32) -> PathBuf {
     let get = |name: &str| get(name).filter(|v| !v.trim().is_empty());
     if let Some(path) = get("AIHUMMER_SUPERVISOR_SOCKET") {
@@ -301,9 +354,30 @@ pub fn socket_path(get: impl Fn(&str) -> Option<String>, uid: u32) -> PathBuf {
     }
 }
 
-/// The control socket path from the process environment.
+/// The control socket a client talks to: like [`socket_path`], except that the unit's
+/// [`ROOT_SOCKET`] is chosen for any user when `usable` says this user may connect to it
+/// (an admin running `aihummer status` finds the service, not a per-user socket).
+pub fn client_socket_path(
+    get: impl Fn(&str) -> Option<String>,
+    uid: u32,
+    usable: impl Fn(&Path) -> bool,
+) -> PathBuf {
+    let set = get("AIHUMMER_SUPERVISOR_SOCKET").is_some_and(|v| !v.trim().is_empty());
+    if !set && usable(Path::new(ROOT_SOCKET)) {
+        return PathBuf::from(ROOT_SOCKET);
+    }
+    socket_path(get, uid)
+}
+
+/// The control socket path for a client, from the process environment. The unit's socket
+/// is usable when it exists and this user may write to it (connecting needs write access).
 pub fn socket_path_from_env() -> PathBuf {
-    socket_path(|name| std::env::var(name).ok(), current_uid())
+    use nix::unistd::{AccessFlags, access};
+    client_socket_path(
+        |name| std::env::var(name).ok(),
+        current_uid(),
+        |path| access(path, AccessFlags::W_OK).is_ok(),
+    )
 }
 
 #[cfg(test)]
@@ -461,6 +535,86 @@ mod tests {
         );
         let set = settings(&[("AIHUMMER_SUPERVISOR_SOCKET", "/x/s.sock")], 0).unwrap();
         assert_eq!(set.socket, PathBuf::from("/x/s.sock"));
+    }
+
+    #[test]
+    fn a_client_finds_the_unit_s_socket_when_it_may_use_it_whoever_it_is() {
+        let vars = [("XDG_RUNTIME_DIR", "/run/user/1000")];
+        let get = |name: &str| {
+            vars.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_string())
+        };
+        let usable = |path: &Path| path == Path::new(ROOT_SOCKET);
+        let unusable = |_: &Path| false;
+        assert_eq!(
+            client_socket_path(get, 1000, usable),
+            PathBuf::from(ROOT_SOCKET)
+        );
+        assert_eq!(
+            client_socket_path(get, 1000, unusable),
+            PathBuf::from("/run/user/1000/aihummer/supervisor.sock")
+        );
+        assert_eq!(
+            client_socket_path(get, 0, unusable),
+            PathBuf::from(ROOT_SOCKET)
+        );
+        let set = |name: &str| (name == "AIHUMMER_SUPERVISOR_SOCKET").then(|| "/x.sock".into());
+        assert_eq!(
+            client_socket_path(set, 1000, usable),
+            PathBuf::from("/x.sock")
+        );
+    }
+
+    #[test]
+    fn the_supervisor_s_own_settings_are_kept_from_the_gateway_and_the_rest_pass() {
+        for name in [
+            "AIHUMMER_SUPERVISOR_SOCKET",
+            "AIHUMMER_UPDATE_PUBKEY",
+            "AIHUMMER_UPDATE_CHANNEL",
+            "AIHUMMER_UPDATE_ALLOW_UNSIGNED",
+            "AIHUMMER_DOWNLOAD_BASE_URL",
+            "AIHUMMER_AUTO_UPDATE",
+            "AIHUMMER_STATE_DIR",
+            "AIHUMMER_GATEWAY_BIN",
+            "AIHUMMER_GATEWAY_USER",
+            "AIHUMMER_ADMIN_GROUP",
+            "AIHUMMER_READY_TIMEOUT",
+        ] {
+            assert!(supervisor_only(name), "{name}");
+        }
+        for name in [
+            "AIHUMMER_DRAIN_TIMEOUT",
+            "AIHUMMER_DATABASE_URL",
+            "AIHUMMER_DB_APP_URL",
+            "AIHUMMER_INBOUND_SECRET",
+            "AIHUMMER_REPLY_WEBHOOK_URL",
+            "AIHUMMER_LOG",
+            "AIHUMMER_GATEWAY_ADDR",
+        ] {
+            assert!(!supervisor_only(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn the_gateway_user_and_admin_group_default_to_the_packaged_names() {
+        let s = settings(&[], 0).unwrap();
+        assert_eq!(
+            (s.gateway_user.as_str(), s.admin_group.as_str()),
+            ("aihummer", "aihummer-admin")
+        );
+        let s = settings(
+            &[
+                ("AIHUMMER_GATEWAY_USER", "gw"),
+                ("AIHUMMER_ADMIN_GROUP", "ops"),
+            ],
+            0,
+        )
+        .unwrap();
+        assert_eq!(
+            (s.gateway_user.as_str(), s.admin_group.as_str()),
+            ("gw", "ops")
+        );
     }
 
     #[test]

@@ -8,15 +8,16 @@
 //! # Layout
 //!
 //! - [`config`]: the environment turned into typed settings (addresses, paths, timeouts).
-//! - [`process`]: the gateway processes and systemd: raw descriptor plumbing (the
-//!   crate's only `unsafe`), spawning, signalling and reaping a child, probing it,
-//!   notifying systemd.
+//! - [`process`]: the gateway processes and systemd: raw descriptor plumbing and the
+//!   switch to the gateway's user (the crate's only `unsafe`), spawning, signalling and
+//!   reaping a child in a process group of its own, probing it, notifying systemd.
 //! - [`supervise`]: the supervisor's state machine (no I/O, one function per state) and
 //!   the driver that carries out what it decides.
 //! - [`control`]: the control socket in layers: `protocol` (typed, versioned wire types),
 //!   `framing` (the one newline-delimited JSON framing, capped and timed), `server` (one
-//!   connection over any stream, and the accept loop), `socket` (binding the socket file,
-//!   the SO_PEERCRED check) and `client` (one request with its progress).
+//!   connection over any stream, and the accept loop), `socket` (binding the socket file),
+//!   `access` (who may use it: SO_PEERCRED, groups, the gateway's process groups) and
+//!   `client` (one request with its progress, to a server whose owner it trusts).
 //! - [`cli`]: the `status`, `version`, `restart`, `update` and `rollback` commands and their
 //!   human and `--json` output, over `control::client`; and `update --check`, which also
 //!   works without a supervisor.

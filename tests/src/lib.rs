@@ -7,6 +7,7 @@
 //!   shared server.
 //! - [`pgbouncer::PgBouncer`]: a real PgBouncer in session or transaction pooling mode.
 //! - [`Receiver`]: a webhook receiver recording every delivery, answering from a script.
+//! - [`accounts`]: throwaway system users and groups for the privilege tests.
 //! - [`wait_for`]: every wait polls a real signal (an HTTP answer, a row, an exit) under a
 //!   deadline; nothing sleeps a fixed time hoping something happened.
 //!
@@ -14,6 +15,7 @@
 //! builds them (through the `gateway/tests` and `supervisor/tests` integration tests); a
 //! run limited to this package (`-p aihummer-tests`) would use whatever was built last.
 
+pub mod accounts;
 pub mod pgbouncer;
 pub mod supervisor;
 pub mod update;

@@ -35,8 +35,10 @@ pub struct Supervisor {
 
 impl Supervisor {
     /// Starts `aihummer run` on a free loopback port with a clean environment plus `env`.
-    /// Defaults, which `env` may override: the workspace's gateway, a 5s ready timeout and
-    /// a 3s drain timeout.
+    /// Defaults, which `env` may override: the workspace's gateway, a 5s ready timeout, a
+    /// 3s drain timeout, and the gateway running as root when the suite runs as root
+    /// (`AIHUMMER_GATEWAY_USER=root`: the suites' scripts and scratch directories are
+    /// root's own; `supervisor_privileges` tests the split).
     pub fn start(env: &[(&str, &str)]) -> Supervisor {
         let dir = tempfile::tempdir().expect("tempdir");
         Self::start_in(dir, env)
@@ -52,6 +54,17 @@ impl Supervisor {
     pub fn start_with(
         dir: TempDir,
         env: &[(&str, &str)],
+        prepare: impl FnOnce(&mut std::process::Command),
+    ) -> Supervisor {
+        Self::start_wrapped(dir, env, &[], prepare)
+    }
+
+    /// Like [`Supervisor::start_with`], started through `wrapper` (a program and its
+    /// arguments, say `setpriv` limiting capabilities), which must exec `aihummer run`.
+    pub fn start_wrapped(
+        dir: TempDir,
+        env: &[(&str, &str)],
+        wrapper: &[String],
         prepare: impl FnOnce(&mut std::process::Command),
     ) -> Supervisor {
         let log = dir.path().join("supervisor.log");
@@ -72,7 +85,14 @@ impl Supervisor {
             .parse()
             .expect("addr");
         let gateway = binary("aihummer-gateway");
-        let mut cmd = std::process::Command::new(binary("aihummer"));
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut cmd = std::process::Command::new(program);
+                cmd.args(args).arg(binary("aihummer"));
+                cmd
+            }
+            None => std::process::Command::new(binary("aihummer")),
+        };
         cmd.arg("run")
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -81,6 +101,7 @@ impl Supervisor {
             .env("AIHUMMER_GATEWAY_BIN", &gateway)
             .env("AIHUMMER_READY_TIMEOUT", "5s")
             .env("AIHUMMER_DRAIN_TIMEOUT", "3s")
+            .env("AIHUMMER_GATEWAY_USER", "root")
             .env("AIHUMMER_LOG", "info")
             .envs(env.iter().map(|(k, v)| (*k, *v)))
             .stdin(Stdio::null())

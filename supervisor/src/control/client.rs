@@ -1,7 +1,12 @@
-//! The client side of the control socket: connect, send one request, hand each progress
-//! event to a callback, return the final body. [`ask`] does all of it for the CLI and turns
-//! every failure, a missing supervisor and a refusal included, into a [`CallError`] that
-//! says what the operator can do.
+//! The client side of the control socket: connect, check who serves it, send one request,
+//! hand each progress event to a callback, return the final body. [`ask`] does all of it
+//! for the CLI and turns every failure, a missing supervisor and a refusal included, into
+//! a [`CallError`] that says what the operator can do.
+//!
+//! Before a request is sent, the server's owner (SO_PEERCRED of the listening side) must
+//! be one the CLI [`Trust`]s: root, the CLI's own user or the service user
+//! (`AIHUMMER_GATEWAY_USER`, the user a non-root unit runs as). An admin running
+//! `aihummer rollback` must not take its answer from a socket someone else put in the way.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -41,6 +46,19 @@ pub enum CallError {
         /// What failed.
         source: std::io::Error,
     },
+    /// The socket is served by a user the CLI does not trust.
+    #[error(
+        "{} is served by uid {uid}, which is not root, this user, nor the service user (AIHUMMER_GATEWAY_USER={service}); refusing to trust its answers",
+        path.display()
+    )]
+    Untrusted {
+        /// The socket.
+        path: PathBuf,
+        /// The server's uid.
+        uid: u32,
+        /// The service user's name.
+        service: String,
+    },
     /// The supervisor refused this user.
     #[error("{0}")]
     Refused(String),
@@ -76,9 +94,54 @@ impl From<FrameError> for CallError {
     }
 }
 
-/// Connects to the control socket at `path`.
+/// The owners of a control socket a client believes.
+#[derive(Debug, Clone)]
+pub struct Trust {
+    /// The client's own uid.
+    pub own_uid: u32,
+    /// The service user's name (`AIHUMMER_GATEWAY_USER`).
+    pub service: String,
+    /// Its uid, when that user exists.
+    pub service_uid: Option<u32>,
+}
+
+impl Trust {
+    /// The trust of this process: its own uid and the service user named in its
+    /// environment (or the default), looked up in the user database.
+    pub fn from_env() -> Trust {
+        let service = crate::config::gateway_user(|name| std::env::var(name).ok());
+        let service_uid = nix::unistd::User::from_name(&service)
+            .ok()
+            .flatten()
+            .map(|user| user.uid.as_raw());
+        Trust {
+            own_uid: crate::config::current_uid(),
+            service,
+            service_uid,
+        }
+    }
+
+    /// Whether a socket at `path` served by `uid` may be believed.
+    pub fn check(&self, path: &Path, uid: u32) -> Result<(), CallError> {
+        if uid == 0 || uid == self.own_uid || Some(uid) == self.service_uid {
+            return Ok(());
+        }
+        Err(CallError::Untrusted {
+            path: path.to_path_buf(),
+            uid,
+            service: self.service.clone(),
+        })
+    }
+}
+
+/// Connects to the control socket at `path`, served by an owner this process trusts.
 pub async fn connect(path: &Path) -> Result<UnixStream, CallError> {
-    UnixStream::connect(path).await.map_err(|source| {
+    connect_trusting(path, &Trust::from_env()).await
+}
+
+/// Connects to the control socket at `path` and checks its server's uid against `trust`.
+pub async fn connect_trusting(path: &Path, trust: &Trust) -> Result<UnixStream, CallError> {
+    let stream = UnixStream::connect(path).await.map_err(|source| {
         use std::io::ErrorKind::*;
         match source.kind() {
             NotFound | ConnectionRefused => CallError::NoSupervisor {
@@ -86,7 +149,7 @@ pub async fn connect(path: &Path) -> Result<UnixStream, CallError> {
                 reason: source.to_string(),
             },
             PermissionDenied => CallError::Refused(format!(
-                "permission denied on {}: only root and the supervisor's user may use it",
+                "permission denied on {}: only root, the supervisor's user and members of AIHUMMER_ADMIN_GROUP may use it",
                 path.display()
             )),
             _ => CallError::Connect {
@@ -94,7 +157,11 @@ pub async fn connect(path: &Path) -> Result<UnixStream, CallError> {
                 source,
             },
         }
-    })
+    })?;
+    // The kernel records the listening side's credentials when it called listen(2).
+    let server = stream.peer_cred()?.uid();
+    trust.check(path, server)?;
+    Ok(stream)
 }
 
 /// Sends `command` on `stream` and reads replies until the final one, handing each
@@ -162,6 +229,29 @@ mod tests {
         let err = ask(&path, Command::Status, |_| {}, None).await.unwrap_err();
         assert!(matches!(err, CallError::NoSupervisor { .. }), "{err}");
         assert!(err.to_string().starts_with("no supervisor is running at"));
+    }
+
+    #[test]
+    fn root_the_own_user_and_the_service_user_are_trusted_to_serve_and_no_one_else() {
+        let trust = Trust {
+            own_uid: 1000,
+            service: "aihummer".into(),
+            service_uid: Some(998),
+        };
+        let path = Path::new("/run/aihummer/supervisor.sock");
+        for uid in [0, 1000, 998] {
+            trust.check(path, uid).unwrap();
+        }
+        let err = trust.check(path, 1001).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "/run/aihummer/supervisor.sock is served by uid 1001, which is not root, this user, nor the service user (AIHUMMER_GATEWAY_USER=aihummer); refusing to trust its answers"
+        );
+        let no_service = Trust {
+            service_uid: None,
+            ..trust
+        };
+        assert!(no_service.check(path, 998).is_err());
     }
 
     #[test]

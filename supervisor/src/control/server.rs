@@ -15,12 +15,12 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{Semaphore, mpsc};
 
+use super::access::{Access, Peer, PeerError};
 use super::framing::{Connection, FrameError, Limits};
 use super::protocol::{
     Body, Command, ErrorCode, ErrorReply, MAX_CONNECTIONS, MAX_REQUEST_BYTES, Message,
     READ_TIMEOUT, Request, StatusReport, VersionReport, WRITE_TIMEOUT, parse_request,
 };
-use super::socket::{self, Access};
 
 /// What the server asks of the supervisor.
 pub trait Service: Send + Sync + 'static {
@@ -80,12 +80,13 @@ pub async fn serve<S: Service>(
                 continue;
             }
         };
-        let peer_uid = socket::peer_uid(&stream);
+        let peer = Peer::of(&stream);
         let service = service.clone();
         match slots.clone().try_acquire_owned() {
             Ok(slot) => {
+                let access = access.clone();
                 tokio::spawn(async move {
-                    serve_connection(stream, peer_uid, access, &*service).await;
+                    serve_connection(stream, peer, &access, &*service).await;
                     drop(slot);
                 });
             }
@@ -102,22 +103,22 @@ pub async fn serve<S: Service>(
     }
 }
 
-/// Serves one connection from a peer with `peer_uid` (`None`: unknown, refused).
+/// Serves one connection from `peer` (not described: refused).
 pub async fn serve_connection<S: Service + ?Sized>(
     stream: impl AsyncRead + AsyncWrite,
-    peer_uid: Option<u32>,
-    access: Access,
+    peer: Result<Peer, PeerError>,
+    access: &Access,
     service: &S,
 ) {
     let mut connection = Connection::new(stream, LIMITS);
-    if !peer_uid.is_some_and(|uid| access.allows(uid)) {
-        let who =
-            peer_uid.map_or_else(|| "an unknown user".to_string(), |uid| format!("uid {uid}"));
-        tracing::warn!(peer = %who, "refused a control connection");
-        let message = format!(
-            "permission denied: {who} may not control this supervisor (only root and uid {} may)",
-            access.uid
-        );
+    let verdict = match &peer {
+        Ok(peer) => access.check(peer),
+        Err(err) => Err(format!(
+            "permission denied: cannot tell who is connecting: {err}"
+        )),
+    };
+    if let Err(message) = verdict {
+        tracing::warn!(peer = ?peer, reason = %message, "refused a control connection");
         let refusal = Message::new(Body::error(ErrorCode::Refused, message));
         let _ = connection.write(&refusal).await;
         return;
@@ -213,7 +214,25 @@ mod tests {
     use crate::control::fixtures::{self, Fake};
     use crate::control::protocol::{Progress, Stage};
 
-    const ME: Access = Access { uid: 1000 };
+    /// A supervisor running as uid 1000, its gateway too.
+    fn me() -> Access {
+        Access {
+            uid: 1000,
+            gateway_uid: 1000,
+            ..Access::default()
+        }
+    }
+
+    /// A peer with `uid` in no gateway's process group.
+    fn peer(uid: u32) -> Result<Peer, PeerError> {
+        Ok(Peer {
+            uid,
+            gid: uid,
+            pid: 4242,
+            groups: Vec::new(),
+            pgid: 4242,
+        })
+    }
 
     /// The accept loop fed from a channel: each test connection is one end of a socket pair.
     impl Incoming for mpsc::UnboundedReceiver<UnixStream> {
@@ -228,8 +247,11 @@ mod tests {
     /// Runs the accept loop for `service`, allowing this process's own uid.
     fn start(service: impl Service) -> mpsc::UnboundedSender<UnixStream> {
         let (connections, incoming) = mpsc::unbounded_channel();
+        let uid = crate::config::current_uid();
         let access = Access {
-            uid: crate::config::current_uid(),
+            uid,
+            gateway_uid: uid,
+            ..Access::default()
         };
         tokio::spawn(serve(
             incoming,
@@ -264,9 +286,10 @@ mod tests {
     /// Sends `raw` (then ends the request side) and reads the one reply. Lines are read one by
     /// one as real clients do: a server that closes with input unread makes the socket report
     /// a reset after its reply.
-    async fn exchange(raw: &[u8], peer: Option<u32>) -> Message {
+    async fn exchange(raw: &[u8], peer: Result<Peer, PeerError>) -> Message {
         let (client, server) = UnixStream::pair().unwrap();
-        let serving = tokio::spawn(async move { serve_connection(server, peer, ME, &Fake).await });
+        let serving =
+            tokio::spawn(async move { serve_connection(server, peer, &me(), &Fake).await });
         let (reader, mut writer) = tokio::io::split(client);
         let _ = writer.write_all(raw).await;
         let _ = writer.shutdown().await;
@@ -291,7 +314,7 @@ mod tests {
     #[tokio::test]
     async fn a_status_request_is_answered_with_the_status_report() {
         let (client, server) = UnixStream::pair().unwrap();
-        tokio::spawn(async move { serve_connection(server, Some(1000), ME, &Fake).await });
+        tokio::spawn(async move { serve_connection(server, peer(1000), &me(), &Fake).await });
         let body = call(client, Command::Status, |_| {}).await.unwrap();
         assert_eq!(body, Body::Status(Box::new(fixtures::status())));
     }
@@ -299,7 +322,7 @@ mod tests {
     #[tokio::test]
     async fn a_restart_streams_its_progress_then_exactly_one_final_reply_and_closes() {
         let (client, server) = UnixStream::pair().unwrap();
-        tokio::spawn(async move { serve_connection(server, Some(0), ME, &Fake).await });
+        tokio::spawn(async move { serve_connection(server, peer(0), &me(), &Fake).await });
         let (reader, mut writer) = tokio::io::split(client);
         writer
             .write_all(b"{\"v\":1,\"cmd\":\"restart\"}\n")
@@ -314,7 +337,7 @@ mod tests {
     #[tokio::test]
     async fn an_update_streams_download_progress_and_ends_up_to_date_or_with_its_reason() {
         let (client, server) = UnixStream::pair().unwrap();
-        tokio::spawn(async move { serve_connection(server, Some(1000), ME, &Fake).await });
+        tokio::spawn(async move { serve_connection(server, peer(1000), &me(), &Fake).await });
         let mut bytes = Vec::new();
         let body = call(client, Command::Update { version: None }, |p| {
             bytes.push((p.stage, p.done, p.total))
@@ -325,7 +348,7 @@ mod tests {
         assert!(matches!(body, Body::UpToDate(r) if r.version == "1.0.0"));
 
         let (client, server) = UnixStream::pair().unwrap();
-        tokio::spawn(async move { serve_connection(server, Some(1000), ME, &Fake).await });
+        tokio::spawn(async move { serve_connection(server, peer(1000), &me(), &Fake).await });
         let update = Command::Update {
             version: Some("9.9.9".into()),
         };
@@ -339,7 +362,7 @@ mod tests {
     async fn the_reply_is_tagged_and_versioned_and_unknown_request_fields_are_ignored() {
         let message = exchange(
             b"{\"v\":1,\"cmd\":\"version\",\"extra\":true}\n",
-            Some(1000),
+            peer(1000),
         )
         .await;
         let json = serde_json::to_value(&message).unwrap();
@@ -369,7 +392,7 @@ mod tests {
 
     #[tokio::test]
     async fn half_a_request_line_is_not_run() {
-        let reply = error(exchange(b"{\"v\":1,\"cmd\":\"restart\"}", Some(1000)).await);
+        let reply = error(exchange(b"{\"v\":1,\"cmd\":\"restart\"}", peer(1000)).await);
         assert_eq!(reply.code, ErrorCode::BadRequest);
         assert!(
             reply.message.contains("requests end with a newline"),
@@ -384,7 +407,7 @@ mod tests {
         huge.push(b'\n');
         let (client, server) = UnixStream::pair().unwrap();
         let serving =
-            tokio::spawn(async move { serve_connection(server, Some(1000), ME, &Fake).await });
+            tokio::spawn(async move { serve_connection(server, peer(1000), &me(), &Fake).await });
         // The server stops reading at the cap, so the rest of the write may fail.
         let (read_half, mut write_half) = tokio::io::split(client);
         let (_, line) = tokio::join!(write_half.write_all(&huge), read_line(read_half));
@@ -398,7 +421,7 @@ mod tests {
     async fn a_silent_client_times_out() {
         let (client, server) = UnixStream::pair().unwrap();
         let serving =
-            tokio::spawn(async move { serve_connection(server, Some(1000), ME, &Fake).await });
+            tokio::spawn(async move { serve_connection(server, peer(1000), &me(), &Fake).await });
         let line = read_line(client).await;
         serving.await.unwrap();
         let reply = error(serde_json::from_str(&line).unwrap());
@@ -415,7 +438,7 @@ mod tests {
             .await
             .unwrap();
         let started = tokio::time::Instant::now();
-        serve_connection(server, Some(1000), ME, &Fake).await;
+        serve_connection(server, peer(1000), &me(), &Fake).await;
         assert!(started.elapsed() >= WRITE_TIMEOUT);
     }
 
@@ -475,13 +498,14 @@ mod tests {
 
     #[tokio::test]
     async fn a_peer_of_another_uid_is_refused_before_it_is_read() {
-        let reply = error(exchange(b"{\"v\":1,\"cmd\":\"status\"}\n", Some(4242)).await);
+        let reply = error(exchange(b"{\"v\":1,\"cmd\":\"status\"}\n", peer(4242)).await);
         assert_eq!(reply.code, ErrorCode::Refused);
         assert_eq!(
             reply.message,
-            "permission denied: uid 4242 may not control this supervisor (only root and uid 1000 may)"
+            "permission denied: uid 4242 may not control this supervisor (only root, uid 1000 may)"
         );
-        assert_eq!(error(exchange(b"", None).await).code, ErrorCode::Refused);
+        let unknown = error(exchange(b"", Err(PeerError::NoPid)).await);
+        assert_eq!(unknown.code, ErrorCode::Refused);
     }
 
     #[tokio::test]

@@ -1,7 +1,7 @@
-//! The control socket on disk and who may use it: [`bind`] creates it with mode 0660,
-//! replaces a stale one left by a dead supervisor, refuses when a live one answers, and
-//! never replaces anything that is not a socket; [`Access`] and [`peer_uid`] are the
-//! SO_PEERCRED check every connection passes before it is read.
+//! The control socket on disk: [`bind`] creates it with mode 0660 (group
+//! `AIHUMMER_ADMIN_GROUP` when root binds it and the group exists), replaces a stale one
+//! left by a dead supervisor, refuses when a live one answers, and never replaces
+//! anything that is not a socket. Who may connect is [`super::access`]'s concern.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -13,26 +13,6 @@ use super::protocol::{Body, Command};
 
 /// How long a live socket's owner has to say who it is.
 const IDENTIFY_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// Who may use the socket: root and the supervisor's own uid.
-#[derive(Debug, Clone, Copy)]
-pub struct Access {
-    /// The supervisor's uid.
-    pub uid: u32,
-}
-
-impl Access {
-    /// Whether a peer with `uid` may send requests.
-    pub fn allows(&self, uid: u32) -> bool {
-        uid == 0 || uid == self.uid
-    }
-}
-
-/// The uid of the process at the other end of `stream` (SO_PEERCRED); `None` when the
-/// kernel does not say.
-pub fn peer_uid(stream: &UnixStream) -> Option<u32> {
-    stream.peer_cred().ok().map(|cred| cred.uid())
-}
 
 /// Why the control socket could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -72,21 +52,33 @@ pub enum BindError {
 }
 
 /// Binds the control socket at `path`: creates its directory, removes a stale socket file
-/// left by a dead supervisor, refuses when a live one answers, and sets mode 0660.
+/// left by a dead supervisor, refuses when a live one answers, and sets mode 0660. When
+/// root binds it and `admin_gid` is given, the socket (and a directory created for it)
+/// gets that group, so the group's members can reach it.
 /// Blocking, and it runs a short-lived runtime of its own to ask a live socket who it is:
 /// call it before the supervisor's runtime starts, never from async code.
-pub fn bind(path: &Path, uid: u32) -> Result<std::os::unix::net::UnixListener, BindError> {
+pub fn bind(
+    path: &Path,
+    uid: u32,
+    admin_gid: Option<u32>,
+) -> Result<std::os::unix::net::UnixListener, BindError> {
     use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
     let io = |source| BindError::Io {
         path: path.to_path_buf(),
         source,
     };
+    let group = admin_gid.filter(|_| uid == 0);
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        let created = !dir.exists();
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o750)
             .create(dir)
             .map_err(io)?;
+        // Only a directory made here changes group: an existing one is the operator's.
+        if let Some(gid) = group.filter(|_| created) {
+            std::os::unix::fs::chown(dir, None, Some(gid)).map_err(io)?;
+        }
         // A directory under a shared /tmp could be pre-created by another user to catch
         // our socket; only trust one we (or root) own.
         let owner = std::fs::metadata(dir).map_err(io)?.uid();
@@ -116,6 +108,9 @@ pub fn bind(path: &Path, uid: u32) -> Result<std::os::unix::net::UnixListener, B
         Err(err) => return Err(io(err)),
     }
     let listener = std::os::unix::net::UnixListener::bind(path).map_err(io)?;
+    if let Some(gid) = group {
+        std::os::unix::fs::chown(path, Some(0), Some(gid)).map_err(io)?;
+    }
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(io)?;
     listener.set_nonblocking(true).map_err(io)?;
     Ok(listener)
@@ -155,20 +150,9 @@ mod tests {
 
     use super::*;
     use crate::config::current_uid;
+    use crate::control::access::Access;
     use crate::control::fixtures::Fake;
     use crate::control::server::serve;
-
-    #[test]
-    fn root_and_the_own_uid_are_allowed_and_no_one_else() {
-        let me = Access { uid: 1000 };
-        assert!(me.allows(0) && me.allows(1000) && !me.allows(65534));
-    }
-
-    #[tokio::test]
-    async fn the_peer_of_a_socket_pair_is_this_process_s_user() {
-        let (a, _b) = UnixStream::pair().unwrap();
-        assert_eq!(peer_uid(&a), Some(current_uid()));
-    }
 
     #[test]
     fn a_stale_socket_file_is_replaced_with_mode_0660() {
@@ -176,7 +160,7 @@ mod tests {
         let path = dir.path().join("s.sock");
         drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
         assert!(path.exists(), "a dropped listener leaves its file behind");
-        let _listener = bind(&path, current_uid()).unwrap();
+        let _listener = bind(&path, current_uid(), None).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o660);
     }
@@ -186,7 +170,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.sock");
         let uid = current_uid();
-        let listener = bind(&path, uid).unwrap();
+        let listener = bind(&path, uid, None).unwrap();
         // Another thread's runtime serves while this one makes the blocking bind attempt.
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -198,12 +182,16 @@ mod tests {
             serve(
                 listener,
                 Arc::new(Fake),
-                Access { uid },
+                Access {
+                    uid,
+                    gateway_uid: uid,
+                    ..Access::default()
+                },
                 std::future::pending(),
             )
             .await
         });
-        let err = bind(&path, uid).unwrap_err();
+        let err = bind(&path, uid, None).unwrap_err();
         assert!(
             matches!(err, BindError::AnotherSupervisor { pid: 1, .. }),
             "{err}"
@@ -216,7 +204,7 @@ mod tests {
         let path = dir.path().join("s.sock");
         // Connections queue in the backlog unanswered, so the question times out.
         let _listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
-        let err = bind(&path, current_uid()).unwrap_err();
+        let err = bind(&path, current_uid(), None).unwrap_err();
         assert!(matches!(err, BindError::InUse(_)), "{err}");
     }
 
@@ -225,7 +213,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("precious.conf");
         std::fs::write(&path, "keep me").unwrap();
-        let err = bind(&path, current_uid()).unwrap_err();
+        let err = bind(&path, current_uid(), None).unwrap_err();
         assert!(matches!(err, BindError::NotASocket(_)), "{err}");
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "keep me");
     }

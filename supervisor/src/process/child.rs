@@ -2,10 +2,16 @@
 //! through tokio's [`tokio::process::Child::wait`] (never `waitpid(-1)`, which would steal
 //! exit statuses from tokio), by one task that owns it.
 //!
-//! The child inherits this process's environment (so every `AIHUMMER_*` setting, including
-//! `AIHUMMER_DRAIN_TIMEOUT`, reaches it unchanged) minus what belongs to the supervisor
-//! alone: systemd's notification and watchdog variables and any `LISTEN_*` left over.
-//! Its stdout and stderr are the supervisor's, so under systemd both land in the journal.
+//! The child inherits this process's environment (so the gateway's own settings, such as
+//! `AIHUMMER_DRAIN_TIMEOUT` and the database URLs, reach it unchanged) minus what belongs
+//! to the supervisor alone: [`config::supervisor_only`] settings (the control socket, the
+//! update key and CDN, the install dir), systemd's notification and watchdog variables and
+//! any `LISTEN_*` left over. Its stdout and stderr are the supervisor's, so under systemd
+//! both land in the journal.
+//!
+//! Each child leads a process group of its own, remembered in [`GatewayGroups`] so the
+//! control server can refuse the gateway's processes, and a root supervisor starts it as
+//! [`RunAs`] (see [`super::identity`]).
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -18,11 +24,23 @@ use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 
 use super::fds::{self, FdError};
+use super::groups::GatewayGroups;
+use super::identity::RunAs;
+use crate::config;
 use aihummer_common::sockets;
 
 /// Variables a child must not inherit: systemd talks to the supervisor only, and a child's
 /// sockets are described afresh.
 const SCRUBBED: &[&str] = &["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"];
+
+/// How gateways are started: as whom, and where their process groups are recorded.
+#[derive(Debug, Clone, Default)]
+pub struct Launch {
+    /// The identity a root supervisor switches to; `None`: this process's own.
+    pub run_as: Option<RunAs>,
+    /// The process groups of the gateways started so far.
+    pub groups: GatewayGroups,
+}
 
 /// A child that could not be started or signalled.
 #[derive(Debug, thiserror::Error)]
@@ -58,12 +76,13 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Starts `binary` with a duplicate of `public` on fd 3 and a fresh probe listener on
-    /// fd 4; `on_exit` is called with its exit status once it has exited and been reaped.
-    /// Must run inside a tokio runtime.
+    /// Starts `binary` as `launch` says, in a process group of its own, with a duplicate
+    /// of `public` on fd 3 and a fresh probe listener on fd 4; `on_exit` is called with its
+    /// exit status once it has exited and been reaped. Must run inside a tokio runtime.
     pub fn spawn(
         binary: &Path,
         public: &TcpListener,
+        launch: &Launch,
         on_exit: impl FnOnce(Option<ExitStatus>) + Send + 'static,
     ) -> Result<Gateway, ChildError> {
         let sockets = fds::child_sockets(public)?;
@@ -71,7 +90,16 @@ impl Gateway {
         for var in SCRUBBED.iter().chain(sockets::LISTEN_VARS) {
             command.env_remove(var);
         }
+        for (name, _) in std::env::vars_os() {
+            if name.to_str().is_some_and(config::supervisor_only) {
+                command.env_remove(name);
+            }
+        }
+        if let Some(run_as) = &launch.run_as {
+            run_as.apply(&mut command);
+        }
         command
+            .process_group(0)
             .env("LISTEN_FDS", "2")
             .env("LISTEN_FDNAMES", fds::child_fd_names())
             .stdin(Stdio::null())
@@ -90,6 +118,10 @@ impl Gateway {
         let pid = child
             .id()
             .ok_or_else(|| ChildError::NoPid(binary.to_path_buf()))?;
+        // Its pgid is its pid (process_group(0)); a pid always fits a pid_t.
+        if let Ok(pgid) = i32::try_from(pid) {
+            launch.groups.add(pgid);
+        }
         let (signals, inbox) = mpsc::unbounded_channel();
         tokio::spawn(own(child, pid, inbox, on_exit));
         Ok(Gateway {

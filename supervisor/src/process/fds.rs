@@ -1,5 +1,6 @@
 //! Descriptor plumbing: the public listener (bound here or inherited from systemd socket
-//! activation) and the sockets each gateway child inherits. The crate's only `unsafe`.
+//! activation) and the sockets each gateway child inherits. With the `pre_exec` of
+//! [`super::identity`], the crate's only `unsafe`.
 //!
 //! A child gets exactly two descriptors beyond stdio, systemd-style: fd 3 is a duplicate of
 //! the public listener (one accept queue shared by every child, so nothing queued is lost

@@ -3,5 +3,7 @@
 
 pub mod child;
 pub mod fds;
+pub mod groups;
+pub mod identity;
 pub mod notify;
 pub mod probe;

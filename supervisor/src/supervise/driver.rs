@@ -299,7 +299,7 @@ impl Driver {
                 let status = child::describe(status);
                 let _ = sender.send(Message::Input(Input::Exited { child, status }));
             };
-            Gateway::spawn(&path, &self.public, on_exit)
+            Gateway::spawn(&path, &self.public, &self.settings.launch, on_exit)
                 .map(|gateway| (gateway, path))
                 .map_err(|err| err.to_string())
         });
