@@ -10,6 +10,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, ConfigError, DbTarget};
 use crate::database::{self, StartupError};
+use crate::descriptors;
 use crate::http::inbound::Inbound;
 use crate::http::routes;
 use crate::leader::Elector;
@@ -54,9 +55,10 @@ impl GatewayError {
 
 /// Builds the runtime and runs the gateway until SIGTERM or SIGINT has drained it.
 pub fn start(
-    config: Config,
+    mut config: Config,
     inherited: Result<Option<Listeners>, ListenerError>,
 ) -> Result<(), GatewayError> {
+    config.limits.max_connections = descriptors::fit(config.limits.max_connections);
     let listeners = match inherited? {
         Some(listeners) => listeners,
         None => listeners::bind(config.addr)?,
@@ -177,15 +179,16 @@ pub async fn run(
     // private probe answers from the first moment.
     let supervised = listeners.probe.is_some();
     let (open_public, public_open) = watch::channel(!supervised || !shared.full_mode);
-    let server = Server::new(routes::router(shared.clone(), inbound));
-    let mut addrs = vec![server.serve_when(listeners.public, public_open)?];
+    let server = Server::new(routes::router(shared.clone(), inbound), config.limits);
+    let mut addrs = vec![server.serve_public(listeners.public, public_open)?];
     if let Some(probe) = listeners.probe {
-        addrs.push(server.serve(probe)?);
+        addrs.push(server.serve_probe(probe)?);
     }
     tracing::info!(
         version = crate::VERSION,
         pid = shared.pid,
         listening = ?addrs,
+        max_connections = config.limits.max_connections,
         mode = if shared.full_mode { "full" } else { "health-only" },
         "aihummer-gateway serving"
     );

@@ -125,6 +125,14 @@ pub unsafe fn take_inherited() -> Result<Option<Listeners>, ListenerError> {
 /// Binds `addr` for public traffic, when nothing was inherited.
 pub fn bind(addr: SocketAddr) -> Result<Listeners, ListenerError> {
     let public = TcpListener::bind(addr).map_err(|source| ListenerError::Bind { addr, source })?;
+    // std listens with a backlog of 128; at the connection cap the queue is where clients
+    // wait, so raise it to the system's maximum (Linux applies a repeated listen()).
+    nix::sys::socket::listen(&public, nix::sys::socket::Backlog::MAXCONN).map_err(|errno| {
+        ListenerError::Bind {
+            addr,
+            source: errno.into(),
+        }
+    })?;
     public
         .set_nonblocking(true)
         .map_err(ListenerError::NonBlocking)?;
