@@ -5,6 +5,7 @@
 //! - [`Proxy`]: a TCP forwarder to PostgreSQL that a test can cut and restore, to make
 //!   the database unreachable without touching the shared server.
 //! - [`Receiver`]: a webhook receiver recording every delivery, answering from a script.
+//! - [`slowloris::Flood`]: connections trickling their headers or body a byte at a time.
 //! - [`wait_for`]: every wait polls a real signal (an HTTP answer, a row, an exit) under a
 //!   deadline; nothing sleeps a fixed time hoping something happened.
 //!
@@ -12,6 +13,7 @@
 //! builds them (through the `gateway/tests` and `supervisor/tests` integration tests); a
 //! run limited to this package (`-p aihummer-tests`) would use whatever was built last.
 
+pub mod slowloris;
 pub mod supervisor;
 pub mod update;
 pub mod updating;
