@@ -30,9 +30,7 @@ async fn a_slowloris_flood_does_not_delay_a_handoff_and_steady_clients_see_no_fa
     wait_for(
         Duration::from_secs(10),
         "the old gateway to take the whole flood",
-        || async {
-            (accepted_connections(old, supervisor.addr.port()) >= 2 * SLOW).then_some(())
-        },
+        || async { (accepted_connections(old, supervisor.addr.port()) >= 2 * SLOW).then_some(()) },
     )
     .await;
     let load = Load::start(&supervisor.url("/v1/ping"), 4, 2, 100_000);
