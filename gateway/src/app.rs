@@ -11,6 +11,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, ConfigError, DbTarget};
 use crate::database::{self, StartupError};
+use crate::descriptors;
 use crate::http::inbound::Inbound;
 use crate::http::routes;
 use crate::http::signature::Verifier;
@@ -59,9 +60,10 @@ impl GatewayError {
 
 /// Builds the runtime and runs the gateway until SIGTERM or SIGINT has drained it.
 pub fn start(
-    config: Config,
+    mut config: Config,
     inherited: Result<Option<Listeners>, ListenerError>,
 ) -> Result<(), GatewayError> {
+    config.limits.max_connections = descriptors::fit(config.limits.max_connections);
     let mut listeners = match inherited? {
         Some(listeners) => listeners,
         None => listeners::bind(config.addr)?,
@@ -205,16 +207,17 @@ pub async fn run(
     let supervised = listeners.probe.is_some();
     let (open_public, public_open) = watch::channel(!supervised || !shared.full_mode);
     // Two servers, because the listeners serve different routers; they drain together.
-    let server = Server::new(routes::public(shared.clone(), inbound));
-    let private = Server::new(routes::private(shared.clone()));
-    let mut addrs = vec![server.serve_when(listeners.public, public_open)?];
+    let server = Server::new(routes::public(shared.clone(), inbound), config.limits);
+    let private = Server::new(routes::private(shared.clone()), config.limits);
+    let mut addrs = vec![server.serve_public(listeners.public, public_open)?];
     for listener in [listeners.probe, listeners.operator].into_iter().flatten() {
-        addrs.push(private.serve(listener)?);
+        addrs.push(private.serve_probe(listener)?);
     }
     tracing::info!(
         version = crate::VERSION,
         pid = shared.pid,
         listening = ?addrs,
+        max_connections = config.limits.max_connections,
         mode = if shared.full_mode { "full" } else { "health-only" },
         "aihummer-gateway serving"
     );

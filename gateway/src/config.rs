@@ -14,6 +14,8 @@ use reqwest::Url;
 use sqlx::postgres::PgConnectOptions;
 use uuid::Uuid;
 
+use crate::serve::Limits;
+
 /// Listen address when `AIHUMMER_GATEWAY_ADDR` is unset: port 8765 on all interfaces.
 pub const DEFAULT_ADDR: &str = ":8765";
 /// How long a drain may take before the remaining connections are dropped.
@@ -47,6 +49,20 @@ pub mod maximum {
     pub const INBOUND_TOLERANCE: Duration = Duration::from_secs(HOUR);
 }
 
+/// Connections served at once on the public listener when `AIHUMMER_MAX_CONNECTIONS` is
+/// unset (lowered at start if the descriptor limit is too low for it).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// The largest `AIHUMMER_MAX_CONNECTIONS` accepted.
+pub const MAX_CONNECTIONS_LIMIT: usize = 1_000_000;
+/// How long a client may take to send its request headers, by default.
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// The largest `AIHUMMER_HEADER_READ_TIMEOUT` accepted.
+pub const MAX_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a client may take to send a request body, by default.
+pub const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// The largest `AIHUMMER_BODY_READ_TIMEOUT` accepted.
+pub const MAX_BODY_READ_TIMEOUT: Duration = Duration::from_secs(300);
+
 /// A setting that cannot be used, named so the operator knows what to fix.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -68,6 +84,24 @@ pub enum ConfigError {
         value: String,
         /// Why it was refused.
         reason: String,
+    },
+    /// `AIHUMMER_MAX_CONNECTIONS` is not a whole number in range.
+    #[error(
+        "AIHUMMER_MAX_CONNECTIONS={value:?} is not a connection count from 1 to {MAX_CONNECTIONS_LIMIT}"
+    )]
+    MaxConnections {
+        /// What it was set to.
+        value: String,
+    },
+    /// A read timeout that is zero or above its maximum.
+    #[error("{var}={value:?} is out of range: expected more than 0s and at most {max:?}")]
+    OutOfRange {
+        /// The variable's name.
+        var: &'static str,
+        /// What it was set to.
+        value: Duration,
+        /// The most it may be.
+        max: Duration,
     },
     /// A database URL that does not parse. The value is not repeated: it may hold a password.
     #[error("{var} is not a valid PostgreSQL URL: {reason}")]
@@ -147,6 +181,9 @@ pub struct Config {
     pub retention: Duration,
     /// `AIHUMMER_METRICS_ADDR`: the operator listener of a gateway running alone.
     pub metrics_addr: Option<SocketAddr>,
+    /// `AIHUMMER_MAX_CONNECTIONS`, `AIHUMMER_HEADER_READ_TIMEOUT`,
+    /// `AIHUMMER_BODY_READ_TIMEOUT`: what one connection may take, and how many at once.
+    pub limits: Limits,
 }
 
 impl Config {
@@ -203,8 +240,41 @@ impl Config {
             )?,
             retention: duration("AIHUMMER_RETENTION", DEFAULT_RETENTION, maximum::RETENTION)?,
             metrics_addr: env.optional_listen_addr("AIHUMMER_METRICS_ADDR")?,
+            limits: Limits {
+                max_connections: get("AIHUMMER_MAX_CONNECTIONS")
+                    .map(|v| parse_max_connections(&v))
+                    .transpose()?
+                    .unwrap_or(DEFAULT_MAX_CONNECTIONS),
+                header_read_timeout: in_range(
+                    "AIHUMMER_HEADER_READ_TIMEOUT",
+                    env.duration("AIHUMMER_HEADER_READ_TIMEOUT", DEFAULT_HEADER_READ_TIMEOUT)?,
+                    MAX_HEADER_READ_TIMEOUT,
+                )?,
+                body_read_timeout: in_range(
+                    "AIHUMMER_BODY_READ_TIMEOUT",
+                    env.duration("AIHUMMER_BODY_READ_TIMEOUT", DEFAULT_BODY_READ_TIMEOUT)?,
+                    MAX_BODY_READ_TIMEOUT,
+                )?,
+            },
         })
     }
+}
+
+fn parse_max_connections(value: &str) -> Result<usize, ConfigError> {
+    match value.trim().parse::<usize>() {
+        Ok(n) if (1..=MAX_CONNECTIONS_LIMIT).contains(&n) => Ok(n),
+        _ => Err(ConfigError::MaxConnections {
+            value: value.to_string(),
+        }),
+    }
+}
+
+/// A zero read timeout would close every connection before its first byte.
+fn in_range(var: &'static str, value: Duration, max: Duration) -> Result<Duration, ConfigError> {
+    if value.is_zero() || value > max {
+        return Err(ConfigError::OutOfRange { var, value, max });
+    }
+    Ok(value)
 }
 
 fn parse_webhook(value: &str) -> Result<Url, ConfigError> {
@@ -360,6 +430,54 @@ mod tests {
     fn the_inbound_secret_never_shows_in_debug_output() {
         let c = config(&[("AIHUMMER_INBOUND_SECRET", "s3cret-value")]).unwrap();
         assert!(!format!("{c:?}").contains("s3cret-value"));
+    }
+
+    #[test]
+    fn connection_limits_have_defaults_and_take_settings() {
+        let c = config(&[]).unwrap();
+        assert_eq!(
+            c.limits,
+            Limits {
+                max_connections: DEFAULT_MAX_CONNECTIONS,
+                header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+                body_read_timeout: DEFAULT_BODY_READ_TIMEOUT,
+            }
+        );
+        let c = config(&[
+            ("AIHUMMER_MAX_CONNECTIONS", "16"),
+            ("AIHUMMER_HEADER_READ_TIMEOUT", "2s"),
+            ("AIHUMMER_BODY_READ_TIMEOUT", "1m"),
+        ])
+        .unwrap();
+        assert_eq!(c.limits.max_connections, 16);
+        assert_eq!(c.limits.header_read_timeout, Duration::from_secs(2));
+        assert_eq!(c.limits.body_read_timeout, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn a_connection_cap_that_is_not_a_count_in_range_is_refused() {
+        for bad in ["0", "-1", "lots", "1000001"] {
+            let err = config(&[("AIHUMMER_MAX_CONNECTIONS", bad)]).unwrap_err();
+            let msg = err.to_string();
+            assert!(
+                msg.contains("AIHUMMER_MAX_CONNECTIONS") && msg.contains(bad),
+                "{msg}"
+            );
+        }
+    }
+
+    #[test]
+    fn read_timeouts_that_are_zero_or_above_their_maximum_are_refused() {
+        for (var, bad) in [
+            ("AIHUMMER_HEADER_READ_TIMEOUT", "0s"),
+            ("AIHUMMER_HEADER_READ_TIMEOUT", "3m"),
+            ("AIHUMMER_BODY_READ_TIMEOUT", "0"),
+            ("AIHUMMER_BODY_READ_TIMEOUT", "1h"),
+        ] {
+            let err = config(&[(var, bad)]).unwrap_err();
+            let msg = err.to_string();
+            assert!(msg.contains(var) && msg.contains("at most"), "{msg}");
+        }
     }
 
     #[test]

@@ -7,7 +7,9 @@
 //!   module with `unsafe`.
 //! - [`state`]: the readiness phase and the draining/leader flags the routes report.
 //! - [`http`]: the HTTP surface: the router, the inbound handler, the JSON error answer.
-//! - [`serve`]: accepting and serving connections, and the lame-duck drain.
+//! - [`serve`]: accepting and serving connections within the connection cap and the read
+//!   timeouts, and the lame-duck drain.
+//! - [`descriptors`]: the descriptor limit raised, and the connection cap fitted under it.
 //! - [`database`]: pools and the startup sequence (connect, migrate, verify the app role).
 //! - [`migrate`]: embedded migrations applied under an advisory lock.
 //! - [`advisory`]: session advisory locks (migrations, leadership) as small verbs, waited
@@ -30,6 +32,7 @@ pub mod advisory;
 pub mod app;
 pub mod config;
 pub mod database;
+pub mod descriptors;
 pub mod http;
 pub mod inbound;
 pub mod leader;

@@ -158,6 +158,14 @@ pub fn bind(addr: SocketAddr) -> Result<Listeners, ListenerError> {
 fn bind_one(addr: SocketAddr) -> Result<TcpListener, ListenerError> {
     let listener =
         TcpListener::bind(addr).map_err(|source| ListenerError::Bind { addr, source })?;
+    // std listens with a backlog of 128; at the connection cap the queue is where clients
+    // wait, so raise it to the system's maximum (Linux applies a repeated listen()).
+    nix::sys::socket::listen(&listener, nix::sys::socket::Backlog::MAXCONN).map_err(|errno| {
+        ListenerError::Bind {
+            addr,
+            source: errno.into(),
+        }
+    })?;
     listener
         .set_nonblocking(true)
         .map_err(ListenerError::NonBlocking)?;

@@ -8,6 +8,7 @@
 //! - [`pgbouncer::PgBouncer`]: a real PgBouncer in session or transaction pooling mode.
 //! - [`Receiver`]: a webhook receiver recording every delivery, answering from a script.
 //! - [`accounts`]: throwaway system users and groups for the privilege tests.
+//! - [`slowloris::Flood`]: connections trickling their headers or body a byte at a time.
 //! - [`wait_for`]: every wait polls a real signal (an HTTP answer, a row, an exit) under a
 //!   deadline; nothing sleeps a fixed time hoping something happened.
 //!
@@ -17,6 +18,7 @@
 
 pub mod accounts;
 pub mod pgbouncer;
+pub mod slowloris;
 pub mod supervisor;
 pub mod update;
 pub mod updating;

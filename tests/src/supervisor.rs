@@ -279,7 +279,9 @@ pub fn accepted_connections(pid: u32, port: u16) -> usize {
                 .map(str::to_string)
         })
         .collect();
-    let mut count = 0;
+    // A set, not a count: /proc/net/tcp is read in chunks, and a socket opened or closed
+    // between two chunks can make the kernel list another one twice.
+    let mut accepted = HashSet::new();
     for table in ["tcp", "tcp6"] {
         let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")) else {
             continue;
@@ -296,11 +298,11 @@ pub fn accepted_connections(pid: u32, port: u16) -> usize {
                 .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
             // 01 is ESTABLISHED.
             if local_port == Some(port) && *state == "01" && inodes.contains(*inode) {
-                count += 1;
+                accepted.insert(inode.to_string());
             }
         }
     }
-    count
+    accepted.len()
 }
 
 /// Puts an executable shell script at `path` atomically (write beside it, then rename), so
