@@ -6,6 +6,7 @@
 //!   the client) and restore, to make the database unreachable without touching the
 //!   shared server.
 //! - [`pgbouncer::PgBouncer`]: a real PgBouncer in session or transaction pooling mode.
+//! - [`packaging`]: the `packaging/` folder, system tools the packaging suites need.
 //! - [`Receiver`]: a webhook receiver recording every delivery, answering from a script.
 //! - [`wait_for`]: every wait polls a real signal (an HTTP answer, a row, an exit) under a
 //!   deadline; nothing sleeps a fixed time hoping something happened.
@@ -14,6 +15,7 @@
 //! builds them (through the `gateway/tests` and `supervisor/tests` integration tests); a
 //! run limited to this package (`-p aihummer-tests`) would use whatever was built last.
 
+pub mod packaging;
 pub mod pgbouncer;
 pub mod supervisor;
 pub mod update;
