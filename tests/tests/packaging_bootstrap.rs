@@ -121,7 +121,7 @@ async fn a_gateway_serves_inbound_through_the_app_role_on_a_database_made_by_boo
     .expect("activity");
     assert_eq!(
         serving,
-        [b.login.clone()],
+        std::slice::from_ref(&b.login),
         "the gateway serves through the app login"
     );
     let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM inbound_messages")
