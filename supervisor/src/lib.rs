@@ -26,6 +26,8 @@
 //!   options that [`config`] derives from the settings.
 //! - [`install`]: the install dir: every path in it, `current`/`previous` links, the
 //!   staging area, the bootstrap install, pruning, `state.json`.
+//! - [`docgen`]: man pages and shell completions from the clap definitions (hidden
+//!   `generate` subcommand).
 //! - [`durable`]: crash-safe file writes (atomic replace, directory fsync).
 //! - [`failpoint`]: named crash points for the crash-safety suites (debug builds only).
 //! - [`publish`]: the publisher side, writing the CDN layout (`aihummer-publish`).
@@ -47,6 +49,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod docgen;
 pub mod durable;
 pub mod failpoint;
 pub mod install;

@@ -7,10 +7,10 @@ use std::process::ExitCode;
 
 use aihummer::cli::{self, ClientError};
 use aihummer::process::fds;
-use aihummer::{VERSION, app, config};
+use aihummer::{VERSION, app, config, docgen};
 use aihummer_common::logging;
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 /// AiHummer supervisor and operator CLI. Configured by AIHUMMER_* environment variables;
 /// the client commands talk to the supervisor at AIHUMMER_SUPERVISOR_SOCKET.
@@ -57,12 +57,17 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Restart the gateway with a zero-downtime handoff.
+    /// Restart the gateway with a zero-downtime handoff. The new gateway gets the
+    /// supervisor's environment, not this shell's: a changed environment file needs
+    /// `systemctl restart aihummer`.
     Restart {
         /// Print one JSON document, stable for scripts.
         #[arg(long)]
         json: bool,
     },
+    /// Write man pages or shell completions (used by the packaging).
+    #[command(subcommand, hide = true)]
+    Generate(docgen::Generate),
 }
 
 fn main() -> ExitCode {
@@ -82,6 +87,13 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Cmd::Generate(what) => match what.run(Cli::command()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("aihummer: {err}");
+                ExitCode::FAILURE
+            }
+        },
         command => {
             let json = command.wants_json();
             match client(command) {
@@ -111,7 +123,7 @@ impl Cmd {
     /// Whether the command was asked for JSON output.
     fn wants_json(&self) -> bool {
         match self {
-            Cmd::Run => false,
+            Cmd::Run | Cmd::Generate(_) => false,
             Cmd::Status { json }
             | Cmd::Version { json }
             | Cmd::Update { json, .. }
@@ -145,6 +157,6 @@ async fn run_client(command: Cmd, path: &Path) -> Result<u8, ClientError> {
             json,
         } => cli::update(path, version, json).await.map(|()| 0),
         Cmd::Rollback { json } => cli::rollback(path, json).await.map(|()| 0),
-        Cmd::Run => Ok(0),
+        Cmd::Run | Cmd::Generate(_) => Ok(0),
     }
 }

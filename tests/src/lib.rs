@@ -6,6 +6,7 @@
 //!   the client) and restore, to make the database unreachable without touching the
 //!   shared server.
 //! - [`pgbouncer::PgBouncer`]: a real PgBouncer in session or transaction pooling mode.
+//! - [`packaging`]: the `packaging/` folder, system tools the packaging suites need.
 //! - [`Receiver`]: a webhook receiver recording every delivery, answering from a script.
 //! - [`accounts`]: throwaway system users and groups for the privilege tests.
 //! - [`slowloris::Flood`]: connections trickling their headers or body a byte at a time.
@@ -17,6 +18,7 @@
 //! run limited to this package (`-p aihummer-tests`) would use whatever was built last.
 
 pub mod accounts;
+pub mod packaging;
 pub mod pgbouncer;
 pub mod slowloris;
 pub mod supervisor;

@@ -16,12 +16,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
+use aihummer::docgen;
 use aihummer::durable::write_atomic;
 use aihummer::publish::{self, Release, SigningKey};
 use aihummer::update::Channel;
 use aihummer::update::manifest::TARGET;
 use anyhow::{Context, bail};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 const PASSWORD_VAR: &str = "AIHUMMER_PUBLISH_KEY_PASSWORD";
 
@@ -84,6 +85,9 @@ enum Command {
         #[arg(long)]
         unencrypted: bool,
     },
+    /// Write man pages or shell completions (used by the packaging).
+    #[command(subcommand, hide = true)]
+    Generate(docgen::Generate),
 }
 
 fn main() -> ExitCode {
@@ -173,6 +177,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 pair.public_key.lines().nth(1).unwrap_or_default()
             );
         }
+        Command::Generate(what) => what.run(Args::command())?,
     }
     Ok(())
 }
