@@ -25,11 +25,14 @@ use axum::http::{HeaderValue, Request, header};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus::IntGauge;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
+
+use crate::metrics::OpenConnection;
 
 /// How long a connection must sit idle during a drain before it is closed. Long enough
 /// that a client reusing it right away gets its answer (with `Connection: close`) rather
@@ -49,6 +52,7 @@ pub struct Server {
     drain: watch::Sender<bool>,
     always_open: watch::Sender<bool>,
     tasks: TaskTracker,
+    connections: Option<IntGauge>,
 }
 
 /// How a drain ended.
@@ -68,7 +72,14 @@ impl Server {
             drain: watch::channel(false).0,
             always_open: watch::channel(true).0,
             tasks: TaskTracker::new(),
+            connections: None,
         }
+    }
+
+    /// Keeps `gauge` at the number of connections open on this server's listeners.
+    pub fn count_connections(mut self, gauge: IntGauge) -> Self {
+        self.connections = Some(gauge);
+        self
     }
 
     /// Accepts on `listener` from now on. Must run inside a tokio runtime.
@@ -91,6 +102,7 @@ impl Server {
             open,
             self.drain.subscribe(),
             self.tasks.clone(),
+            self.connections.clone(),
         ));
         Ok(addr)
     }
@@ -112,6 +124,7 @@ async fn accept_loop(
     mut open: watch::Receiver<bool>,
     mut drain: watch::Receiver<bool>,
     tasks: TaskTracker,
+    connections: Option<IntGauge>,
 ) {
     tokio::select! {
         biased;
@@ -128,7 +141,12 @@ async fn accept_loop(
         };
         match accepted {
             Ok((stream, _)) => {
-                tasks.spawn(serve_connection(stream, router.clone(), drain.clone()));
+                let open = connections.clone().map(OpenConnection::new);
+                let serve = serve_connection(stream, router.clone(), drain.clone());
+                tasks.spawn(async move {
+                    serve.await;
+                    drop(open);
+                });
             }
             Err(err) if is_peer_error(&err) => {}
             Err(err) => {

@@ -110,6 +110,8 @@ pub struct Settings {
     pub update_interval: Duration,
     /// `AIHUMMER_UPDATE_PUBKEY`, `AIHUMMER_UPDATE_ALLOW_UNSIGNED` and the download limits.
     pub update: UpdateSettings,
+    /// `AIHUMMER_METRICS_ADDR`: where `/metrics` is served for the whole node; unset, off.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 /// `AIHUMMER_AUTO_UPDATE`: what the supervisor does about newer versions on its own.
@@ -221,6 +223,7 @@ impl Settings {
                 maximum::UPDATE_INTERVAL,
             )?,
             update,
+            metrics_addr: env.optional_listen_addr("AIHUMMER_METRICS_ADDR")?,
         })
     }
 
