@@ -236,17 +236,10 @@ impl Driver {
         match effect {
             Effect::Spawn { child, binary } => {
                 let serving = self.machine.status().active.is_some();
-                let kind = binary.clone();
-                let spawned = self.spawn(child, binary);
-                let pid = match &spawned {
-                    Input::Spawned { pid, .. } => Some(*pid),
-                    _ => None,
-                };
+                let spawned = self.spawn(child, binary.clone());
                 let now = Instant::now().into_std();
-                self.observer.spawned(now, child, &kind, serving, pid);
-                if pid.is_none() {
-                    self.observer.exited(now, child);
-                }
+                self.observer
+                    .spawned(now, child, &binary, serving, &spawned);
                 Some(spawned)
             }
             Effect::Probe(child) => {

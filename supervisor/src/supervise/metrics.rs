@@ -17,7 +17,7 @@ use prometheus::{
     Opts, Registry, TextEncoder,
 };
 
-use super::events::{Binary, ChildId, Found};
+use super::events::{Binary, ChildId, Found, Input};
 use super::status::Status;
 
 /// Handoff and start durations, in seconds: from a fast restart to a slow migration.
@@ -176,21 +176,25 @@ impl Observer {
         }
     }
 
-    /// The driver spawned `child` running `binary` (`pid` when it runs); `serving` is
-    /// whether another gateway serves meanwhile.
+    /// The driver spawned `child` running `binary`, with `result` ([`Input::Spawned`] or
+    /// [`Input::SpawnFailed`]); `serving` is whether another gateway serves meanwhile.
     pub fn spawned(
         &mut self,
         now: Instant,
         child: ChildId,
         binary: &Binary,
         serving: bool,
-        pid: Option<u32>,
+        result: &Input,
     ) {
         let kind = match binary {
             Binary::Current if serving => "restart",
             Binary::Current => "start",
             Binary::Installed(_) => "rollback",
             Binary::Staged(_) => "update",
+        };
+        let pid = match result {
+            Input::Spawned { pid, .. } => Some(*pid),
+            _ => None,
         };
         self.pending.insert(
             child,
@@ -201,6 +205,9 @@ impl Observer {
                 spawned: now,
             },
         );
+        if pid.is_none() {
+            self.exited(now, child);
+        }
     }
 
     /// `child` exited: a start that never served failed. (A failed handoff is recorded by
@@ -310,6 +317,31 @@ mod tests {
     use super::super::status::{Gateway, Handoff, Role};
     use super::*;
 
+    fn spawned(child: u64, pid: u32) -> Input {
+        Input::Spawned {
+            child: ChildId(child),
+            pid,
+            binary: "/bin/gw".into(),
+        }
+    }
+
+    #[test]
+    fn a_start_that_cannot_spawn_fails_at_once() {
+        let metrics = Registered::new().unwrap();
+        let mut observer = Observer::new(metrics.clone());
+        let failed = Input::SpawnFailed {
+            child: ChildId(0),
+            reason: "no such file".into(),
+        };
+        observer.spawned(Instant::now(), ChildId(0), &Binary::Current, false, &failed);
+        let text = metrics.encode().unwrap();
+        assert!(
+            text.contains(
+                "aihummer_supervisor_handoffs_total{kind=\"start\",outcome=\"failure\"} 1"
+            )
+        );
+    }
+
     fn gateway(pid: u32, now: Instant) -> Gateway {
         Gateway {
             pid,
@@ -327,12 +359,12 @@ mod tests {
         let mut observer = Observer::new(metrics.clone());
         let now = Instant::now();
         let mut status = Status::new(vec![]);
-        observer.spawned(now, ChildId(0), &Binary::Current, false, Some(10));
+        observer.spawned(now, ChildId(0), &Binary::Current, false, &spawned(0, 10));
         observer.observe(now, &status);
         status.active = Some(gateway(10, now));
         observer.observe(now, &status);
         observer.observe(now, &status);
-        observer.spawned(now, ChildId(1), &Binary::Current, true, Some(11));
+        observer.spawned(now, ChildId(1), &Binary::Current, true, &spawned(1, 11));
         status.active = Some(gateway(11, now));
         status.last_handoff = Some(Handoff {
             at: now + Duration::from_secs(1),
@@ -373,7 +405,7 @@ mod tests {
             ChildId(0),
             &Binary::Installed("1.1.0".parse().unwrap()),
             false,
-            Some(5),
+            &spawned(0, 5),
         );
         observer.exited(now, ChildId(0));
         status.crash_restarts = 2;
