@@ -13,10 +13,12 @@ use crate::config::{Config, ConfigError, DbTarget};
 use crate::database::{self, StartupError};
 use crate::descriptors;
 use crate::http::inbound::Inbound;
+use crate::http::metrics as http_metrics;
 use crate::http::routes;
 use crate::http::signature::Verifier;
 use crate::leader::Elector;
 use crate::listeners::{self, ListenerError, Listeners};
+use crate::metrics::Metrics;
 use crate::outbox::deliver::Deliverer;
 use crate::responder::Builtin;
 use crate::scheduler::{self, Scheduler};
@@ -40,6 +42,9 @@ pub enum GatewayError {
     /// The async runtime or a listener registration failed.
     #[error("runtime: {0}")]
     Runtime(#[from] std::io::Error),
+    /// The metrics registry could not be built.
+    #[error("metrics registry: {0}")]
+    Metrics(#[from] prometheus::Error),
     /// The database startup failed for good.
     #[error(transparent)]
     Startup(#[from] StartupError),
@@ -119,15 +124,15 @@ fn withdraw_on_sigusr1(shared: Arc<Shared>) -> std::io::Result<()> {
 }
 
 /// Starts the leader election, publishing on `leadership`, the scheduler following it,
-/// and the outbox deliverer.
+/// and the outbox deliverer (counted on `metrics`), as `tasks` told to end by `stop`.
 fn start_background(
     config: &Config,
     db: &DbTarget,
     pools: &Pools,
     shared: &Arc<Shared>,
-    tasks: &TaskTracker,
-    stop: &watch::Sender<bool>,
+    (tasks, stop): (&TaskTracker, &watch::Sender<bool>),
     leadership: watch::Sender<bool>,
+    metrics: &Arc<Metrics>,
 ) {
     let context = scheduler::Context {
         pool: pools.owner.clone(),
@@ -156,6 +161,7 @@ fn start_background(
     );
     match deliverer {
         Ok(deliverer) => {
+            let deliverer = deliverer.observed(metrics.attempts.clone(), metrics.lag.clone());
             tracing::info!(webhook = %redact::url(webhook.as_str()), "delivering replies");
             tasks.spawn(deliverer.run(stop.subscribe()));
         }
@@ -180,6 +186,19 @@ async fn supervisor_gone() {
     }
 }
 
+/// Counts each change of leadership published on `leading`, until the elector is gone.
+async fn count_leadership_changes(mut leading: watch::Receiver<bool>, metrics: Arc<Metrics>) {
+    let mut was = *leading.borrow_and_update();
+    while leading.changed().await.is_ok() {
+        let is = *leading.borrow_and_update();
+        if is != was {
+            metrics.leadership_changes.inc();
+            metrics.leader.set(i64::from(is));
+            was = is;
+        }
+    }
+}
+
 /// Serves on `listeners` until `shutdown` resolves, then drains.
 pub async fn run(
     config: Config,
@@ -188,6 +207,8 @@ pub async fn run(
 ) -> Result<(), GatewayError> {
     // The elector publishes on `leadership` once the database is up; /healthz reads it.
     let (leadership, leading) = watch::channel(false);
+    let metrics = Arc::new(Metrics::new()?);
+    tokio::spawn(count_leadership_changes(leading.clone(), metrics.clone()));
     let shared = Arc::new(Shared::new(config.database.is_some(), leading));
     let inbound = Arc::new(Inbound {
         shared: shared.clone(),
@@ -207,8 +228,18 @@ pub async fn run(
     let supervised = listeners.probe.is_some();
     let (open_public, public_open) = watch::channel(!supervised || !shared.full_mode);
     // Two servers, because the listeners serve different routers; they drain together.
-    let server = Server::new(routes::public(shared.clone(), inbound), config.limits);
-    let private = Server::new(routes::private(shared.clone()), config.limits);
+    let public_routes = routes::public(shared.clone(), inbound);
+    let private_routes = routes::private(shared.clone(), metrics.clone());
+    let server = Server::new(
+        http_metrics::counted(public_routes, metrics.clone(), "public"),
+        config.limits,
+    )
+    .count_connections(metrics.connections.with_label_values(&["public"]));
+    let private = Server::new(
+        http_metrics::counted(private_routes, metrics.clone(), "private"),
+        config.limits,
+    )
+    .count_connections(metrics.connections.with_label_values(&["private"]));
     let mut addrs = vec![server.serve_public(listeners.public, public_open)?];
     for listener in [listeners.probe, listeners.operator].into_iter().flatten() {
         addrs.push(private.serve_probe(listener)?);
@@ -239,7 +270,15 @@ pub async fn run(
                 if !open_public.send_replace(true) {
                     tracing::info!("ready: accepting client traffic on the shared socket");
                 }
-                start_background(&config, db, &pools, &shared, &background, &stop, leadership);
+                start_background(
+                    &config,
+                    db,
+                    &pools,
+                    &shared,
+                    (&background, &stop),
+                    leadership,
+                    &metrics,
+                );
             }
             None => tracing::warn!(
                 "AIHUMMER_DATABASE_URL is not set: health-only mode, /readyz answers 503"
@@ -256,6 +295,7 @@ pub async fn run(
     // Leadership and leases are given up at once, beside the HTTP drain, so another
     // gateway takes over the scheduler and the outbox without waiting for this one.
     shared.start_draining();
+    metrics.draining.set(1);
     stop.send_replace(true);
     background.close();
     // Only client connections are worth reporting: a probe or operator request still open

@@ -24,6 +24,7 @@
 //! - [`leader`]: one leader across all gateways, by advisory lock, published on a channel.
 //! - [`scheduler`]: jobs run while that channel says this gateway leads, fenced per time
 //!   slot in the database.
+//! - [`metrics`]: the Prometheus registry and its handles.
 //! - [`admin`]: operator commands (`aihummer-gateway outbox ...`).
 //! - [`app`]: wires the parts together; [`app::run`] is what `main` calls.
 
@@ -37,6 +38,7 @@ pub mod http;
 pub mod inbound;
 pub mod leader;
 pub mod listeners;
+pub mod metrics;
 pub mod migrate;
 pub mod outbox;
 pub mod responder;

@@ -9,6 +9,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{self, ConfigError, Settings};
 use crate::control::{self, Access, BindError};
+use crate::metrics_endpoint;
 use crate::process::fds::{self, FdError};
 use crate::process::identity::{self, Identities, IdentityError};
 use crate::supervise::{self, Driver, Handle};
@@ -32,6 +33,17 @@ pub enum AppError {
     /// The update pipeline could not be set up.
     #[error(transparent)]
     Updater(#[from] UpdaterError),
+    /// `AIHUMMER_METRICS_ADDR` could not be bound.
+    #[error("cannot listen on AIHUMMER_METRICS_ADDR {addr}: {source}")]
+    MetricsListener {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why binding failed.
+        source: std::io::Error,
+    },
+    /// The metrics registry could not be built.
+    #[error("metrics registry: {0}")]
+    Metrics(#[from] prometheus::Error),
     /// The async runtime or a signal handler could not be set up.
     #[error("runtime: {0}")]
     Runtime(#[from] std::io::Error),
@@ -128,7 +140,22 @@ async fn serve(
         "aihummer supervisor running"
     );
     let updater = settings.update_options().map(Updater::new).transpose()?;
-    let (driver, views) = Driver::new(settings, public, (inbox.clone(), inputs), updater).await;
+    let metrics_addr = settings.metrics_addr;
+    let (driver, views) = Driver::new(settings, public, (inbox.clone(), inputs), updater).await?;
+    let (stop_metrics, metrics_stopped) = oneshot::channel::<()>();
+    if let Some(addr) = metrics_addr {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| AppError::MetricsListener { addr, source })?;
+        tracing::info!(%addr, "serving the node's metrics");
+        let node = metrics_endpoint::Node {
+            metrics: views.metrics.clone(),
+            active_probe: views.active_probe.clone(),
+        };
+        tokio::spawn(metrics_endpoint::serve(listener, node, async {
+            let _ = metrics_stopped.await;
+        }));
+    }
     let handle = Arc::new(Handle::new(views.status, inbox));
     let (stop_server, server_stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(control::serve(control, handle, access, async {
@@ -136,6 +163,7 @@ async fn serve(
     }));
     driver.run().await;
     drop(stop_server);
+    drop(stop_metrics);
     let _ = server.await;
     tracing::info!("aihummer supervisor stopped");
     Ok(())

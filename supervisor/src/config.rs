@@ -158,6 +158,8 @@ pub struct Settings {
     /// How gateways are started. Parsing leaves it at this process's own user;
     /// `app::run` fills in the gateway user it resolved from the user database.
     pub launch: Launch,
+    /// `AIHUMMER_METRICS_ADDR`: where `/metrics` is served for the whole node; unset, off.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 /// `AIHUMMER_AUTO_UPDATE`: what the supervisor does about newer versions on its own.
@@ -279,6 +281,7 @@ impl Settings {
                 .map(|v| v.trim().to_string())
                 .unwrap_or_else(|| DEFAULT_ADMIN_GROUP.to_string()),
             launch: Launch::default(),
+            metrics_addr: env.optional_listen_addr("AIHUMMER_METRICS_ADDR")?,
         })
     }
 

@@ -31,6 +31,8 @@
 //! - [`durable`]: crash-safe file writes (atomic replace, directory fsync).
 //! - [`failpoint`]: named crash points for the crash-safety suites (debug builds only).
 //! - [`publish`]: the publisher side, writing the CDN layout (`aihummer-publish`).
+//! - [`metrics_endpoint`]: the node's `/metrics` at `AIHUMMER_METRICS_ADDR` (the
+//!   supervisor's metrics, then the serving gateway's).
 //! - [`app`]: wires the parts together for `aihummer run`.
 //!
 //! Data flows one way: [`config`] → [`update`] → [`install`]; the state machine in
@@ -53,6 +55,7 @@ pub mod docgen;
 pub mod durable;
 pub mod failpoint;
 pub mod install;
+pub mod metrics_endpoint;
 pub mod process;
 pub mod publish;
 pub mod supervise;

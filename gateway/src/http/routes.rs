@@ -2,7 +2,7 @@
 //!
 //! - [`public`]: what clients reach: health, readiness (generic reasons), ping, inbound.
 //! - [`private`]: what only the supervisor's probe and an operator reach: health,
-//!   readiness with its detail, outbox counts.
+//!   readiness with its detail, outbox counts, Prometheus metrics.
 //!
 //! Both fall back to the same JSON 404/405, so a route that is private answers 404 on the
 //! public listener like any unknown path. Every error is an [`ApiError`].
@@ -23,6 +23,8 @@ use crate::VERSION;
 use crate::http::error::ApiError;
 use crate::http::health;
 use crate::http::inbound::{self, Inbound};
+use crate::http::metrics as http_metrics;
+use crate::metrics::Metrics;
 use crate::state::Shared;
 
 /// The longest artificial delay `/v1/ping?delay_ms=` accepts.
@@ -41,12 +43,13 @@ pub fn public(shared: Arc<Shared>, inbound: Arc<Inbound>) -> Router {
 }
 
 /// The router of the private listeners: the supervisor's probe and the operator listener.
-pub fn private(shared: Arc<Shared>) -> Router {
+pub fn private(shared: Arc<Shared>, metrics: Arc<Metrics>) -> Router {
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz_private))
         .route("/v1/outbox/stats", get(outbox_stats))
-        .with_state(shared)
+        .with_state(shared.clone())
+        .merge(http_metrics::route(shared, metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
 }

@@ -8,6 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use prometheus::{Histogram, IntCounterVec};
 use reqwest::Url;
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
@@ -32,6 +33,7 @@ pub struct Deliverer {
     lease: Duration,
     owner: String,
     client: reqwest::Client,
+    observed: Option<(IntCounterVec, Histogram)>,
 }
 
 impl Deliverer {
@@ -58,7 +60,15 @@ impl Deliverer {
             lease,
             owner,
             client,
+            observed: None,
         })
+    }
+
+    /// Counts each attempt's outcome on `attempts` and each delivery's lag (enqueue commit
+    /// to delivered) on `lag`.
+    pub fn observed(mut self, attempts: IntCounterVec, lag: Histogram) -> Self {
+        self.observed = Some((attempts, lag));
+        self
     }
 
     /// Delivers until `stop` turns true, then releases its leases.
@@ -152,8 +162,22 @@ impl Deliverer {
     async fn deliver(self: Arc<Self>, row: Claimed) {
         let attempt = self.attempt(&row).await;
         let verdict = policy::judge(&attempt, row.attempts);
+        if let Some((attempts, _)) = &self.observed {
+            let outcome = match &verdict {
+                Verdict::Delivered => "delivered",
+                Verdict::Retry(_) => "retry",
+                Verdict::Dead(_) => "dead",
+            };
+            attempts.with_label_values(&[outcome]).inc();
+        }
         let recorded = match &verdict {
-            Verdict::Delivered => store::delivered(&self.pool, &self.owner, row.id).await,
+            Verdict::Delivered => {
+                let lag = store::delivered(&self.pool, &self.owner, row.id).await;
+                if let (Ok(Some(seconds)), Some((_, histogram))) = (&lag, &self.observed) {
+                    histogram.observe(*seconds);
+                }
+                lag.map(drop)
+            }
             Verdict::Retry(reason) => {
                 let delay = policy::retry_delay(row.attempts, rand::random());
                 tracing::info!(reply = %row.id, attempts = row.attempts, %reason, retry_in = ?delay, "reply delivery failed; will retry");

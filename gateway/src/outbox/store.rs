@@ -95,18 +95,19 @@ pub async fn claim(
     .await
 }
 
-/// Marks a claimed row delivered.
-pub async fn delivered(pool: &PgPool, owner: &str, id: Uuid) -> Result<(), sqlx::Error> {
-    sqlx::query(
+/// Marks a claimed row delivered; returns the seconds from its enqueue to now, or `None`
+/// when the lease was lost meanwhile and nothing was marked.
+pub async fn delivered(pool: &PgPool, owner: &str, id: Uuid) -> Result<Option<f64>, sqlx::Error> {
+    sqlx::query_scalar(
         "UPDATE outbox SET status = 'delivered', delivered_at = now(), last_error = NULL,
                 lease_owner = NULL, lease_expires_at = NULL
-         WHERE id = $1 AND lease_owner = $2",
+         WHERE id = $1 AND lease_owner = $2
+         RETURNING extract(epoch FROM delivered_at - created_at)::float8",
     )
     .bind(id)
     .bind(owner)
-    .execute(pool)
-    .await?;
-    Ok(())
+    .fetch_optional(pool)
+    .await
 }
 
 /// Schedules another attempt of a claimed row after `delay`.

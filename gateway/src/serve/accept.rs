@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use prometheus::IntGauge;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio::time::Instant;
@@ -12,6 +13,7 @@ use tokio_util::task::TaskTracker;
 
 use super::Limits;
 use super::connection;
+use crate::metrics::OpenConnection;
 
 /// Pause after an accept error that is not the peer's fault (EMFILE, ENFILE, ENOBUFS):
 /// retrying at once would spin while no descriptor or buffer is free, and the connection
@@ -30,6 +32,7 @@ pub(super) struct Acceptor {
     pub(super) limits: Limits,
     pub(super) drain: watch::Receiver<bool>,
     pub(super) tasks: TaskTracker,
+    pub(super) connections: Option<IntGauge>,
 }
 
 impl Acceptor {
@@ -70,13 +73,18 @@ impl Acceptor {
             };
             match accepted {
                 Ok((stream, _)) => {
-                    self.tasks.spawn(connection::serve(
+                    let open = self.connections.clone().map(OpenConnection::new);
+                    let serve = connection::serve(
                         stream,
                         self.router.clone(),
                         self.limits,
                         self.drain.clone(),
                         slot,
-                    ));
+                    );
+                    self.tasks.spawn(async move {
+                        serve.await;
+                        drop(open);
+                    });
                 }
                 Err(err) if is_peer_error(&err) => {}
                 Err(err) => {

@@ -36,6 +36,7 @@ mod accept;
 mod body_deadline;
 mod connection;
 
+use prometheus::IntGauge;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -73,6 +74,7 @@ pub struct Server {
     drain: watch::Sender<bool>,
     always_open: watch::Sender<bool>,
     tasks: TaskTracker,
+    connections: Option<IntGauge>,
 }
 
 /// How a drain ended.
@@ -95,7 +97,14 @@ impl Server {
             drain: watch::channel(false).0,
             always_open: watch::channel(true).0,
             tasks: TaskTracker::new(),
+            connections: None,
         }
+    }
+
+    /// Keeps `gauge` at the number of connections open on this server's listeners.
+    pub fn count_connections(mut self, gauge: IntGauge) -> Self {
+        self.connections = Some(gauge);
+        self
     }
 
     /// Accepts client traffic on `listener`, within the connection cap, once `open` turns
@@ -134,6 +143,7 @@ impl Server {
             limits: self.limits,
             drain: self.drain.subscribe(),
             tasks: self.tasks.clone(),
+            connections: self.connections.clone(),
         };
         self.tasks.spawn(acceptor.run(open));
         Ok(addr)

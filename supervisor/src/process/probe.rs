@@ -121,13 +121,22 @@ pub async fn readiness(addr: SocketAddr, pid: u32) -> Verdict {
 
 /// One `GET` over a fresh connection, bounded in time and size.
 pub async fn get(addr: SocketAddr, path: &str) -> Result<Answer, ProbeError> {
-    tokio::time::timeout(PROBE_TIMEOUT, exchange(addr, path))
+    get_bounded(addr, path, MAX_BODY).await
+}
+
+/// [`get`] with a larger body allowed, for answers bigger than a probe's (metrics).
+pub async fn get_bounded(
+    addr: SocketAddr,
+    path: &str,
+    max_body: usize,
+) -> Result<Answer, ProbeError> {
+    tokio::time::timeout(PROBE_TIMEOUT, exchange(addr, path, max_body))
         .await
         .map_err(|_| ProbeError::Timeout(addr))?
         .map_err(|reason| ProbeError::Unreachable { addr, reason })
 }
 
-async fn exchange(addr: SocketAddr, path: &str) -> Result<Answer, String> {
+async fn exchange(addr: SocketAddr, path: &str, max_body: usize) -> Result<Answer, String> {
     let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
@@ -146,7 +155,7 @@ async fn exchange(addr: SocketAddr, path: &str) -> Result<Answer, String> {
         .await
         .map_err(|e| e.to_string())?;
     let status: StatusCode = response.status();
-    let body = Limited::new(response.into_body(), MAX_BODY)
+    let body = Limited::new(response.into_body(), max_body)
         .collect()
         .await
         .map_err(|e| e.to_string())?

@@ -4,7 +4,7 @@
 //! install, replying to clients and notifying systemd. It decides nothing itself.
 
 use std::collections::HashMap;
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -19,6 +19,7 @@ use super::events::{
 };
 use super::inputs::{self, Message};
 use super::machine::{Config, Machine};
+use super::metrics::{Observer, Registered};
 use crate::config::{Settings, UpdateMode};
 use crate::control::{Body, ProcessInfo, StatusReport};
 use crate::install::{self, CheckOutcome, Layout};
@@ -30,6 +31,10 @@ use crate::update::{Checked, Updater, UpdaterError};
 pub struct Views {
     /// The status report, updated on every change.
     pub status: watch::Receiver<StatusReport>,
+    /// The supervisor's metrics.
+    pub metrics: Registered,
+    /// The serving gateway's probe listener, where its own metrics are read.
+    pub active_probe: watch::Receiver<Option<SocketAddr>>,
 }
 
 /// How often the loop pulses when nothing else happens: the watchdog and the start
@@ -54,6 +59,8 @@ pub struct Driver {
     status: watch::Sender<StatusReport>,
     /// Whether systemd was told the service is ready.
     announced: bool,
+    observer: Observer,
+    active_probe: watch::Sender<Option<SocketAddr>>,
 }
 
 impl Driver {
@@ -69,7 +76,8 @@ impl Driver {
             mpsc::UnboundedReceiver<Message>,
         ),
         updater: Option<Updater>,
-    ) -> (Self, Views) {
+    ) -> Result<(Self, Views), prometheus::Error> {
+        let metrics = Registered::new()?;
         let layout = settings.state_dir.clone().map(Layout::new);
         if let Some(layout) = &layout {
             install_bootstrap(&settings, layout).await;
@@ -108,6 +116,7 @@ impl Driver {
             (now.into_std(), SystemTime::now()),
         );
         let (status, status_rx) = watch::channel(report);
+        let (active_probe, active_probe_rx) = watch::channel(None);
         let driver = Driver {
             settings,
             public,
@@ -122,9 +131,15 @@ impl Driver {
             me,
             status,
             announced: false,
+            observer: Observer::new(metrics.clone()),
+            active_probe,
         };
-        let views = Views { status: status_rx };
-        (driver, views)
+        let views = Views {
+            status: status_rx,
+            metrics,
+            active_probe: active_probe_rx,
+        };
+        Ok((driver, views))
     }
 
     /// Runs until a stop has drained every child.
@@ -191,6 +206,11 @@ impl Driver {
             Input::Exited { child, .. } => Some(*child),
             _ => None,
         };
+        match &input {
+            Input::Exited { child, .. } => self.observer.exited(Instant::now().into_std(), *child),
+            Input::Checked(report) => self.observer.checked(&report.found, SystemTime::now()),
+            _ => {}
+        }
         self.machine.handle(Instant::now().into_std(), input);
         if let Some(child) = exited {
             self.children.remove(&child);
@@ -215,7 +235,14 @@ impl Driver {
 
     fn perform(&mut self, effect: Effect) -> Option<Input> {
         match effect {
-            Effect::Spawn { child, binary } => Some(self.spawn(child, binary)),
+            Effect::Spawn { child, binary } => {
+                let serving = self.machine.status().active.is_some();
+                let spawned = self.spawn(child, binary.clone());
+                let now = Instant::now().into_std();
+                self.observer
+                    .spawned(now, child, &binary, serving, &spawned);
+                Some(spawned)
+            }
             Effect::Probe(child) => {
                 if let Some(gateway) = self.children.get(&child) {
                     let (addr, pid) = (gateway.probe, gateway.pid);
@@ -412,8 +439,21 @@ impl Driver {
         }
     }
 
-    /// Publishes the status when it changed.
+    /// Publishes the status when it changed, and the metrics derived from it.
     fn publish(&mut self) {
+        let status = self.machine.status();
+        self.observer.observe(Instant::now().into_std(), status);
+        let probe = status.active.as_ref().and_then(|active| {
+            self.children
+                .values()
+                .find(|gateway| gateway.pid == active.pid)
+                .map(|gateway| gateway.probe)
+        });
+        self.active_probe.send_if_modified(|current| {
+            let changed = *current != probe;
+            *current = probe;
+            changed
+        });
         let report = self.machine.status().report(
             self.me.clone(),
             (

@@ -9,6 +9,7 @@
 //! - [`gate`], [`soak`], [`backoff`], [`checks`], [`clients`]: pure pieces it uses.
 //! - [`status`]: what `aihummer status` shows, converted to the protocol's report at the edge.
 //! - [`driver`]: carries out effects (processes, probes, checks, install, replies).
+//! - [`metrics`]: the supervisor's Prometheus metrics, derived by the driver.
 //! - [`inputs`]: signals, the update timer, and the control socket's adapter.
 
 pub mod backoff;
@@ -21,6 +22,7 @@ mod handoff;
 pub mod inputs;
 mod lifecycle;
 pub mod machine;
+pub mod metrics;
 pub mod soak;
 pub mod status;
 mod updates;
