@@ -76,8 +76,9 @@ fn main() -> ExitCode {
             match app::run(inherited) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(err) => {
-                    // The log is the supervisor's voice (journald under systemd).
-                    tracing::error!(error = %err, "aihummer supervisor stopped");
+                    // The log is the supervisor's voice (journald under systemd): the
+                    // error itself is the message, so it is the line an operator reads.
+                    tracing::error!("{err}");
                     ExitCode::FAILURE
                 }
             }

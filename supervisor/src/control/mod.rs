@@ -19,9 +19,9 @@ pub mod server;
 pub mod socket;
 
 pub use protocol::{
-    Body, Command, ErrorCode, ErrorReply, Event, GatewayInfo, GatewayState, GatewayVersion,
-    HandoffRecord, Message, PROTOCOL_VERSION, ProcessInfo, Progress, Request, RestartReport, Stage,
-    StatusReport, SupervisorState, UpToDateReport, UpdateInfo, VersionReport,
+    Body, CheckReport, Command, ErrorCode, ErrorReply, Event, GatewayInfo, GatewayState,
+    GatewayVersion, HandoffRecord, Message, PROTOCOL_VERSION, ProcessInfo, Progress, Request,
+    RestartReport, Stage, StatusReport, SupervisorState, UpToDateReport, UpdateInfo, VersionReport,
 };
 pub use server::{Service, serve};
 pub use socket::{Access, BindError, bind};
