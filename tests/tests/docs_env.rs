@@ -38,17 +38,17 @@ fn read(path: &Path) -> String {
 
 /// `AIHUMMER_*` names in `text`, each taken whole.
 fn names(text: &str) -> BTreeSet<String> {
-    let mut found = BTreeSet::new();
-    let mut rest = text;
-    while let Some(at) = rest.find("AIHUMMER_") {
-        let tail = &rest[at..];
-        let end = tail
-            .find(|c: char| !(c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_'))
-            .unwrap_or(tail.len());
-        found.insert(tail[..end].to_string());
-        rest = &tail[end..];
-    }
-    found
+    text.match_indices("AIHUMMER_")
+        .map(|(at, _)| name_at(&text[at..]))
+        .collect()
+}
+
+/// The name `text` starts with.
+fn name_at(text: &str) -> String {
+    let end = text
+        .find(|c: char| !(c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_'))
+        .unwrap_or(text.len());
+    text[..end].to_string()
 }
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -76,7 +76,7 @@ fn read_by_code() -> BTreeSet<String> {
         let code = text.split("#[cfg(test)]").next().unwrap_or_default();
         for (at, _) in code.match_indices("\"AIHUMMER_") {
             if !code[..at].ends_with("env!(") {
-                found.extend(names(&code[at..]).into_iter().take(1));
+                found.insert(name_at(&code[at + 1..]));
             }
         }
     }
