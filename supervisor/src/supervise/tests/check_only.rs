@@ -22,7 +22,7 @@ fn a_check_only_request_answers_with_what_the_channel_offers_and_shows_it_in_sta
         available: true,
     };
     for client in [first, second] {
-        assert_eq!(world.outcomes(client), [answer.clone()]);
+        assert_eq!(world.outcomes(client), std::slice::from_ref(&answer));
     }
     let status = world.machine.status();
     assert_eq!(status.available.as_deref(), Some("1.4.5"));
