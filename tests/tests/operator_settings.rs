@@ -34,11 +34,18 @@ async fn start_refused(
     (out.status.code(), lines)
 }
 
-fn messages(lines: &[serde_json::Value]) -> Vec<String> {
-    lines
+/// The log's error line is the error itself, starting with `expected`.
+fn assert_error_is(lines: &[serde_json::Value], expected: &str) {
+    let error = lines
         .iter()
-        .map(|l| l["message"].as_str().unwrap_or_default().to_string())
-        .collect()
+        .find(|l| l["level"] == "ERROR")
+        .unwrap_or_else(|| panic!("no error line: {lines:?}"));
+    assert!(
+        error["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with(expected)),
+        "the error line's message is the error: {error}"
+    );
 }
 
 #[tokio::test]
@@ -60,22 +67,7 @@ async fn the_supervisor_refuses_an_empty_or_padded_setting_naming_it_in_the_log_
         )
         .await;
         assert_eq!(code, Some(1), "{lines:?}");
-        let messages = messages(&lines);
-        let expected = format!("AIHUMMER_AUTO_UPDATE {problem}");
-        assert!(
-            messages.iter().any(|m| m.starts_with(&expected)),
-            "{messages:?}"
-        );
-        let error = lines
-            .iter()
-            .find(|l| l["level"] == "ERROR")
-            .expect("an error line");
-        assert!(
-            error["message"]
-                .as_str()
-                .is_some_and(|m| m.starts_with(&expected)),
-            "the error line's message is the error: {error}"
-        );
+        assert_error_is(&lines, &format!("AIHUMMER_AUTO_UPDATE {problem}"));
     }
 }
 
@@ -87,17 +79,7 @@ async fn the_gateway_refuses_an_empty_or_padded_setting_naming_it_in_the_log_mes
     ] {
         let (code, lines) = start_refused("aihummer-gateway", &[], &[(var, value)]).await;
         assert_eq!(code, Some(1), "{lines:?}");
-        let expected = format!("{var} {problem}");
-        let error = lines
-            .iter()
-            .find(|l| l["level"] == "ERROR")
-            .expect("an error line");
-        assert!(
-            error["message"]
-                .as_str()
-                .is_some_and(|m| m.starts_with(&expected)),
-            "{error}"
-        );
+        assert_error_is(&lines, &format!("{var} {problem}"));
         assert!(!format!("{lines:?}").contains("s3cret"), "{lines:?}");
     }
 }

@@ -4,14 +4,13 @@
 //! and a version already staged still reports its size as progress.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use aihummer::install::{Layout, SMOKE_TIMEOUT, smoke_test};
-use aihummer::publish::{self, Release};
-use aihummer::update::manifest::TARGET;
 use aihummer::update::{Channel, Updater, UpdaterOptions, parse_base_url};
 use aihummer_tests::binary;
 use aihummer_tests::update::Cdn;
+use aihummer_tests::updating::{Offering, publish_into};
 use semver::Version;
 use tempfile::TempDir;
 
@@ -46,7 +45,11 @@ async fn a_dead_cdn_names_the_setting_and_its_url_once_and_each_retry_is_reporte
     let url = format!("http://127.0.0.1:{port}/stable/latest.json");
     assert_eq!(err.matches(&url).count(), 1, "the URL once: {err}");
     let retries = retries.lock().unwrap();
-    assert_eq!(retries.len(), 2, "two retries before giving up: {retries:?}");
+    assert_eq!(
+        retries.len(),
+        2,
+        "two retries before giving up: {retries:?}"
+    );
     assert!(retries.iter().all(|(e, _)| e.contains(&url)), "{retries:?}");
     assert!(retries[0].1 < retries[1].1, "backing off: {retries:?}");
 }
@@ -57,21 +60,7 @@ async fn a_version_already_staged_reports_its_whole_size_as_progress() {
     let gateway = binary("aihummer-gateway");
     let version = smoke_test(&gateway, None, SMOKE_TIMEOUT).await.unwrap();
     let cdn_dir = dir.path().join("cdn");
-    publish::publish(&Release {
-        binary: gateway.clone(),
-        version: version.clone(),
-        channel: Channel::Stable,
-        target: TARGET.to_string(),
-        out: cdn_dir.clone(),
-        published_at: SystemTime::now(),
-        expires_in: Some(Duration::from_secs(3600)),
-        min_version: None,
-        notes_url: None,
-        key: None,
-        verify_binary: true,
-    })
-    .await
-    .unwrap();
+    publish_into(&cdn_dir, &gateway, &version.to_string()).await;
     let cdn = Cdn::start(&cdn_dir).await;
     let layout = Layout::new(dir.path().join("state"));
     let size = std::fs::metadata(&gateway).unwrap().len();
@@ -90,7 +79,7 @@ async fn a_version_already_staged_reports_its_whole_size_as_progress() {
         staged.expect("staged");
         assert_eq!(seen.last(), Some(&(size, size)), "{attempt}: {seen:?}");
     }
-    let artifact = format!("/stable/{version}/{}", publish::artifact_name(TARGET));
+    let artifact = Offering::artifact_path(&version.to_string());
     let downloads = cdn.hits().iter().filter(|h| h.path == artifact).count();
     assert_eq!(downloads, 1, "the second stage downloaded nothing");
 }
