@@ -59,10 +59,23 @@ pub enum SettingError {
         /// What it was set to.
         value: String,
     },
+    /// A value that is set but empty or blank, or that starts or ends with whitespace:
+    /// most likely a quoting slip in an environment file, so it is refused rather than
+    /// guessed at (as unset, or trimmed). The value is not echoed: it may be a secret.
+    #[error(
+        "{var} {problem}; remove the setting to use the default, or write the value without surrounding whitespace"
+    )]
+    Blank {
+        /// The variable's name.
+        var: String,
+        /// What is wrong with the value.
+        problem: &'static str,
+    },
 }
 
-/// The environment as a binary reads it: a lookup where an empty or blank value counts
-/// as unset, with typed getters that fall back to a default.
+/// The environment as a binary reads it: a lookup with typed getters that fall back to a
+/// default when a variable is unset. A variable that is set but empty, or padded with
+/// whitespace, is a [`SettingError::Blank`], never read as unset or trimmed.
 pub struct Env<F> {
     lookup: F,
 }
@@ -82,9 +95,25 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
         Env { lookup }
     }
 
-    /// The value of `var`, or `None` when it is unset, empty or blank.
-    pub fn get(&self, var: &str) -> Option<String> {
-        (self.lookup)(var).filter(|v| !v.trim().is_empty())
+    /// The value of `var`, or `None` when it is unset; an empty value or one with
+    /// surrounding whitespace is refused.
+    pub fn get(&self, var: &str) -> Result<Option<String>, SettingError> {
+        let Some(value) = (self.lookup)(var) else {
+            return Ok(None);
+        };
+        let problem = if value.trim().is_empty() {
+            "is set but empty"
+        } else if value.trim_start() != value {
+            "starts with whitespace"
+        } else if value.trim_end() != value {
+            "ends with whitespace"
+        } else {
+            return Ok(Some(value));
+        };
+        Err(SettingError::Blank {
+            var: var.to_string(),
+            problem,
+        })
     }
 
     /// A duration, or `default` when unset; at most [`MAX_DURATION`].
@@ -99,10 +128,9 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
         default: Duration,
         max: Duration,
     ) -> Result<Duration, SettingError> {
-        let Some(value) = self.get(var) else {
+        let Some(value) = self.get(var)? else {
             return Ok(default);
         };
-        let value = value.trim().to_string();
         match parse_duration(&value) {
             Ok(duration) if duration <= max => Ok(duration),
             Ok(_) => Err(SettingError::TooLong {
@@ -117,16 +145,13 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
     /// A yes/no setting (`true`/`false`, `yes`/`no`, `on`/`off`, `1`/`0`, any case), or
     /// `default` when unset.
     pub fn flag(&self, var: &'static str, default: bool) -> Result<bool, SettingError> {
-        let Some(value) = self.get(var) else {
+        let Some(value) = self.get(var)? else {
             return Ok(default);
         };
-        match value.trim().to_ascii_lowercase().as_str() {
+        match value.to_ascii_lowercase().as_str() {
             "true" | "yes" | "on" | "1" => Ok(true),
             "false" | "no" | "off" | "0" => Ok(false),
-            _ => Err(SettingError::Flag {
-                var,
-                value: value.trim().to_string(),
-            }),
+            _ => Err(SettingError::Flag { var, value }),
         }
     }
 
@@ -136,7 +161,7 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
         var: &'static str,
         default: &str,
     ) -> Result<SocketAddr, SettingError> {
-        let value = self.get(var).unwrap_or_else(|| default.to_string());
+        let value = self.get(var)?.unwrap_or_else(|| default.to_string());
         parse_listen_addr(&value).map_err(|reason| SettingError::Address { var, value, reason })
     }
 
@@ -145,7 +170,7 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
         &self,
         var: &'static str,
     ) -> Result<Option<SocketAddr>, SettingError> {
-        self.get(var)
+        self.get(var)?
             .map(|value| {
                 parse_listen_addr(&value).map_err(|reason| SettingError::Address {
                     var,
@@ -216,10 +241,32 @@ mod tests {
     }
 
     #[test]
-    fn empty_and_blank_values_count_as_unset() {
-        let env = env(&[("A", ""), ("B", "  "), ("C", "x")]);
-        assert_eq!((env.get("A"), env.get("B")), (None, None));
-        assert_eq!(env.get("C").as_deref(), Some("x"));
+    fn empty_blank_and_padded_values_are_refused_naming_the_variable() {
+        let env = env(&[
+            ("AIHUMMER_A", ""),
+            ("AIHUMMER_B", "  "),
+            ("AIHUMMER_C", " apply"),
+            ("AIHUMMER_D", "30s\t"),
+            ("AIHUMMER_E", "x"),
+            ("AIHUMMER_SECRET", "hunter2 "),
+        ]);
+        for (var, problem) in [
+            ("AIHUMMER_A", "AIHUMMER_A is set but empty"),
+            ("AIHUMMER_B", "AIHUMMER_B is set but empty"),
+            ("AIHUMMER_C", "AIHUMMER_C starts with whitespace"),
+            ("AIHUMMER_SECRET", "AIHUMMER_SECRET ends with whitespace"),
+        ] {
+            let err = env.get(var).unwrap_err().to_string();
+            assert!(err.starts_with(problem), "{err}");
+            assert!(!err.contains("hunter2"), "a value may be a secret: {err}");
+        }
+        let err = env.duration("AIHUMMER_D", Duration::ZERO).unwrap_err();
+        assert!(matches!(err, SettingError::Blank { .. }), "{err}");
+        assert!(env.flag("AIHUMMER_A", true).is_err());
+        assert!(env.listen_addr("AIHUMMER_B", ":1").is_err());
+        assert!(env.optional_listen_addr("AIHUMMER_C").is_err());
+        assert_eq!(env.get("AIHUMMER_E").unwrap().as_deref(), Some("x"));
+        assert_eq!(env.get("AIHUMMER_UNSET").unwrap(), None);
     }
 
     #[test]

@@ -192,16 +192,16 @@ impl Config {
         Self::from_lookup(|name| std::env::var(name).ok())
     }
 
-    /// Reads settings through `get`; an empty value counts as unset.
+    /// Reads settings through `get`; a set but empty or space-padded value is refused.
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let env = Env::new(get);
         let get = |name: &str| env.get(name);
         let duration = |var, default, max| env.duration_at_most(var, default, max);
         Ok(Self {
-            database: get("AIHUMMER_DATABASE_URL")
+            database: get("AIHUMMER_DATABASE_URL")?
                 .map(|url| parse_database_url("AIHUMMER_DATABASE_URL", &url))
                 .transpose()?,
-            app_database: get("AIHUMMER_DB_APP_URL")
+            app_database: get("AIHUMMER_DB_APP_URL")?
                 .map(|url| parse_database_url("AIHUMMER_DB_APP_URL", &url))
                 .transpose()?,
             addr: env.listen_addr("AIHUMMER_GATEWAY_ADDR", DEFAULT_ADDR)?,
@@ -210,14 +210,14 @@ impl Config {
                 DEFAULT_DRAIN_TIMEOUT,
                 maximum::DRAIN_TIMEOUT,
             )?,
-            inbound_secret: get("AIHUMMER_INBOUND_SECRET").map(Secret),
+            inbound_secret: get("AIHUMMER_INBOUND_SECRET")?.map(Secret),
             inbound_tolerance: duration(
                 "AIHUMMER_INBOUND_TOLERANCE",
                 DEFAULT_INBOUND_TOLERANCE,
                 maximum::INBOUND_TOLERANCE,
             )?,
             inbound_legacy_signature: env.flag("AIHUMMER_INBOUND_LEGACY_SIGNATURE", false)?,
-            default_workspace: get("AIHUMMER_DEFAULT_WORKSPACE_ID")
+            default_workspace: get("AIHUMMER_DEFAULT_WORKSPACE_ID")?
                 .map(|v| {
                     Uuid::parse_str(v.trim()).map_err(|err| ConfigError::Workspace {
                         value: v.clone(),
@@ -225,7 +225,7 @@ impl Config {
                     })
                 })
                 .transpose()?,
-            reply_webhook: get("AIHUMMER_REPLY_WEBHOOK_URL")
+            reply_webhook: get("AIHUMMER_REPLY_WEBHOOK_URL")?
                 .map(|v| parse_webhook(&v))
                 .transpose()?,
             outbox_lease: duration(
@@ -241,7 +241,7 @@ impl Config {
             retention: duration("AIHUMMER_RETENTION", DEFAULT_RETENTION, maximum::RETENTION)?,
             metrics_addr: env.optional_listen_addr("AIHUMMER_METRICS_ADDR")?,
             limits: Limits {
-                max_connections: get("AIHUMMER_MAX_CONNECTIONS")
+                max_connections: get("AIHUMMER_MAX_CONNECTIONS")?
                     .map(|v| parse_max_connections(&v))
                     .transpose()?
                     .unwrap_or(DEFAULT_MAX_CONNECTIONS),
@@ -320,14 +320,17 @@ mod tests {
     }
 
     #[test]
-    fn empty_values_count_as_unset() {
-        let c = config(&[
+    fn empty_or_padded_values_are_refused_by_name() {
+        for (var, value) in [
             ("AIHUMMER_DATABASE_URL", " "),
             ("AIHUMMER_GATEWAY_ADDR", ""),
-        ])
-        .unwrap();
-        assert!(c.database.is_none());
-        assert_eq!(c.addr.port(), 8765);
+            ("AIHUMMER_INBOUND_SECRET", "s3cret "),
+            ("AIHUMMER_RETENTION", " 7d"),
+        ] {
+            let err = config(&[(var, value)]).unwrap_err().to_string();
+            assert!(err.starts_with(var), "{err}");
+            assert!(!err.contains("s3cret"), "{err}");
+        }
     }
 
     #[test]

@@ -49,7 +49,9 @@ pub async fn start(
     workspace: Option<Uuid>,
     shared: &Shared,
 ) -> Result<Pools, StartupError> {
-    tracing::info!(database = %owner, app_database = ?app.map(ToString::to_string), "starting");
+    // An unset app URL leaves the field out rather than logging `None`.
+    let app_database = app.map(ToString::to_string);
+    tracing::info!(database = %owner, app_database = app_database.as_deref(), "starting");
     let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(10));
     loop {
         shared.set_phase(Phase::Connecting);

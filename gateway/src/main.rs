@@ -41,7 +41,8 @@ fn main() -> ExitCode {
     let config = match Config::from_env() {
         Ok(config) => config,
         Err(err) => {
-            tracing::error!(error = %err, "aihummer-gateway cannot start");
+            // The error itself is the message: it names the variable to fix.
+            tracing::error!("{err}");
             return ExitCode::from(1);
         }
     };

@@ -122,7 +122,13 @@ pub async fn apply(
     options: &PgConnectOptions,
     report: impl Fn(Phase),
 ) -> Result<(), MigrationError> {
-    let mut conn = session::open(options, CONNECT_TIMEOUT)
+    // The migrator's `CREATE TABLE IF NOT EXISTS _sqlx_migrations` draws a NOTICE on every
+    // start after the first ("already exists, skipping"), which sqlx logs at INFO: noise.
+    // Warnings and errors still come through.
+    let options = options
+        .clone()
+        .options([("client_min_messages", "warning")]);
+    let mut conn = session::open(&options, CONNECT_TIMEOUT)
         .await
         .map_err(|err| match err {
             SessionError::Unreachable(why) => MigrationError::Unreachable(why),

@@ -85,6 +85,13 @@ async fn connect(
     options: &PgConnectOptions,
     timeout: Duration,
 ) -> Result<PgConnection, SessionError> {
+    // These sessions wait in advisory-lock queues in rounds of up to `WAIT_ROUND`: a wait
+    // is not a slow statement, so sqlx's slow-statement warning (1s by default) would fire
+    // for every follower. A statement past `SILENCE_BOUND` is still worth a warning.
+    let options = options.clone().log_slow_statements(
+        tracing::log::LevelFilter::Warn,
+        crate::advisory::SILENCE_BOUND,
+    );
     tokio::time::timeout(timeout, options.connect())
         .await
         .map_err(|_| SessionError::unreachable(format!("no answer within {timeout:?}")))?

@@ -1,6 +1,6 @@
 //! The operator commands that talk to a running supervisor (`status`, `version`,
-//! `restart`, `update`, `rollback`) through [`control::client`], and `update --check`, which
-//! reads the same environment as the supervisor and works without one. This module only
+//! `restart`, `update`, `rollback`, `update --check`) through [`control::client`];
+//! `update --check` also works without one, from this process's environment. This module only
 //! chooses the request and renders the answer: human output is short; `--json` prints one
 //! JSON document on stdout, stable for scripts. Failures are a [`ClientError`] whose
 //! one-line message `main` prints.
@@ -14,7 +14,9 @@ use semver::Version;
 
 use crate::config::{ConfigError, Settings};
 use crate::control::client::{CallError, ask};
-use crate::control::{self, Body, Command, Progress, RestartReport, Stage, StatusReport};
+use crate::control::{
+    self, Body, Command, ErrorCode, Progress, RestartReport, Stage, StatusReport,
+};
 use crate::install::{self, Layout};
 use crate::update::{Checked, Updater, UpdaterError};
 use crate::{EXIT_NO_SUPERVISOR, EXIT_UPDATE_AVAILABLE, VERSION};
@@ -192,21 +194,33 @@ fn print_handoff(report: &RestartReport, json: bool, what: &str) -> Result<(), C
 }
 
 /// Shows progress events on stderr: a byte progress bar for the download when stderr is
-/// a terminal, one plain line per event otherwise, nothing with `--json`.
+/// a terminal, one plain line per event otherwise, nothing with `--json`. The bar is
+/// replaced by one plain line when the download ends, so what follows starts on a line of
+/// its own, and its rate is measured from the bar's first frame, not from zero bytes.
 struct ProgressView {
     quiet: bool,
-    terminal: bool,
     prefix: &'static str,
+    /// Where a bar is drawn; `None` when stderr is not a terminal.
+    bar_target: Option<Box<dyn Fn() -> indicatif::ProgressDrawTarget>>,
+    /// Writes one plain line.
+    say: Box<dyn FnMut(&str)>,
     bar: Option<indicatif::ProgressBar>,
 }
 
 impl ProgressView {
     fn new(json: bool, prefix: &'static str) -> Self {
         use std::io::IsTerminal;
+        let bar_target: Option<Box<dyn Fn() -> indicatif::ProgressDrawTarget>> =
+            if std::io::stderr().is_terminal() {
+                Some(Box::new(indicatif::ProgressDrawTarget::stderr))
+            } else {
+                None
+            };
         ProgressView {
             quiet: json,
-            terminal: std::io::stderr().is_terminal(),
             prefix,
+            bar_target,
+            say: Box::new(|line| eprintln!("{line}")),
             bar: None,
         }
     }
@@ -215,89 +229,140 @@ impl ProgressView {
         if self.quiet {
             return;
         }
-        match (p.stage, p.done, p.total, self.terminal) {
-            (Stage::Downloading, Some(done), Some(total), true) => {
+        match (p.stage, p.done, p.total, &self.bar_target) {
+            (Stage::Downloading, Some(done), Some(total), Some(target)) => {
+                let prefix = self.prefix;
                 let bar = self.bar.get_or_insert_with(|| {
-                    let bar = indicatif::ProgressBar::new(total);
+                    let bar = indicatif::ProgressBar::with_draw_target(
+                        Some(total),
+                        indicatif::ProgressDrawTarget::hidden(),
+                    );
                     if let Ok(style) = indicatif::ProgressStyle::with_template(
                         "{prefix}: [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
                     ) {
                         bar.set_style(style.progress_chars("=> "));
                     }
-                    bar.set_prefix(self.prefix);
+                    bar.set_prefix(prefix);
+                    // The first event may report megabytes already fetched: start the
+                    // rate there, or the first frame claims gigabytes per second.
+                    bar.set_position(done);
+                    bar.reset_eta();
+                    bar.set_draw_target(target());
+                    bar.tick();
                     bar
                 });
                 bar.set_position(done);
             }
             _ => {
-                if let Some(bar) = self.bar.take() {
-                    bar.finish();
-                }
-                eprintln!("{}: {}", self.prefix, p.message);
+                self.finish();
+                (self.say)(&format!("{}: {}", self.prefix, p.message));
             }
         }
     }
 
+    /// Ends a bar, leaving one plain line with what was downloaded in its place.
     fn finish(&mut self) {
         if let Some(bar) = self.bar.take() {
-            bar.finish();
+            bar.finish_and_clear();
+            let (done, total) = (bar.position(), bar.length().unwrap_or_default());
+            (self.say)(&format!(
+                "{}: downloaded {} of {}",
+                self.prefix,
+                indicatif::HumanBytes(done),
+                indicatif::HumanBytes(total)
+            ));
         }
     }
 }
 
-/// `aihummer update --check [--json]`: asks the CDN whether a newer version than the
-/// running gateway's is offered. Returns the exit code: 0 up to date,
-/// [`EXIT_UPDATE_AVAILABLE`] when one is; a refused manifest or a failed check is an error.
-/// Needs no supervisor: it reads the same environment one would.
+/// `aihummer update --check [--json]`: asks whether a newer version than the running
+/// gateway's is offered. Returns the exit code: 0 up to date, [`EXIT_UPDATE_AVAILABLE`]
+/// when one is; a refused manifest or a failed check is an error. A running supervisor
+/// checks with its own settings (and shows the check in `status`); only when none answers
+/// (or one too old to know the command) is the check made here, from this environment.
 pub async fn update_check(path: &Path, json: bool) -> Result<u8, ClientError> {
+    let found = match check_by_supervisor(path).await? {
+        Some(found) => found,
+        None => check_here(path).await?,
+    };
+    let code = if found.available {
+        EXIT_UPDATE_AVAILABLE
+    } else {
+        0
+    };
+    let (running, offered) = (&found.running, &found.offered);
+    if json {
+        let doc = json!({
+            "result": if found.available { "available" } else { "up_to_date" },
+            "version": if found.available { offered } else { running },
+            "running": running,
+            "offered": offered,
+            "channel": found.channel,
+        });
+        println!("{doc}");
+    } else if found.available {
+        println!("update available: {offered} (running {running})");
+    } else if offered == running {
+        println!("up to date: {running} is the newest on this channel");
+    } else {
+        // A node ahead of its channel (after `update --version`, or a channel switch) has
+        // nothing to install: up to date for a monitoring script, with both versions said.
+        println!("up to date: {running} runs; the channel offers {offered}");
+    }
+    Ok(code)
+}
+
+/// What an update check found, wherever it ran.
+struct CheckFound {
+    running: String,
+    offered: String,
+    available: bool,
+    channel: String,
+}
+
+/// The running supervisor's check, or `None` when no supervisor answers or it predates
+/// the `check` command.
+async fn check_by_supervisor(path: &Path) -> Result<Option<CheckFound>, ClientError> {
+    let stream = match control::client::connect(path).await {
+        Ok(stream) => stream,
+        Err(CallError::NoSupervisor { .. }) => return Ok(None),
+        Err(err) => return Err(err.into()),
+    };
+    let report = match control::client::call(stream, Command::Check, |_| {}).await? {
+        Body::Checked(report) => report,
+        Body::Error(reply) if reply.code == ErrorCode::BadRequest => return Ok(None),
+        Body::Error(reply) => return Err(CallError::Failed(reply.message).into()),
+        other => return Err(ClientError::Unexpected(format!("{other:?}"))),
+    };
+    let channel = match ask(path, Command::Status, |_| {}, Some(QUICK_ANSWER)).await? {
+        Body::Status(status) => status.update.channel,
+        other => return Err(ClientError::Unexpected(format!("{other:?}"))),
+    };
+    Ok(Some(CheckFound {
+        running: report.running,
+        offered: report.offered,
+        available: report.available,
+        channel,
+    }))
+}
+
+/// The check made by this process from its own environment.
+async fn check_here(path: &Path) -> Result<CheckFound, ClientError> {
     let settings = Settings::from_env()?;
     let updater = Updater::new(settings.update_options().ok_or(UpdaterError::NoSource)?)?;
     let running = running_version(path, &settings).await?;
-    let checked = updater.check(&running, None).await?;
-    // What the channel offers, beside `version` (the newest of it and what runs).
-    let mut offered = None;
-    let (code, result, version, line) = match &checked {
-        Checked::UpToDate(version) => (
-            0,
-            "up_to_date",
-            version,
-            format!("up to date: {version} is the newest on this channel"),
-        ),
-        // A node ahead of its channel (after `update --version`, or a channel switch) has
-        // nothing to install: up to date for a monitoring script, with both versions said.
-        Checked::Ahead {
-            running,
-            offered: o,
-        } => {
-            offered = Some(o);
-            (
-                0,
-                "up_to_date",
-                running,
-                format!("up to date: {running} runs; the channel offers {o}"),
-            )
-        }
-        Checked::Available(offer) => (
-            EXIT_UPDATE_AVAILABLE,
-            "available",
-            &offer.version,
-            format!("update available: {} (running {running})", offer.version),
-        ),
+    let (offered, available) = match updater.check(&running, None).await? {
+        Checked::UpToDate(version) => (version, false),
+        Checked::Ahead { offered, .. } => (offered, false),
+        Checked::Available(offer) => (offer.version, true),
         Checked::Refused(refusal) => return Err(ClientError::UpdateRefused(refusal.to_string())),
     };
-    if json {
-        let doc = json!({
-            "result": result,
-            "version": version.to_string(),
-            "running": running.to_string(),
-            "offered": offered.unwrap_or(version).to_string(),
-            "channel": settings.update_channel.as_str(),
-        });
-        println!("{doc}");
-    } else {
-        println!("{line}");
-    }
-    Ok(code)
+    Ok(CheckFound {
+        running: running.to_string(),
+        offered: offered.to_string(),
+        available,
+        channel: settings.update_channel.as_str().to_string(),
+    })
 }
 
 /// The version of the gateway that runs: the running supervisor's active gateway if one
@@ -421,6 +486,100 @@ mod tests {
         assert!(
             text.contains("last error: t2: the new gateway (pid 2) exited"),
             "{text}"
+        );
+    }
+
+    /// A terminal that records what is drawn on it.
+    #[derive(Debug, Clone, Default)]
+    struct Screen(std::sync::Arc<std::sync::Mutex<String>>);
+
+    impl Screen {
+        fn text(&self) -> String {
+            self.0.lock().unwrap().clone()
+        }
+        fn push(&self, s: &str) -> std::io::Result<()> {
+            self.0.lock().unwrap().push_str(s);
+            Ok(())
+        }
+    }
+
+    impl indicatif::TermLike for Screen {
+        fn width(&self) -> u16 {
+            100
+        }
+        fn move_cursor_up(&self, _: usize) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn move_cursor_down(&self, _: usize) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn move_cursor_right(&self, _: usize) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn move_cursor_left(&self, _: usize) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn write_line(&self, s: &str) -> std::io::Result<()> {
+            self.push(&format!("{s}\n"))
+        }
+        fn write_str(&self, s: &str) -> std::io::Result<()> {
+            self.push(s)
+        }
+        fn clear_line(&self) -> std::io::Result<()> {
+            self.push("<clear>")
+        }
+        fn flush(&self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn step(stage: Stage, message: &str, bytes: Option<(u64, u64)>) -> Progress {
+        Progress {
+            stage,
+            message: message.into(),
+            pid: None,
+            done: bytes.map(|b| b.0),
+            total: bytes.map(|b| b.1),
+        }
+    }
+
+    #[test]
+    fn the_download_bar_starts_at_a_sane_rate_and_gives_way_to_a_line_of_its_own() {
+        let screen = Screen::default();
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let mut view = ProgressView {
+            quiet: false,
+            prefix: "update",
+            bar_target: Some(Box::new({
+                let screen = screen.clone();
+                move || indicatif::ProgressDrawTarget::term_like(Box::new(screen.clone()))
+            })),
+            say: Box::new({
+                let lines = lines.clone();
+                move |line| lines.lock().unwrap().push(line.to_string())
+            }),
+            bar: None,
+        };
+        // The first event already reports 8 MiB (a resumed or fast download).
+        view.show(&step(Stage::Downloading, "", Some((8 << 20, 16 << 20))));
+        let first = screen.text();
+        assert!(first.contains("8.00 MiB/16.00 MiB"), "{first}");
+        for absurd in ["GiB/s", "TiB/s", "PiB/s", "EiB/s"] {
+            assert!(!first.contains(absurd), "first frame: {first}");
+        }
+        view.show(&step(Stage::Downloading, "", Some((16 << 20, 16 << 20))));
+        view.show(&step(Stage::Staged, "1.4.5 verified", None));
+        assert!(
+            screen.text().ends_with("<clear>"),
+            "the bar is cleared, not left without its newline: {:?}",
+            screen.text()
+        );
+        assert_eq!(
+            *lines.lock().unwrap(),
+            [
+                "update: downloaded 16.00 MiB of 16.00 MiB",
+                "update: 1.4.5 verified"
+            ]
         );
     }
 

@@ -213,7 +213,7 @@ impl Settings {
         Self::from_lookup(|name| std::env::var(name).ok(), current_uid(), exe_dir)
     }
 
-    /// Reads settings through `get`; an empty value counts as unset.
+    /// Reads settings through `get`; a set but empty or space-padded value is refused.
     pub fn from_lookup(
         get: impl Fn(&str) -> Option<String>,
         uid: u32,
@@ -222,15 +222,15 @@ impl Settings {
         let env = Env::new(get);
         let get = |name: &str| env.get(name);
         let duration = |var, default, max| env.duration_at_most(var, default, max);
-        let download_base_url = get("AIHUMMER_DOWNLOAD_BASE_URL")
+        let download_base_url = get("AIHUMMER_DOWNLOAD_BASE_URL")?
             .map(|v| parse_base_url(&v, false))
             .transpose()?;
-        let state_dir = get("AIHUMMER_STATE_DIR").map(PathBuf::from);
+        let state_dir = get("AIHUMMER_STATE_DIR")?.map(PathBuf::from);
         let update = UpdateSettings::read(&env)?;
         // The product advises notify-only checks, so that is the default; but a default
         // must not stop a supervisor that was never told where releases live: with no CDN
         // it quietly means off. A mode asked for explicitly without a CDN is an error.
-        let update_mode = match get("AIHUMMER_AUTO_UPDATE") {
+        let update_mode = match get("AIHUMMER_AUTO_UPDATE")? {
             None if download_base_url.is_none() => UpdateMode::Off,
             None => UpdateMode::Check,
             Some(value) => match value.parse()? {
@@ -245,9 +245,13 @@ impl Settings {
         };
         Ok(Self {
             addr: env.listen_addr("AIHUMMER_GATEWAY_ADDR", DEFAULT_ADDR)?,
-            socket: socket_path(get, uid),
+            socket: {
+                // Checked here so a blank value is refused; clients resolve it leniently.
+                get("AIHUMMER_SUPERVISOR_SOCKET")?;
+                socket_path(|name| get(name).ok().flatten(), uid)
+            },
             state_dir,
-            gateway_bin: get("AIHUMMER_GATEWAY_BIN").map(PathBuf::from),
+            gateway_bin: get("AIHUMMER_GATEWAY_BIN")?.map(PathBuf::from),
             exe_dir,
             ready_timeout: duration(
                 "AIHUMMER_READY_TIMEOUT",
@@ -265,7 +269,7 @@ impl Settings {
                 maximum::SHUTDOWN_DELAY,
             )?,
             update_mode,
-            update_channel: get("AIHUMMER_UPDATE_CHANNEL")
+            update_channel: get("AIHUMMER_UPDATE_CHANNEL")?
                 .map(|v| v.parse())
                 .transpose()?
                 .unwrap_or(Channel::Stable),
@@ -276,9 +280,11 @@ impl Settings {
                 maximum::UPDATE_INTERVAL,
             )?,
             update,
-            gateway_user: gateway_user(get),
-            admin_group: get("AIHUMMER_ADMIN_GROUP")
-                .map(|v| v.trim().to_string())
+            gateway_user: {
+                get("AIHUMMER_GATEWAY_USER")?;
+                gateway_user(|name| get(name).ok().flatten())
+            },
+            admin_group: get("AIHUMMER_ADMIN_GROUP")?
                 .unwrap_or_else(|| DEFAULT_ADMIN_GROUP.to_string()),
             launch: Launch::default(),
             metrics_addr: env.optional_listen_addr("AIHUMMER_METRICS_ADDR")?,
@@ -488,6 +494,21 @@ mod tests {
         }
         let off = settings(&[("AIHUMMER_AUTO_UPDATE", "off")], 0).unwrap();
         assert_eq!(off.update_mode, UpdateMode::Off);
+    }
+
+    #[test]
+    fn an_empty_or_space_padded_setting_is_refused_by_name_not_taken_as_unset() {
+        for (var, value) in [
+            ("AIHUMMER_AUTO_UPDATE", ""),
+            ("AIHUMMER_AUTO_UPDATE", " apply"),
+            ("AIHUMMER_SUPERVISOR_SOCKET", " "),
+            ("AIHUMMER_STATE_DIR", "/var/lib/aihummer "),
+            ("AIHUMMER_UPDATE_MAX_SIZE", "1G "),
+            ("AIHUMMER_UPDATE_ALLOW_UNSIGNED", ""),
+        ] {
+            let err = settings(&[(var, value)], 0).unwrap_err().to_string();
+            assert!(err.starts_with(var), "{var}={value:?}: {err}");
+        }
     }
 
     #[test]

@@ -40,7 +40,8 @@ enum Cmd {
     /// Download, verify, stage and hand off to the channel's newer gateway; exit 0 once it
     /// serves. With --check only ask (exit 0: up to date, 100: newer available).
     Update {
-        /// Only check, without a supervisor if none runs; print the newer version if any.
+        /// Only check: asks the running supervisor (its settings), else checks from this
+        /// environment; print the newer version if any.
         #[arg(long)]
         check: bool,
         /// Install exactly this version (one quarantined before, too); the channel must
@@ -81,8 +82,9 @@ fn main() -> ExitCode {
             match app::run(inherited) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(err) => {
-                    // The log is the supervisor's voice (journald under systemd).
-                    tracing::error!(error = %err, "aihummer supervisor stopped");
+                    // The log is the supervisor's voice (journald under systemd): the
+                    // error itself is the message, so it is the line an operator reads.
+                    tracing::error!("{err}");
                     ExitCode::FAILURE
                 }
             }

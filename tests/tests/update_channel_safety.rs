@@ -158,7 +158,7 @@ async fn a_download_corrupted_once_is_fetched_again_past_the_caches_and_installe
     cdn.fault_once(&artifact, Fault::Replace(corrupt));
     let layout = Layout::new(dir.path().join("state"));
     let run = updater(&cdn, Some(&layout), |_| {})
-        .run(&old(), None, true, |_, _| {})
+        .run(&old(), None, true, |_, _| {}, |_, _| {})
         .await;
     let (staged_version, staged) = run.staged.expect("a stage");
     let path = staged.expect("installed after the fresh download");
@@ -204,7 +204,7 @@ async fn a_smoke_test_slow_once_is_retried_and_a_slow_one_is_not_the_releases_fa
         o.smoke_timeout = Duration::from_millis(500);
         o.smoke_retry_timeout = Duration::from_secs(30);
     })
-    .run(&old(), None, true, |_, _| {})
+    .run(&old(), None, true, |_, _| {}, |_, _| {})
     .await;
     let (_, staged) = run.staged.expect("a stage");
     let path = staged.expect("installed on the retry with the longer timeout");
@@ -220,7 +220,7 @@ async fn a_smoke_test_slow_once_is_retried_and_a_slow_one_is_not_the_releases_fa
         o.smoke_timeout = Duration::from_millis(200);
         o.smoke_retry_timeout = Duration::from_millis(400);
     })
-    .run(&old(), None, true, |_, _| {})
+    .run(&old(), None, true, |_, _| {}, |_, _| {})
     .await;
     let err = run.staged.expect("a stage").1.unwrap_err();
     assert!(err.to_string().contains("did not answer within"), "{err}");
@@ -239,7 +239,7 @@ async fn a_manifest_announcing_more_than_the_size_cap_is_refused_before_any_down
     let cdn = Cdn::start(&cdn_dir).await;
     let layout = Layout::new(dir.path().join("state"));
     let run = updater(&cdn, Some(&layout), |o| o.fetch.artifact_cap = 1024)
-        .run(&old(), None, true, |_, _| {})
+        .run(&old(), None, true, |_, _| {}, |_, _| {})
         .await;
     let err = run.checked.unwrap_err();
     assert!(

@@ -1,8 +1,10 @@
 //! Checking for updates: `aihummer update --check` without a supervisor (it reads the same
 //! environment one would, asks the loopback CDN, and answers with its exit code: 0 up to
-//! date, 100 newer available, other non-zero with the reason), and a supervisor in the
-//! default notify-only mode showing a newer version in status. The offered release is a gateway stamped
-//! 1.1.0 (built once; see `aihummer_tests::update::stamped_gateway`).
+//! date, 100 newer available, other non-zero with the reason); with one, it asks the
+//! supervisor, so the supervisor's settings are used and the check shows in status; and a
+//! supervisor in the default notify-only mode showing a newer version in status. The
+//! offered release is a gateway stamped 1.1.0 (built once; see
+//! `aihummer_tests::update::stamped_gateway`).
 
 use std::time::Duration;
 
@@ -147,4 +149,57 @@ async fn with_a_cdn_and_no_mode_set_sighup_checks_and_shows_the_newer_version_wi
     )
     .await;
     assert_eq!(out.status.code(), Some(100), "{}", text(&out));
+}
+
+#[tokio::test]
+async fn update_check_asks_the_running_supervisor_with_its_settings_and_status_shows_it() {
+    let offering = Offering::start(&stamped_gateway("1.1.0"), "1.1.0").await;
+    let supervisor = Supervisor::start(&[
+        ("AIHUMMER_DOWNLOAD_BASE_URL", &offering.base_url()),
+        ("AIHUMMER_AUTO_UPDATE", "check"),
+    ]);
+    supervisor.wait_serving(Duration::from_secs(30)).await;
+    let before = supervisor.status().await.expect("status");
+    assert!(before["update"]["last_check"].is_null(), "{before}");
+    // The operator's shell knows nothing of the CDN: the supervisor's settings are used.
+    let socket = supervisor.socket.to_str().expect("utf-8 path");
+    let only_socket = [("AIHUMMER_SUPERVISOR_SOCKET", socket)];
+    let out = aihummer(&only_socket, &["update", "--check"]).await;
+    assert_eq!(out.status.code(), Some(100), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("update available: 1.1.0"),
+        "{}",
+        text(&out)
+    );
+    let status = supervisor.status().await.expect("status");
+    assert_eq!(status["update"]["last_result"], "update available: 1.1.0");
+    assert_eq!(status["update"]["available"], "1.1.0");
+    assert!(status["update"]["last_check"].is_string(), "{status}");
+
+    let out = aihummer(&only_socket, &["update", "--check", "--json"]).await;
+    assert_eq!(out.status.code(), Some(100), "{}", text(&out));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(
+        (
+            doc["result"].as_str(),
+            doc["version"].as_str(),
+            doc["channel"].as_str()
+        ),
+        (Some("available"), Some("1.1.0"), Some("stable"))
+    );
+
+    // The supervisor's failed check is the CLI's failure, with the reason, and in status.
+    offering
+        .cdn
+        .fault("/stable/latest.json", Fault::Status(500));
+    let out = aihummer(&only_socket, &["update", "--check"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("500"),
+        "{}",
+        text(&out)
+    );
+    let status = supervisor.status().await.expect("status");
+    let last = status["update"]["last_result"].as_str().unwrap_or_default();
+    assert!(last.starts_with("check failed"), "{status}");
 }

@@ -578,7 +578,10 @@ async fn with_a_pinned_key_bad_and_missing_signatures_are_refused_while_1_0_0_se
         password: None,
     };
     // The control case in `start` proves a manifest signed by the pinned key is accepted.
-    let f = Fixture::start(Some(signing(&key_file)), Some(&keys.public_key)).await;
+    // The .pub file's two lines, as `$(cat release.pub)` gives them: without the file's
+    // trailing newline, which a setting may not end with.
+    let pubkey = keys.public_key.trim_end();
+    let f = Fixture::start(Some(signing(&key_file)), Some(pubkey)).await;
     let downloads = f.artifact_requests();
 
     // Signed, then changed: the signature does not cover these bytes.

@@ -4,8 +4,8 @@
 use tokio::sync::mpsc;
 
 use super::protocol::{
-    Body, ErrorCode, GatewayInfo, GatewayState, ProcessInfo, Progress, RestartReport, Stage,
-    StatusReport, SupervisorState, UpToDateReport, UpdateInfo, VersionReport,
+    Body, CheckReport, ErrorCode, GatewayInfo, GatewayState, ProcessInfo, Progress, RestartReport,
+    Stage, StatusReport, SupervisorState, UpToDateReport, UpdateInfo, VersionReport,
 };
 use super::server::Service;
 
@@ -104,6 +104,16 @@ impl Service for Fake {
             ErrorCode::NoRollback,
             "nothing to roll back to",
         ));
+        rx
+    }
+
+    fn check(&self) -> mpsc::UnboundedReceiver<Body> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let _ = tx.send(Body::Checked(CheckReport {
+            running: "1.0.0".into(),
+            offered: "1.1.0".into(),
+            available: true,
+        }));
         rx
     }
 }

@@ -13,7 +13,10 @@
 //! `update` (optionally `"version":"1.4.2"`) streams checking and download progress
 //! (`done`/`total` bytes) before the handoff's; it ends in `restarted` (the new version
 //! serves), `up_to_date`, or an error. `rollback` hands back to the `previous` version and
-//! ends like a restart.
+//! ends like a restart. `check` asks the channel with the supervisor's own settings and
+//! installs nothing: it ends in `checked` (also recorded in `status`) or an error. A
+//! supervisor older than `check` answers it `bad_request`, which tells a client to check
+//! by itself.
 //!
 //! Every message carries the protocol version `v`; unknown fields are ignored so either
 //! side can grow. The limits a peer must keep to are here too: a request line is capped at
@@ -79,6 +82,8 @@ pub enum Command {
     },
     /// Hand back to the `previous` installed version.
     Rollback,
+    /// Check the channel for a newer version, installing nothing.
+    Check,
 }
 
 /// One reply line: the protocol version and a body.
@@ -116,6 +121,8 @@ pub enum Body {
     Restarted(RestartReport),
     /// [`Command::Update`] found nothing newer: the running version is the channel's.
     UpToDate(UpToDateReport),
+    /// What [`Command::Check`] found.
+    Checked(CheckReport),
     /// The request failed or was refused.
     Error(ErrorReply),
 }
@@ -158,6 +165,17 @@ pub struct Progress {
 pub struct UpToDateReport {
     /// The version that serves, the channel's newest.
     pub version: String,
+}
+
+/// The answer to [`Command::Check`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckReport {
+    /// The version serving, which the check compared against.
+    pub running: String,
+    /// The channel's newest version.
+    pub offered: String,
+    /// Whether `offered` is newer than `running` and may be installed.
+    pub available: bool,
 }
 
 /// The steps of a handoff.
@@ -445,6 +463,7 @@ mod tests {
             (Command::Restart, "restart"),
             (Command::Update { version: None }, "update"),
             (Command::Rollback, "rollback"),
+            (Command::Check, "check"),
         ] {
             let request = Request {
                 v: PROTOCOL_VERSION,
@@ -475,11 +494,17 @@ mod tests {
         let up_to_date = UpToDateReport {
             version: "1.0.0".into(),
         };
+        let checked = CheckReport {
+            running: "1.4.2".into(),
+            offered: "1.4.5".into(),
+            available: true,
+        };
         for (body, tag) in [
             (Body::Status(Box::new(fixtures::status())), "status"),
             (Body::Version(version), "version"),
             (Body::Restarted(restarted), "restarted"),
             (Body::UpToDate(up_to_date), "up_to_date"),
+            (Body::Checked(checked), "checked"),
             (Body::error(ErrorCode::NoRollback, "none"), "error"),
         ] {
             assert!(body.is_final());

@@ -35,6 +35,9 @@ pub trait Service: Send + Sync + 'static {
     fn update(&self, version: Option<String>) -> mpsc::UnboundedReceiver<Body>;
     /// Starts a rollback to the previous version; reported like a restart.
     fn rollback(&self) -> mpsc::UnboundedReceiver<Body>;
+    /// Starts (or joins) an update check that installs nothing; ends in
+    /// [`Body::Checked`] or an error.
+    fn check(&self) -> mpsc::UnboundedReceiver<Body>;
 }
 
 /// Where the accept loop gets its connections: the bound control socket, or in tests any
@@ -126,7 +129,7 @@ pub async fn serve_connection<S: Service + ?Sized>(
     let request = match read_request(&mut connection).await {
         Ok(request) => request,
         Err(reply) => {
-            tracing::debug!(code = ?reply.code, message = %reply.message, "bad control request");
+            tracing::debug!(code = ?reply.code, reason = %reply.message, "bad control request");
             let _ = connection.write(&Message::new(Body::Error(reply))).await;
             return;
         }
@@ -145,6 +148,7 @@ pub async fn serve_connection<S: Service + ?Sized>(
             stream_events(&mut connection, service.update(version), "update").await
         }
         Command::Rollback => stream_events(&mut connection, service.rollback(), "rollback").await,
+        Command::Check => stream_events(&mut connection, service.check(), "check").await,
     }
 }
 
@@ -460,6 +464,9 @@ mod tests {
         }
         fn rollback(&self) -> mpsc::UnboundedReceiver<Body> {
             Fake.rollback()
+        }
+        fn check(&self) -> mpsc::UnboundedReceiver<Body> {
+            Fake.check()
         }
     }
 

@@ -377,6 +377,10 @@ impl Driver {
                             progress(Stage::Downloading, message, Some((done, total)));
                         }
                     },
+                    |err, delay| {
+                        let delay = humantime::format_duration(delay);
+                        progress(Stage::Checking, format!("{err}; retrying in {delay}"), None);
+                    },
                 )
                 .await;
             if let Some(layout) = &layout {
@@ -392,13 +396,13 @@ impl Driver {
             }
             let report = CheckReport {
                 explicit: request.explicit,
+                check_only: request.check_only,
                 found: match &run.checked {
-                    Ok(
-                        Checked::UpToDate(version)
-                        | Checked::Ahead {
-                            running: version, ..
-                        },
-                    ) => Found::UpToDate(version.clone()),
+                    Ok(Checked::UpToDate(version)) => Found::UpToDate(version.clone()),
+                    Ok(Checked::Ahead { running, offered }) => Found::Ahead {
+                        running: running.clone(),
+                        offered: offered.clone(),
+                    },
                     Ok(Checked::Available(offer)) => Found::Available(offer.version.clone()),
                     Ok(Checked::Refused(refusal)) => Found::Refused(refusal.to_string()),
                     Err(err) => Found::Failed(err.to_string()),

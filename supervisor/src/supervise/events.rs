@@ -39,6 +39,8 @@ pub enum Input {
     },
     /// `aihummer rollback`.
     Rollback(ClientId),
+    /// `aihummer update --check`: check the channel now, install nothing.
+    CheckOnly(ClientId),
     /// Download progress of the update clients wait on.
     UpdateProgress(Step),
     /// A check (and a stage, when asked) ended.
@@ -178,6 +180,8 @@ pub struct CheckRequest {
     pub stage: bool,
     /// Whether `aihummer update` asked (its clients get progress and the outcome).
     pub explicit: bool,
+    /// Whether `aihummer update --check` asked (its clients get the outcome).
+    pub check_only: bool,
 }
 
 /// What a check found, as the machine needs it.
@@ -185,6 +189,8 @@ pub struct CheckRequest {
 pub struct CheckReport {
     /// Whether `aihummer update` asked for it.
     pub explicit: bool,
+    /// Whether `aihummer update --check` asked for it.
+    pub check_only: bool,
     /// The check's outcome.
     pub found: Found,
     /// The stage of the version found, when one was asked for.
@@ -196,6 +202,14 @@ pub struct CheckReport {
 pub enum Found {
     /// The running version is the channel's.
     UpToDate(Version),
+    /// The running version is newer than the channel's offer (installed by name, or the
+    /// channel was switched): nothing to install.
+    Ahead {
+        /// The version serving.
+        running: Version,
+        /// The channel's newest.
+        offered: Version,
+    },
     /// A newer version is on offer.
     Available(Version),
     /// The channel offers something this install refuses; the reason.
@@ -261,6 +275,15 @@ pub enum Outcome {
     },
     /// Nothing newer: this version serves and is the channel's.
     UpToDate(Version),
+    /// What `aihummer update --check` found (nothing was installed).
+    Checked {
+        /// The version serving, the check was made against.
+        running: Version,
+        /// The channel's newest version.
+        offered: Version,
+        /// Whether `offered` is newer than `running` and may be installed.
+        available: bool,
+    },
     /// The request failed or was refused; the old gateway, if any, still serves.
     Failed {
         /// What kind of failure.

@@ -11,7 +11,7 @@ use super::events::{ClientId, FailureKind, Input, Outcome, Reply};
 use super::status::millis;
 use crate::VERSION;
 use crate::control::{
-    Body, ErrorCode, GatewayVersion, Progress, RestartReport, Service, StatusReport,
+    Body, CheckReport, ErrorCode, GatewayVersion, Progress, RestartReport, Service, StatusReport,
     UpToDateReport, VersionReport,
 };
 
@@ -38,6 +38,8 @@ pub enum Request {
     Update(Option<String>),
     /// `aihummer rollback`.
     Rollback,
+    /// `aihummer update --check`.
+    Check,
 }
 
 impl Request {
@@ -47,6 +49,7 @@ impl Request {
             Request::Restart => Input::Restart(client),
             Request::Update(version) => Input::Update { client, version },
             Request::Rollback => Input::Rollback(client),
+            Request::Check => Input::CheckOnly(client),
         }
     }
 }
@@ -138,6 +141,10 @@ impl Service for Handle {
     fn rollback(&self) -> mpsc::UnboundedReceiver<Body> {
         self.ask(Request::Rollback)
     }
+
+    fn check(&self) -> mpsc::UnboundedReceiver<Body> {
+        self.ask(Request::Check)
+    }
 }
 
 /// A reply of the machine as the control protocol carries it.
@@ -163,6 +170,15 @@ pub fn body(reply: Reply) -> Body {
         }),
         Reply::Done(Outcome::UpToDate(version)) => Body::UpToDate(UpToDateReport {
             version: version.to_string(),
+        }),
+        Reply::Done(Outcome::Checked {
+            running,
+            offered,
+            available,
+        }) => Body::Checked(CheckReport {
+            running: running.to_string(),
+            offered: offered.to_string(),
+            available,
         }),
         Reply::Done(Outcome::Failed { kind, message }) => Body::error(
             match kind {

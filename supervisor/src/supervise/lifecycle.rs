@@ -268,7 +268,7 @@ impl Machine {
     }
 
     pub(super) fn record_error(&mut self, now: Instant, message: String) {
-        tracing::error!(%message, "gateway failure");
+        tracing::error!(reason = %message, "gateway failure");
         self.notify(Notify::Status(message.clone()));
         self.status.last_error = Some((now, message));
     }

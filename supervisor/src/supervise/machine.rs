@@ -192,6 +192,8 @@ pub struct Machine {
     pub(super) start_waiters: Waiters,
     pub(super) update_waiters: Waiters,
     pub(super) update_running: bool,
+    /// Clients of `aihummer update --check` waiting for the check under way.
+    pub(super) check_clients: Vec<ClientId>,
     pub(super) soak: Option<Soak>,
     /// A start asked for while another start was gated: it runs once that one is gone.
     pub(super) next_start: Option<(Target, Waiters)>,
@@ -223,6 +225,7 @@ impl Machine {
             start_waiters: Waiters::default(),
             update_waiters: Waiters::default(),
             update_running: false,
+            check_clients: Vec::new(),
             soak: None,
             next_start: None,
             update_retry: None,
@@ -347,6 +350,8 @@ impl Machine {
     pub(super) fn dispatch(&mut self, now: Instant, input: Input) {
         match input {
             Input::UpdateProgress(step) => self.update_waiters.send(step, &mut self.effects),
+            Input::CheckOnly(client) => self.start_check_only(client),
+            Input::Checked(report) if report.check_only => self.on_check_only(now, report.found),
             Input::Spawned { child, pid, binary } => self.on_spawned(now, child, pid, binary),
             Input::SpawnFailed { child, reason } => self.on_spawn_failed(now, child, reason),
             Input::Probed { child, verdict } => self.on_probed(now, child, verdict),

@@ -225,7 +225,7 @@ impl Observer {
     /// An update check ended with `found`, at wall-clock `at`.
     pub fn checked(&self, found: &Found, at: SystemTime) {
         let outcome = match found {
-            Found::UpToDate(_) => "up_to_date",
+            Found::UpToDate(_) | Found::Ahead { .. } => "up_to_date",
             Found::Available(_) => "available",
             Found::Refused(_) => "refused",
             Found::Failed(_) => "failed",

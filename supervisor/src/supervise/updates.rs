@@ -34,14 +34,14 @@ impl Machine {
     pub(super) fn check_for_update(&mut self) {
         if let Err(reason) = self.config.update_source.clone() {
             self.checks.finished();
-            self.record_check(reason, None);
+            self.record_check(reason, None, true);
             return;
         }
         let running = match self.running_version() {
             Ok(version) => version,
             Err(reason) => {
                 self.checks.finished();
-                self.record_check(format!("check failed: {reason}"), None);
+                self.record_check(format!("check failed: {reason}"), None, true);
                 return;
             }
         };
@@ -51,7 +51,67 @@ impl Machine {
             requested: None,
             stage: self.config.apply,
             explicit: false,
+            check_only: false,
         }));
+    }
+
+    /// `aihummer update --check`: a check with this supervisor's settings that installs
+    /// nothing, in any state (it touches no gateway); its outcome is recorded in status
+    /// like any other check. A second request joins the check under way.
+    pub(super) fn start_check_only(&mut self, client: ClientId) {
+        let running = self
+            .config
+            .update_source
+            .clone()
+            .and_then(|()| self.running_version());
+        let running = match running {
+            Ok(running) => running,
+            Err(reason) => {
+                return self.reply(client, Outcome::failed(FailureKind::UpdateFailed, reason));
+            }
+        };
+        self.check_clients.push(client);
+        if self.check_clients.len() > 1 {
+            return;
+        }
+        tracing::info!(%running, "checking for an update, as asked by the operator");
+        self.effects.push(Effect::Check(CheckRequest {
+            running,
+            requested: None,
+            stage: false,
+            explicit: false,
+            check_only: true,
+        }));
+    }
+
+    /// The check `aihummer update --check` asked for ended: recorded, and its clients told.
+    pub(super) fn on_check_only(&mut self, now: Instant, found: Found) {
+        let outcome = match &found {
+            Found::UpToDate(version) => Outcome::Checked {
+                running: version.clone(),
+                offered: version.clone(),
+                available: false,
+            },
+            Found::Ahead { running, offered } => Outcome::Checked {
+                running: running.clone(),
+                offered: offered.clone(),
+                available: false,
+            },
+            Found::Available(version) => Outcome::Checked {
+                running: self.running_version().unwrap_or_else(|_| version.clone()),
+                offered: version.clone(),
+                available: true,
+            },
+            Found::Refused(reason) => {
+                Outcome::failed(FailureKind::UpdateFailed, format!("refused: {reason}"))
+            }
+            Found::Failed(reason) => Outcome::failed(FailureKind::UpdateFailed, reason.clone()),
+        };
+        self.status.last_check = Some(now);
+        self.record_found(&found);
+        for client in std::mem::take(&mut self.check_clients) {
+            self.reply(client, outcome.clone());
+        }
     }
 
     /// The serving gateway's version; with none serving (a crash loop, a start failing),
@@ -105,6 +165,7 @@ impl Machine {
             requested,
             stage: true,
             explicit: true,
+            check_only: false,
         }));
     }
 
@@ -125,21 +186,15 @@ impl Machine {
             self.checks.finished();
             Waiters::default()
         };
-        let (line, available) = match &report.found {
-            Found::UpToDate(version) => (format!("up to date: {version}"), None),
-            Found::Available(version) => (
-                format!("update available: {version}"),
-                Some(version.to_string()),
-            ),
-            Found::Refused(reason) => (format!("refused: {reason}"), None),
-            Found::Failed(reason) => (format!("check failed: {reason}"), None),
-        };
         self.status.last_check = Some(now);
-        self.record_check(line, available);
+        self.record_found(&report.found);
         let failed = |message: String| Outcome::failed(FailureKind::UpdateFailed, message);
         let Some(staged) = report.staged else {
             let outcome = match report.found {
-                Found::UpToDate(version) => Outcome::UpToDate(version),
+                Found::UpToDate(version)
+                | Found::Ahead {
+                    running: version, ..
+                } => Outcome::UpToDate(version),
                 Found::Available(version) => {
                     failed(format!("{version} is available but was not staged"))
                 }
@@ -209,9 +264,33 @@ impl Machine {
         )
     }
 
-    /// Shows a check's outcome (and a newer version found, if any) in status and the log.
-    fn record_check(&mut self, line: String, available: Option<String>) {
-        tracing::info!(result = %line, "update check");
+    /// Shows what a check found in status and the log.
+    fn record_found(&mut self, found: &Found) {
+        let failed = matches!(found, Found::Refused(_) | Found::Failed(_));
+        let (line, available) = match found {
+            Found::UpToDate(version) => (format!("up to date: {version}"), None),
+            Found::Ahead { running, offered } => (
+                format!("up to date: {running} runs; the channel offers {offered}"),
+                None,
+            ),
+            Found::Available(version) => (
+                format!("update available: {version}"),
+                Some(version.to_string()),
+            ),
+            Found::Refused(reason) => (format!("refused: {reason}"), None),
+            Found::Failed(reason) => (format!("check failed: {reason}"), None),
+        };
+        self.record_check(line, available, failed);
+    }
+
+    /// Shows a check's outcome (and a newer version found, if any) in status and the log;
+    /// a failed check at WARN, like the retries before it.
+    fn record_check(&mut self, line: String, available: Option<String>, failed: bool) {
+        if failed {
+            tracing::warn!(result = %line, "update check");
+        } else {
+            tracing::info!(result = %line, "update check");
+        }
         self.status.last_result = Some(line);
         self.status.available = available;
     }

@@ -50,7 +50,9 @@ pub enum FetchError {
     #[error("cannot build the HTTP client: {0}")]
     Client(String),
     /// Connection or protocol failure before an answer.
-    #[error("GET {url} failed: {reason}")]
+    #[error(
+        "GET {url} failed: {reason}; check AIHUMMER_DOWNLOAD_BASE_URL and that the release CDN is reachable"
+    )]
     Request {
         /// The URL.
         url: String,
@@ -58,7 +60,9 @@ pub enum FetchError {
         reason: String,
     },
     /// No answer (or no next bytes) in time.
-    #[error("GET {url} timed out (connect timeout {connect:?}, read timeout {read:?}): {reason}")]
+    #[error(
+        "GET {url} timed out (connect timeout {connect:?}, read timeout {read:?}): {reason}; check AIHUMMER_DOWNLOAD_BASE_URL and that the release CDN is reachable"
+    )]
     Timeout {
         /// The URL.
         url: String,

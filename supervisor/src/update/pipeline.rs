@@ -416,13 +416,15 @@ pub struct Run {
 
 impl Updater {
     /// Checks (retrying transient failures with backoff) and, when `stage` and a version is
-    /// available, stages it.
+    /// available, stages it. `on_retry` hears of each failed attempt before its retry, with
+    /// the wait, so an operator watching sees the retries as they happen.
     pub async fn run(
         &self,
         running: &Version,
         requested: Option<&Version>,
         stage: bool,
         progress: impl FnMut(u64, u64),
+        mut on_retry: impl FnMut(&UpdaterError, Duration),
     ) -> Run {
         let mut checked = self.check(running, requested).await;
         let mut backoff = Backoff::new(self.check_retry.0, self.check_retry.1);
@@ -430,7 +432,8 @@ impl Updater {
             match &checked {
                 Err(err) if err.is_transient() => {
                     let delay = backoff.next_delay();
-                    tracing::warn!(error = %err, retry_in = ?delay, "update check failed; retrying");
+                    tracing::warn!(error = %err, retry_in = %humantime::format_duration(delay), "update check failed; retrying");
+                    on_retry(err, delay);
                     tokio::time::sleep(delay).await;
                     checked = self.check(running, requested).await;
                 }

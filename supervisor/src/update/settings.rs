@@ -87,7 +87,7 @@ impl UpdateSettings {
         }
         Ok(UpdateSettings {
             keys: env
-                .get("AIHUMMER_UPDATE_PUBKEY")
+                .get("AIHUMMER_UPDATE_PUBKEY")?
                 .map(|v| TrustedKeys::parse(&v))
                 .transpose()?,
             allow_unsigned: boolean(env, "AIHUMMER_UPDATE_ALLOW_UNSIGNED")?,
@@ -117,7 +117,7 @@ fn boolean<F: Fn(&str) -> Option<String>>(
     env: &Env<F>,
     var: &'static str,
 ) -> Result<bool, UpdateSettingError> {
-    match env.get(var).map(|v| v.trim().to_ascii_lowercase()) {
+    match env.get(var)?.map(|v| v.to_ascii_lowercase()) {
         None => Ok(false),
         Some(v) if v == "true" => Ok(true),
         Some(v) if v == "false" => Ok(false),
@@ -133,7 +133,7 @@ fn size<F: Fn(&str) -> Option<String>>(
     default: u64,
     max: u64,
 ) -> Result<u64, UpdateSettingError> {
-    let Some(value) = env.get(var) else {
+    let Some(value) = env.get(var)? else {
         return Ok(default);
     };
     let refused = |reason: String| UpdateSettingError::Size {

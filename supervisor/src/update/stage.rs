@@ -110,17 +110,21 @@ impl StageError {
 /// [`Fetcher::artifact_url`]) as `version` into the install dir and returns the path of
 /// the installed binary, `versions/<version>/aihummer-gateway`. When that file already
 /// exists with the right sha256 (a retried update, a version rolled away from), it is
-/// only smoke tested again. `progress` sees the running byte count.
+/// only smoke tested again. `progress` sees the running byte count (at once the whole
+/// size, when nothing needs downloading).
 pub async fn stage(
     layout: &Layout,
     fetcher: &Fetcher,
     (version, url, artifact): (&Version, &Url, &Artifact),
     attempt: Attempt,
-    progress: impl FnMut(u64),
+    mut progress: impl FnMut(u64),
 ) -> Result<PathBuf, StageError> {
     let smoke_timeout = attempt.smoke_timeout;
     let installed = layout.binary(version);
     if sha256_file(&installed).await.ok().as_ref() == Some(&artifact.sha256) {
+        // Nothing to download: the whole artifact is already here, and a watching
+        // operator sees that instead of no progress at all.
+        progress(artifact.size);
         smoke_test(&installed, Some(version), smoke_timeout)
             .await
             .map_err(InstallError::from)?;

@@ -3,6 +3,7 @@
 //! property test drives random input sequences while checking the invariants that make
 //! the product safe ([`properties`]).
 
+mod check_only;
 mod properties;
 mod sim;
 mod transitions;

@@ -220,6 +220,7 @@ impl World {
             self.now,
             Input::Checked(CheckReport {
                 explicit: request.explicit,
+                check_only: request.check_only,
                 found,
                 staged,
             }),
