@@ -4,7 +4,8 @@
 //! - [`events`]: inputs, effects and replies, the machine's whole vocabulary.
 //! - [`machine`]: the states and their transitions, one function per state; no I/O. Its
 //!   `handoff` part handles children (spawned, probed, gated, crashed, drained), its
-//!   `lifecycle` part enters states and holds the verbs every state uses.
+//!   `lifecycle` part enters states and holds the verbs every state uses, its `states`
+//!   part has one function per state.
 //! - [`updates`]: the machine's update side: checks, staging outcomes, quarantine, soak.
 //! - [`gate`], [`soak`], [`backoff`], [`checks`], [`clients`]: pure pieces it uses.
 //! - [`status`]: what `aihummer status` shows, converted to the protocol's report at the edge.
@@ -24,6 +25,7 @@ mod lifecycle;
 pub mod machine;
 pub mod metrics;
 pub mod soak;
+mod states;
 pub mod status;
 mod updates;
 

@@ -13,9 +13,6 @@
 //!   refused rather than buffered.
 //! - Conditional GET: the previous answer's `ETag` goes out as `If-None-Match`, and a 304
 //!   is [`ManifestFetch::NotModified`].
-//!
-//! A little past 500 lines: the error enum names every way a CDN can fail, each with the
-//! context an operator needs; splitting it from the client would only scatter them.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -486,32 +483,4 @@ pub(super) fn file_err(path: &Path) -> impl Fn(std::io::Error) -> FetchError {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn server_errors_and_timeouts_are_transient_and_refusals_are_not() {
-        let status = |code| FetchError::Status {
-            url: "https://cdn.example.com/x".into(),
-            status: StatusCode::from_u16(code).unwrap(),
-        };
-        assert!(status(500).is_transient());
-        assert!(status(429).is_transient());
-        assert!(!status(404).is_transient());
-        assert!(
-            !FetchError::Oversized {
-                url: String::new(),
-                expected: 1
-            }
-            .is_transient()
-        );
-        assert!(
-            FetchError::Truncated {
-                url: String::new(),
-                expected: 2,
-                got: 1
-            }
-            .is_transient()
-        );
-    }
-}
+mod tests;
