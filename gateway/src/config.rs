@@ -284,7 +284,8 @@ mod tests {
         for bad in ["0", "-1", "many", "4097"] {
             let err = config(&[("AIHUMMER_OUTBOX_CONCURRENCY", bad)]).unwrap_err();
             assert!(
-                err.to_string().contains("AIHUMMER_OUTBOX_CONCURRENCY") && err.to_string().contains(bad),
+                err.to_string().contains("AIHUMMER_OUTBOX_CONCURRENCY")
+                    && err.to_string().contains(bad),
                 "{err}"
             );
         }

@@ -71,7 +71,9 @@ pub async fn begin(
 pub async fn begin_as_app(app: &AppPool) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
     if app.restricted {
         // One simple query, one round trip; a constant, as `SET` takes no parameters.
-        app.pool.begin_with("BEGIN; SET LOCAL ROLE aihummer_app").await
+        app.pool
+            .begin_with("BEGIN; SET LOCAL ROLE aihummer_app")
+            .await
     } else {
         app.pool.begin().await
     }

@@ -412,12 +412,18 @@ async fn fast_replies_answered_before_the_first_slow_one(concurrency: &str) -> u
 
 #[tokio::test]
 async fn slow_receiver_answers_hold_only_their_own_slots_so_other_replies_keep_flowing() {
-    assert_eq!(fast_replies_answered_before_the_first_slow_one("8").await, 60);
+    assert_eq!(
+        fast_replies_answered_before_the_first_slow_one("8").await,
+        60
+    );
 }
 
 #[tokio::test]
 async fn outbox_concurrency_bounds_the_deliveries_in_flight() {
     // Four slots, all taken by the four slow replies due first: nothing else moves until
     // one of them is answered.
-    assert_eq!(fast_replies_answered_before_the_first_slow_one("4").await, 0);
+    assert_eq!(
+        fast_replies_answered_before_the_first_slow_one("4").await,
+        0
+    );
 }

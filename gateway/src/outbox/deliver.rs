@@ -256,7 +256,10 @@ impl Deliverer {
                 Outcome::Dead(reason)
             }
         };
-        Completion { id: row.id, outcome }
+        Completion {
+            id: row.id,
+            outcome,
+        }
     }
 }
 

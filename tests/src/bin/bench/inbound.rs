@@ -77,7 +77,10 @@ pub async fn run(bin: &Path, quick: bool) -> anyhow::Result<Report> {
         ),
     );
     if outcome.failed + warm.failed > 0 {
-        report.fail(format!("{} inbound requests failed", outcome.failed + warm.failed));
+        report.fail(format!(
+            "{} inbound requests failed",
+            outcome.failed + warm.failed
+        ));
     }
 
     // A replay of keys already stored returns 200 and queues nothing.

@@ -90,7 +90,9 @@ pub async fn closed_loop(
             let mut own = Outcome::default();
             loop {
                 let n = next.fetch_add(1, Ordering::Relaxed);
-                let Some(request) = requests.get(n) else { break };
+                let Some(request) = requests.get(n) else {
+                    break;
+                };
                 if Instant::now() > stop_at {
                     break;
                 }

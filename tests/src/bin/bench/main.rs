@@ -44,7 +44,9 @@ fn parse_args() -> anyhow::Result<Args> {
                 args.gateway = Some(raw.next().context("--gateway needs a path")?.into())
             }
             "inbound" | "outbox" => args.scenarios.push(arg),
-            other => bail!("unknown argument {other:?}; usage: bench inbound|outbox [--quick] [--gateway PATH]"),
+            other => bail!(
+                "unknown argument {other:?}; usage: bench inbound|outbox [--quick] [--gateway PATH]"
+            ),
         }
     }
     if args.scenarios.is_empty() {
@@ -60,7 +62,14 @@ fn gateway_binary(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = std::process::Command::new(cargo)
-        .args(["build", "--release", "-p", "aihummer-gateway", "--bin", "aihummer-gateway"])
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "aihummer-gateway",
+            "--bin",
+            "aihummer-gateway",
+        ])
         .status()
         .context("running cargo build for the gateway")?;
     if !status.success() {

@@ -37,9 +37,14 @@ fn exactly_once(
     let mut seen = HashSet::with_capacity(arrivals.len());
     let duplicates = arrivals.iter().filter(|(k, _)| !seen.insert(k)).count();
     let lost = expected.iter().filter(|k| !seen.contains(k)).count();
-    report.figure(format!("{what}: duplicates / lost"), format!("{duplicates} / {lost}"));
+    report.figure(
+        format!("{what}: duplicates / lost"),
+        format!("{duplicates} / {lost}"),
+    );
     if duplicates > 0 {
-        report.fail(format!("{what}: {duplicates} replies delivered more than once"));
+        report.fail(format!(
+            "{what}: {duplicates} replies delivered more than once"
+        ));
     }
     if lost > 0 {
         report.fail(format!("{what}: {lost} replies never delivered"));
@@ -114,7 +119,11 @@ async fn drain(
     let what = format!("{gateways} gateway(s) draining {replies}");
     if let (Some((_, first)), Some((_, last))) = (arrivals.first(), arrivals.last()) {
         let elapsed = last.duration_since(*first).unwrap_or_default();
-        let target = if gateways == 1 { " (target >= 5000)" } else { "" };
+        let target = if gateways == 1 {
+            " (target >= 5000)"
+        } else {
+            ""
+        };
         report.figure(
             format!("{what}: deliveries/s{target}"),
             format!("{:.0}", rate(arrivals.len(), elapsed)),
