@@ -285,13 +285,13 @@ impl Window {
 /// failure; the worker's poll covers the gaps.
 async fn listen(pool: PgPool, wake: Arc<Notify>) {
     loop {
-        if let Ok(mut listener) = PgListener::connect_with(&pool).await {
-            if listener.listen(store::CHANNEL).await.is_ok() {
-                // Wake once on (re)connecting: a notification may have been missed.
+        if let Ok(mut listener) = PgListener::connect_with(&pool).await
+            && listener.listen(store::CHANNEL).await.is_ok()
+        {
+            // Wake once on (re)connecting: a notification may have been missed.
+            wake.notify_one();
+            while listener.recv().await.is_ok() {
                 wake.notify_one();
-                while listener.recv().await.is_ok() {
-                    wake.notify_one();
-                }
             }
         }
         tokio::time::sleep(POLL).await;
