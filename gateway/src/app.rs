@@ -158,6 +158,7 @@ fn start_background(
         webhook.clone(),
         config.outbox_lease,
         shared.instance.clone(),
+        config.outbox_concurrency,
     );
     match deliverer {
         Ok(deliverer) => {

@@ -22,6 +22,10 @@ pub const DEFAULT_ADDR: &str = ":8765";
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a claimed outbox row stays reserved for the gateway delivering it.
 pub const DEFAULT_OUTBOX_LEASE: Duration = Duration::from_secs(30);
+/// Reply deliveries one gateway keeps in flight at once.
+pub const DEFAULT_OUTBOX_CONCURRENCY: usize = 64;
+/// The most reply deliveries one gateway may keep in flight (`AIHUMMER_OUTBOX_CONCURRENCY`).
+pub const MAX_OUTBOX_CONCURRENCY: usize = 4096;
 /// How often the leader runs outbox housekeeping.
 pub const DEFAULT_HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(300);
 /// How long delivered replies and answered inbound messages are kept.
@@ -103,6 +107,14 @@ pub enum ConfigError {
         /// The most it may be.
         max: Duration,
     },
+    /// `AIHUMMER_OUTBOX_CONCURRENCY` is not a count in range.
+    #[error(
+        "AIHUMMER_OUTBOX_CONCURRENCY={value:?} is not a whole number from 1 to {MAX_OUTBOX_CONCURRENCY}"
+    )]
+    Concurrency {
+        /// What it was set to.
+        value: String,
+    },
     /// A database URL that does not parse. The value is not repeated: it may hold a password.
     #[error("{var} is not a valid PostgreSQL URL: {reason}")]
     DatabaseUrl {
@@ -175,6 +187,8 @@ pub struct Config {
     pub reply_webhook: Option<Url>,
     /// `AIHUMMER_OUTBOX_LEASE`: how long a claimed reply stays reserved for its deliverer.
     pub outbox_lease: Duration,
+    /// `AIHUMMER_OUTBOX_CONCURRENCY`: reply deliveries this gateway keeps in flight.
+    pub outbox_concurrency: usize,
     /// `AIHUMMER_HOUSEKEEPING_INTERVAL`: how often the leader runs outbox housekeeping.
     pub housekeeping_interval: Duration,
     /// `AIHUMMER_RETENTION`: how long delivered replies and inbound keys are kept.
@@ -233,6 +247,10 @@ impl Config {
                 DEFAULT_OUTBOX_LEASE,
                 maximum::OUTBOX_LEASE,
             )?,
+            outbox_concurrency: get("AIHUMMER_OUTBOX_CONCURRENCY")?
+                .map(|v| parse_concurrency(&v))
+                .transpose()?
+                .unwrap_or(DEFAULT_OUTBOX_CONCURRENCY),
             housekeeping_interval: duration(
                 "AIHUMMER_HOUSEKEEPING_INTERVAL",
                 DEFAULT_HOUSEKEEPING_INTERVAL,
@@ -264,6 +282,15 @@ fn parse_max_connections(value: &str) -> Result<usize, ConfigError> {
     match value.trim().parse::<usize>() {
         Ok(n) if (1..=MAX_CONNECTIONS_LIMIT).contains(&n) => Ok(n),
         _ => Err(ConfigError::MaxConnections {
+            value: value.to_string(),
+        }),
+    }
+}
+
+fn parse_concurrency(value: &str) -> Result<usize, ConfigError> {
+    match value.trim().parse::<usize>() {
+        Ok(n) if (1..=MAX_OUTBOX_CONCURRENCY).contains(&n) => Ok(n),
+        _ => Err(ConfigError::Concurrency {
             value: value.to_string(),
         }),
     }
@@ -317,6 +344,21 @@ mod tests {
         assert!(c.database.is_none() && c.app_database.is_none());
         assert_eq!(c.addr, "0.0.0.0:8765".parse().unwrap());
         assert_eq!(c.drain_timeout, DEFAULT_DRAIN_TIMEOUT);
+    }
+
+    #[test]
+    fn outbox_concurrency_defaults_to_64_and_refuses_zero_junk_and_huge_values() {
+        assert_eq!(config(&[]).unwrap().outbox_concurrency, 64);
+        let set = config(&[("AIHUMMER_OUTBOX_CONCURRENCY", "8")]).unwrap();
+        assert_eq!(set.outbox_concurrency, 8);
+        for bad in ["0", "-1", "many", "4097"] {
+            let err = config(&[("AIHUMMER_OUTBOX_CONCURRENCY", bad)]).unwrap_err();
+            assert!(
+                err.to_string().contains("AIHUMMER_OUTBOX_CONCURRENCY")
+                    && err.to_string().contains(bad),
+                "{err}"
+            );
+        }
     }
 
     #[test]

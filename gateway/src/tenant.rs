@@ -1,7 +1,9 @@
 //! The app pool and its transactions, the only way serving touches tenant tables.
 //!
-//! Each transaction switches to `aihummer_app` with `SET LOCAL ROLE` and sets the tenant
-//! with `set_config(.., true)`; both last until the transaction ends. Nothing is set per
+//! Each transaction switches to `aihummer_app` with `SET LOCAL ROLE`, sent with its
+//! `BEGIN` in one round trip, and sets the tenant with `set_config(.., true)`; both last
+//! until the transaction ends. A hot path may set the tenant inside its own statement
+//! ([`begin_as_app`]) to save the round trip [`begin`] spends on it. Nothing is set per
 //! session, so a pooled connection carries neither role nor workspace from one request to
 //! the next, also behind a transaction pooler (PgBouncer's `pool_mode = transaction`),
 //! which hands each transaction whatever server session is free.
@@ -52,17 +54,27 @@ pub async fn begin(
     app: &AppPool,
     workspace: Uuid,
 ) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
-    let mut tx = app.pool.begin().await?;
-    if app.restricted {
-        // A constant: `SET` takes no parameters.
-        sqlx::query("SET LOCAL ROLE aihummer_app")
-            .execute(&mut *tx)
-            .await?;
-    }
+    let mut tx = begin_as_app(app).await?;
     sqlx::query("SELECT set_config($1, $2, true)")
         .bind(SETTING)
         .bind(workspace.to_string())
         .execute(&mut *tx)
         .await?;
     Ok(tx)
+}
+
+/// Begins a transaction on `app` as [`APP_ROLE`] (when the pool is restricted) with no
+/// tenant set yet, so the policies let nothing through until the caller's first statement
+/// sets [`SETTING`] with `set_config(.., true)`. The role cannot be set inside that
+/// statement: PostgreSQL applies a statement's policies and privileges for the role in
+/// force when it is planned, before any `set_config('role', ..)` in it runs.
+pub async fn begin_as_app(app: &AppPool) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+    if app.restricted {
+        // One simple query, one round trip; a constant, as `SET` takes no parameters.
+        app.pool
+            .begin_with("BEGIN; SET LOCAL ROLE aihummer_app")
+            .await
+    } else {
+        app.pool.begin().await
+    }
 }

@@ -527,6 +527,8 @@ struct ReceiverState {
     deliveries: Vec<Delivery>,
     script: std::collections::VecDeque<u16>,
     delay: Duration,
+    /// When set, only requests whose `Idempotency-Key` starts with it take `delay`.
+    slow_prefix: Option<String>,
 }
 
 /// A webhook receiver on loopback: records every POST to `/hook` and answers with the
@@ -546,19 +548,43 @@ impl Receiver {
 
     /// Like [`Receiver::start`], taking `delay` to answer each request.
     pub async fn start_slow(script: &[u16], delay: Duration) -> Receiver {
-        use axum::http::{HeaderMap, StatusCode};
-        let state = std::sync::Arc::new(std::sync::Mutex::new(ReceiverState {
-            deliveries: Vec::new(),
+        Self::serve(ReceiverState {
             script: script.iter().copied().collect(),
             delay,
-        }));
+            ..ReceiverState::default()
+        })
+        .await
+    }
+
+    /// A receiver answering 200, taking `delay` only for keys starting with `prefix`.
+    pub async fn start_slow_for(prefix: &str, delay: Duration) -> Receiver {
+        Self::serve(ReceiverState {
+            delay,
+            slow_prefix: Some(prefix.to_string()),
+            ..ReceiverState::default()
+        })
+        .await
+    }
+
+    async fn serve(state: ReceiverState) -> Receiver {
+        use axum::http::{HeaderMap, StatusCode};
+        let state = std::sync::Arc::new(std::sync::Mutex::new(state));
         let shared = state.clone();
         let app = axum::Router::new().route(
             "/hook",
             axum::routing::post(move |headers: HeaderMap, body: axum::body::Bytes| {
                 let state = shared.clone();
                 async move {
-                    let delay = state.lock().expect("receiver state").delay;
+                    let delay = {
+                        let state = state.lock().expect("receiver state");
+                        let key = headers.get("idempotency-key").and_then(|v| v.to_str().ok());
+                        match (&state.slow_prefix, key) {
+                            (Some(prefix), Some(key)) if !key.starts_with(prefix.as_str()) => {
+                                Duration::ZERO
+                            }
+                            _ => state.delay,
+                        }
+                    };
                     tokio::time::sleep(delay).await;
                     let mut state = state.lock().expect("receiver state");
                     let status = state.script.pop_front().unwrap_or(200);

@@ -373,3 +373,57 @@ async fn a_draining_gateway_gives_its_leases_back_so_another_delivers_without_wa
     next.wait_ready(Duration::from_secs(30)).await;
     until_outbox(&pool, "delivered", 5).await;
 }
+
+/// Queues 4 replies the receiver answers slowly (due first), then 60 it answers at once,
+/// to a gateway keeping `concurrency` deliveries in flight; returns how many fast replies
+/// the receiver had answered before the first slow one was answered.
+async fn fast_replies_answered_before_the_first_slow_one(concurrency: &str) -> usize {
+    let db = TestDb::create().await;
+    let receiver = Receiver::start_slow_for("slow-", Duration::from_secs(6)).await;
+    let (url, hook) = (db.url(), receiver.url());
+    let mut vars = env(&url, &hook);
+    vars.retain(|(k, _)| *k != "AIHUMMER_OUTBOX_LEASE");
+    vars.push(("AIHUMMER_OUTBOX_LEASE", "60s"));
+    vars.push(("AIHUMMER_OUTBOX_CONCURRENCY", concurrency));
+    let gateway = Gateway::start(&vars);
+    gateway.wait_ready(Duration::from_secs(30)).await;
+    let pool = db.pool().await;
+    sqlx::query(
+        "WITH queued AS (
+             INSERT INTO outbox (workspace_id, idempotency_key, payload, next_attempt_at)
+             SELECT $1::uuid, CASE WHEN n <= 4 THEN 'slow-' ELSE 'fast-' END || n,
+                    jsonb_build_object('n', n), now() - interval '1 minute' + n * interval '1 ms'
+             FROM generate_series(1, 64) AS n
+             RETURNING id
+         )
+         SELECT pg_notify('aihummer_outbox', '') FROM (SELECT count(*) FROM queued) AS c",
+    )
+    .bind(WORKSPACE)
+    .execute(&pool)
+    .await
+    .expect("queue replies");
+    until_outbox(&pool, "delivered", 64).await;
+    receiver
+        .deliveries()
+        .iter()
+        .take_while(|d| !d.key.starts_with("slow-"))
+        .count()
+}
+
+#[tokio::test]
+async fn slow_receiver_answers_hold_only_their_own_slots_so_other_replies_keep_flowing() {
+    assert_eq!(
+        fast_replies_answered_before_the_first_slow_one("8").await,
+        60
+    );
+}
+
+#[tokio::test]
+async fn outbox_concurrency_bounds_the_deliveries_in_flight() {
+    // Four slots, all taken by the four slow replies due first: nothing else moves until
+    // one of them is answered.
+    assert_eq!(
+        fast_replies_answered_before_the_first_slow_one("4").await,
+        0
+    );
+}

@@ -1,15 +1,19 @@
-//! The inbound messages' SQL. [`accept`] is the one verb the route needs: the message and
-//! its reply's outbox row are written in one transaction through the app pool as
-//! `aihummer_app` with the tenant set, so a reply exists exactly when its message does,
-//! and a repeated idempotency key returns the first result and queues nothing new, also
-//! when two gateways race.
+//! The inbound messages' SQL. [`accept`] is the one verb the route needs: the message, its
+//! result and its reply's outbox row are written by ONE statement in one transaction
+//! through the app pool as `aihummer_app`, the statement itself setting the tenant, so a
+//! reply exists exactly when its message does, and a repeated idempotency key returns the
+//! first result and queues nothing new, also when two gateways race.
+//!
+//! Round trips for a new message: `BEGIN; SET LOCAL ROLE` (one simple query), the
+//! statement, `COMMIT`. A replay adds one read of the stored result.
 
-use serde_json::{Value, json};
-use sqlx::{Postgres, Transaction};
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::types::Json;
 use uuid::Uuid;
 
 use crate::inbound::Message;
-use crate::outbox::store as outbox;
+use crate::outbox::store::CHANNEL;
 use crate::responder::{Responder, Turn};
 use crate::tenant::{self, AppPool};
 
@@ -23,6 +27,45 @@ pub struct Accepted {
     pub replayed: bool,
 }
 
+/// The reply as the webhook receives it; serialised straight into the bound `jsonb`.
+#[derive(Serialize)]
+struct Reply<'a> {
+    reply_id: Uuid,
+    in_reply_to: Uuid,
+    workspace_id: Uuid,
+    channel: &'a str,
+    external_id: &'a str,
+    text: &'a str,
+}
+
+/// The client's answer, stored with the message so a replay returns it.
+#[derive(Serialize)]
+struct Outcome {
+    inbound_id: Uuid,
+    reply_id: Uuid,
+    status: &'static str,
+}
+
+/// Sets the tenant, inserts the message with its result and, only when the key is new,
+/// the outbox row, and wakes deliverers at commit; returns 1 when stored, 0 on a repeated
+/// key. The tenant is set by the `tenant` CTE that the insert reads its row from, so it
+/// is in force before the policies check that row; `MATERIALIZED` and the volatile
+/// `set_config` keep it a separate step. `$8` is the reply's id and its idempotency key.
+const ACCEPT: &str = "WITH tenant AS MATERIALIZED (
+         SELECT set_config('aihummer.workspace_id', ($1::uuid)::text, true)
+     ), message AS (
+         INSERT INTO inbound_messages
+             (id, workspace_id, channel, external_id, idempotency_key, body, result)
+         SELECT $2, $1, $3, $4, $5, $6, $7 FROM tenant
+         ON CONFLICT (workspace_id, idempotency_key) DO NOTHING
+         RETURNING id
+     ), reply AS (
+         INSERT INTO outbox (id, workspace_id, inbound_id, idempotency_key, payload)
+         SELECT $8, $1, message.id, ($8::uuid)::text, $9 FROM message
+         RETURNING id
+     )
+     SELECT count(*) FROM (SELECT pg_notify($10, '') FROM reply) AS woken";
+
 /// Stores `message` under `key` in `workspace` with the reply `responder` writes, or
 /// returns the stored result of the first delivery of the same key.
 pub async fn accept(
@@ -32,8 +75,43 @@ pub async fn accept(
     message: &Message,
     responder: &dyn Responder,
 ) -> Result<Accepted, sqlx::Error> {
-    let mut tx = tenant::begin(app, workspace).await?;
-    let Some(inbound_id) = insert(&mut tx, workspace, key, message).await? else {
+    // Written before the statement so it is one statement; wasted only on a replay.
+    let text = responder.reply(&Turn {
+        channel: &message.channel,
+        external_id: &message.external_id,
+        text: &message.text,
+    });
+    let (inbound_id, reply_id) = (Uuid::new_v4(), Uuid::new_v4());
+    let outcome = Outcome {
+        inbound_id,
+        reply_id,
+        status: "queued",
+    };
+    let reply = Reply {
+        reply_id,
+        in_reply_to: inbound_id,
+        workspace_id: workspace,
+        channel: &message.channel,
+        external_id: &message.external_id,
+        text: &text,
+    };
+    let mut tx = tenant::begin_as_app(app).await?;
+    let stored: i64 = sqlx::query_scalar(ACCEPT)
+        .bind(workspace)
+        .bind(inbound_id)
+        .bind(&message.channel)
+        .bind(&message.external_id)
+        .bind(key)
+        .bind(&message.text)
+        .bind(Json(&outcome))
+        .bind(reply_id)
+        .bind(Json(&reply))
+        .bind(CHANNEL)
+        .fetch_one(&mut *tx)
+        .await?;
+    if stored == 0 {
+        // The key is taken. A concurrent first delivery of it made the insert wait for its
+        // commit; this later statement's snapshot sees that winner's result.
         let result: Option<Value> = sqlx::query_scalar(
             "SELECT result FROM inbound_messages WHERE workspace_id = $1 AND idempotency_key = $2",
         )
@@ -46,59 +124,10 @@ pub async fn accept(
             result: result.unwrap_or(Value::Null),
             replayed: true,
         });
-    };
-    let text = responder.reply(&Turn {
-        channel: &message.channel,
-        external_id: &message.external_id,
-        text: &message.text,
-    });
-    let reply_id = Uuid::new_v4();
-    let payload = json!({
-        "reply_id": reply_id,
-        "in_reply_to": inbound_id,
-        "workspace_id": workspace,
-        "channel": message.channel,
-        "external_id": message.external_id,
-        "text": text,
-    });
-    outbox::enqueue(&mut tx, workspace, inbound_id, reply_id, &payload).await?;
-    let result = json!({
-        "inbound_id": inbound_id,
-        "reply_id": reply_id,
-        "status": "queued",
-    });
-    sqlx::query("UPDATE inbound_messages SET result = $1 WHERE id = $2")
-        .bind(&result)
-        .bind(inbound_id)
-        .execute(&mut *tx)
-        .await?;
+    }
     tx.commit().await?;
     Ok(Accepted {
-        result,
+        result: serde_json::json!(outcome),
         replayed: false,
     })
-}
-
-/// Inserts the message; `None` when its key is already stored. A concurrent insert of the
-/// same key waits here until the other transaction ends, then does nothing, so the caller
-/// then reads the winner's result.
-async fn insert(
-    tx: &mut Transaction<'static, Postgres>,
-    workspace: Uuid,
-    key: &str,
-    message: &Message,
-) -> Result<Option<Uuid>, sqlx::Error> {
-    sqlx::query_scalar(
-        "INSERT INTO inbound_messages (workspace_id, channel, external_id, idempotency_key, body)
-         VALUES ($1, $2, $3, $4, $5)
-         ON CONFLICT (workspace_id, idempotency_key) DO NOTHING
-         RETURNING id",
-    )
-    .bind(workspace)
-    .bind(&message.channel)
-    .bind(&message.external_id)
-    .bind(key)
-    .bind(&message.text)
-    .fetch_optional(&mut **tx)
-    .await
 }

@@ -1,30 +1,46 @@
-//! The delivery worker, one per gateway: claims due replies in batches under a lease,
-//! posts each to `AIHUMMER_REPLY_WEBHOOK_URL` with its `Idempotency-Key`, and records the
-//! verdict. A committed enqueue wakes it through `LISTEN`; a slow poll covers retries
-//! coming due and lost notifications. On stop it lets attempts under way finish for a short
-//! grace, abandons the rest and gives back every lease it still holds, so a handoff does
-//! not delay delivery by a lease period.
+//! The delivery worker, one per gateway: keeps a window of up to `concurrency` attempts in
+//! flight, each posting one reply to `AIHUMMER_REPLY_WEBHOOK_URL` with its
+//! `Idempotency-Key`, and starts the next as soon as one ends (no rounds, so a slow POST
+//! holds one slot, not the whole window).
+//!
+//! Three things overlap with the posts, each one statement at a time:
+//! - claiming: while fewer than `2 × concurrency` rows are held, the next batch is claimed
+//!   under a lease (prefetch), so a freed slot finds a row waiting;
+//! - recording: verdicts are gathered and written by one statement every [`FLUSH_EVERY`]
+//!   (or [`FLUSH_MAX`] verdicts), fenced by the lease owner;
+//! - waking: a committed enqueue wakes the worker through `LISTEN`; a slow poll covers
+//!   retries coming due and lost notifications.
+//!
+//! On stop it claims nothing more, lets attempts under way finish for a short grace,
+//! abandons the rest, records the verdicts it has and then gives back every lease it still
+//! holds, so a handoff does not delay delivery by a lease period.
 
+use prometheus::{Histogram, IntCounterVec};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use prometheus::{Histogram, IntCounterVec};
 use reqwest::Url;
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 
 use super::policy::{self, Attempt, Verdict};
-use super::store::{self, Claimed};
+use super::store::{self, Claimed, Completion, Outcome};
 use aihummer_common::backoff::Backoff;
 
-/// Rows claimed, and posted concurrently, per round.
-const BATCH: i64 = 32;
 /// How often the worker looks for due rows without being woken.
 const POLL: Duration = Duration::from_secs(1);
 /// How long attempts under way may still take once the worker is told to stop.
 const STOP_GRACE: Duration = Duration::from_secs(2);
+/// The longest a verdict waits to be recorded with others.
+const FLUSH_EVERY: Duration = Duration::from_millis(3);
+/// The most verdicts recorded by one statement.
+const FLUSH_MAX: usize = 512;
+/// Recording statements under way at once.
+const FLUSHES: usize = 2;
 
 /// Delivers replies from the outbox.
 pub struct Deliverer {
@@ -33,18 +49,21 @@ pub struct Deliverer {
     lease: Duration,
     owner: String,
     client: reqwest::Client,
+    concurrency: usize,
     observed: Option<(IntCounterVec, Histogram)>,
 }
 
 impl Deliverer {
-    /// A worker posting to `webhook`, claiming rows as `owner` for `lease` on `pool` (the
-    /// owner pool: delivery crosses tenants).
+    /// A worker posting to `webhook` with up to `concurrency` attempts in flight, claiming
+    /// rows as `owner` for `lease` on `pool` (the owner pool: delivery crosses tenants).
     pub fn new(
         pool: PgPool,
         webhook: Url,
         lease: Duration,
         owner: String,
+        concurrency: usize,
     ) -> Result<Self, reqwest::Error> {
+        let concurrency = concurrency.max(1);
         // An attempt must end well inside its lease, or a second deliverer could take the
         // row over while the first is still waiting for an answer.
         let timeout = (lease / 2).min(Duration::from_secs(10));
@@ -53,6 +72,11 @@ impl Deliverer {
             .connect_timeout(timeout.min(Duration::from_secs(3)))
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("aihummer-gateway/", env!("AIHUMMER_VERSION")))
+            // Keep one warm HTTP/1.1 connection per slot, so a busy window never pays for a
+            // new TCP (or TLS) handshake.
+            .pool_max_idle_per_host(concurrency)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .tcp_nodelay(true)
             .build()?;
         Ok(Self {
             pool,
@@ -60,6 +84,7 @@ impl Deliverer {
             lease,
             owner,
             client,
+            concurrency,
             observed: None,
         })
     }
@@ -74,31 +99,144 @@ impl Deliverer {
     /// Delivers until `stop` turns true, then releases its leases.
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
         let this = Arc::new(self);
-        let mut listener = this.listen().await;
+        let wake = Arc::new(Notify::new());
+        let listening = tokio::spawn(listen(this.pool.clone(), wake.clone()));
+        let mut window = Window::default();
         let fresh_backoff = || Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
         let mut failures = fresh_backoff();
+        // When the last claim found fewer rows than asked: sleep until woken or polled.
+        let mut idle_until: Option<Instant> = None;
+        let mut claim_again_at: Option<Instant> = None;
+        let mut flush_at: Option<Instant> = None;
         while !*stop.borrow() {
-            match store::claim(&this.pool, &this.owner, BATCH, this.lease).await {
-                Ok(batch) if batch.is_empty() => this.wait(&mut listener, &mut stop).await,
-                Ok(batch) => {
-                    failures = fresh_backoff();
-                    let mut round = JoinSet::new();
-                    for row in batch {
-                        round.spawn(this.clone().deliver(row));
-                    }
-                    this.finish_round(round, &mut stop).await;
+            while window.attempts.len() < this.concurrency {
+                let Some(row) = window.queued.pop_front() else {
+                    break;
+                };
+                window.attempts.spawn(this.clone().attempt(row));
+            }
+            let room = (2 * this.concurrency).saturating_sub(window.held());
+            if window.claiming.is_empty()
+                && idle_until.is_none()
+                && claim_again_at.is_none()
+                && room >= (this.concurrency / 4).max(1)
+            {
+                let (pool, owner, lease) = (this.pool.clone(), this.owner.clone(), this.lease);
+                let limit = i64::try_from(room).unwrap_or(i64::MAX);
+                window
+                    .claiming
+                    .spawn(async move { (limit, store::claim(&pool, &owner, limit, lease).await) });
+            }
+            if window.done.len() >= FLUSH_MAX && window.flushing.len() < FLUSHES {
+                this.flush(&mut window);
+                flush_at = None;
+            }
+            let may_flush = window.flushing.len() < FLUSHES;
+            let flush_due = async {
+                match flush_at {
+                    Some(at) if may_flush => tokio::time::sleep_until(at).await,
+                    _ => std::future::pending().await,
                 }
-                Err(err) => {
-                    let delay = failures.next_delay();
-                    tracing::warn!(error = %err, retry_in = ?delay, "claiming outbox rows failed");
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = stop.changed() => {}
+            };
+            let poll_due = async {
+                match (idle_until, claim_again_at) {
+                    (Some(at), _) | (None, Some(at)) => tokio::time::sleep_until(at).await,
+                    (None, None) => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                Some(ended) = window.attempts.join_next() => {
+                    if let Ok(completion) = ended {
+                        window.done.push(completion);
+                        flush_at.get_or_insert_with(|| Instant::now() + FLUSH_EVERY);
                     }
+                }
+                Some(claimed) = window.claiming.join_next() => {
+                    let Ok((limit, claimed)) = claimed else { continue };
+                    match claimed {
+                        Ok(rows) => {
+                            failures = fresh_backoff();
+                            if (rows.len() as i64) < limit {
+                                idle_until = Some(Instant::now() + POLL);
+                            }
+                            window.queued.extend(rows);
+                        }
+                        Err(err) => {
+                            let delay = failures.next_delay();
+                            tracing::warn!(error = %err, retry_in = ?delay, "claiming outbox rows failed");
+                            claim_again_at = Some(Instant::now() + delay);
+                        }
+                    }
+                }
+                Some(flushed) = window.flushing.join_next() => {
+                    if let Ok(Err(err)) = flushed {
+                        // Those rows' leases run out and they are tried again, same key.
+                        tracing::warn!(error = %err, "recording delivery outcomes failed");
+                    }
+                }
+                _ = flush_due => {
+                    this.flush(&mut window);
+                    flush_at = None;
+                }
+                _ = wake.notified(), if idle_until.is_some() => idle_until = None,
+                _ = poll_due => {
+                    idle_until = None;
+                    claim_again_at = None;
+                }
+                // A dropped sender means nobody can stop us any more: stop now.
+                changed = stop.changed() => if changed.is_err() { break },
+            }
+        }
+        this.stop(window).await;
+        listening.abort();
+    }
+
+    /// Starts recording the verdicts gathered so far.
+    fn flush(&self, window: &mut Window) {
+        if window.done.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut window.done);
+        let (pool, owner) = (self.pool.clone(), self.owner.clone());
+        let lag = self.observed.as_ref().map(|(_, lag)| lag.clone());
+        window.flushing.spawn(async move {
+            let (changed, lags) = store::complete(&pool, &owner, &batch).await?;
+            if let Some(lag) = lag {
+                lags.into_iter().for_each(|seconds| lag.observe(seconds));
+            }
+            Ok(changed)
+        });
+    }
+
+    /// Winds down: lets the claim under way land, gives attempts under way
+    /// [`STOP_GRACE`], records every verdict, then releases the leases still held, so
+    /// another gateway retries those rows now rather than after the lease.
+    async fn stop(&self, mut window: Window) {
+        // A claim cut off mid-statement could still commit after the release below.
+        while window.claiming.join_next().await.is_some() {}
+        window.queued.clear();
+        let grace_ends = Instant::now() + STOP_GRACE;
+        loop {
+            tokio::select! {
+                ended = window.attempts.join_next() => match ended {
+                    Some(Ok(completion)) => window.done.push(completion),
+                    Some(Err(_)) => {}
+                    None => break,
+                },
+                _ = tokio::time::sleep_until(grace_ends) => {
+                    tracing::info!(abandoned = window.attempts.len(), "stopping: abandoning slow reply deliveries");
+                    window.attempts.abort_all();
+                    break;
                 }
             }
         }
-        match store::release(&this.pool, &this.owner).await {
+        self.flush(&mut window);
+        while let Some(flushed) = window.flushing.join_next().await {
+            if let Ok(Err(err)) = flushed {
+                tracing::warn!(error = %err, "recording delivery outcomes failed");
+            }
+        }
+        match store::release(&self.pool, &self.owner).await {
             Ok(0) => {}
             Ok(released) => tracing::info!(released, "released outbox leases"),
             Err(err) => {
@@ -107,94 +245,8 @@ impl Deliverer {
         }
     }
 
-    /// Waits for a round of attempts. After a stop they get [`STOP_GRACE`] to finish; the
-    /// rest are abandoned, and their leases released by the caller, so another gateway
-    /// retries them now rather than after the lease.
-    async fn finish_round(&self, mut round: JoinSet<()>, stop: &mut watch::Receiver<bool>) {
-        let mut grace_ends = None;
-        loop {
-            let grace = async {
-                match grace_ends {
-                    Some(at) => tokio::time::sleep_until(at).await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                done = round.join_next() => if done.is_none() { return },
-                _ = stop.changed(), if grace_ends.is_none() => {
-                    grace_ends = Some(tokio::time::Instant::now() + STOP_GRACE);
-                }
-                _ = grace => {
-                    tracing::info!(abandoned = round.len(), "stopping: abandoning slow reply deliveries");
-                    round.abort_all();
-                    return;
-                }
-            }
-        }
-    }
-
-    async fn listen(&self) -> Option<PgListener> {
-        let mut listener = PgListener::connect_with(&self.pool).await.ok()?;
-        listener.listen(store::CHANNEL).await.ok()?;
-        Some(listener)
-    }
-
-    /// Sleeps until woken by an enqueue, the poll interval, or the stop signal.
-    async fn wait(&self, listener: &mut Option<PgListener>, stop: &mut watch::Receiver<bool>) {
-        let notified = async {
-            match listener {
-                // A failed receive reconnects on the next call; the poll covers the gap.
-                Some(l) => {
-                    if l.recv().await.is_err() {
-                        tokio::time::sleep(POLL).await;
-                    }
-                }
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            _ = notified => {}
-            _ = tokio::time::sleep(POLL) => {}
-            _ = stop.changed() => {}
-        }
-    }
-
-    async fn deliver(self: Arc<Self>, row: Claimed) {
-        let attempt = self.attempt(&row).await;
-        let verdict = policy::judge(&attempt, row.attempts);
-        if let Some((attempts, _)) = &self.observed {
-            let outcome = match &verdict {
-                Verdict::Delivered => "delivered",
-                Verdict::Retry(_) => "retry",
-                Verdict::Dead(_) => "dead",
-            };
-            attempts.with_label_values(&[outcome]).inc();
-        }
-        let recorded = match &verdict {
-            Verdict::Delivered => {
-                let lag = store::delivered(&self.pool, &self.owner, row.id).await;
-                if let (Ok(Some(seconds)), Some((_, histogram))) = (&lag, &self.observed) {
-                    histogram.observe(*seconds);
-                }
-                lag.map(drop)
-            }
-            Verdict::Retry(reason) => {
-                let delay = policy::retry_delay(row.attempts, rand::random());
-                tracing::info!(reply = %row.id, attempts = row.attempts, %reason, retry_in = ?delay, "reply delivery failed; will retry");
-                store::retry(&self.pool, &self.owner, row.id, delay, reason).await
-            }
-            Verdict::Dead(reason) => {
-                tracing::warn!(reply = %row.id, attempts = row.attempts, %reason, "reply dead-lettered");
-                store::dead(&self.pool, &self.owner, row.id, reason).await
-            }
-        };
-        if let Err(err) = recorded {
-            // The lease runs out and the row is tried again, with the same key.
-            tracing::warn!(reply = %row.id, error = %err, "recording the delivery outcome failed");
-        }
-    }
-
-    async fn attempt(&self, row: &Claimed) -> Attempt {
+    /// Posts one claimed row and judges the answer.
+    async fn attempt(self: Arc<Self>, row: Claimed) -> Completion {
         let sent = self
             .client
             .post(self.webhook.clone())
@@ -202,10 +254,70 @@ impl Deliverer {
             .json(&row.payload)
             .send()
             .await;
-        match sent {
+        let attempt = match sent {
             Ok(response) => Attempt::Status(response.status().as_u16()),
             // The webhook URL may carry a token: keep it out of the stored reason.
             Err(err) => Attempt::Transport(err.without_url().to_string()),
+        };
+        let verdict = policy::judge(&attempt, row.attempts);
+        if let Some((attempts, _)) = &self.observed {
+            let counted = match &verdict {
+                Verdict::Delivered => "delivered",
+                Verdict::Retry(_) => "retry",
+                Verdict::Dead(_) => "dead",
+            };
+            attempts.with_label_values(&[counted]).inc();
         }
+        let outcome = match verdict {
+            Verdict::Delivered => Outcome::Delivered,
+            Verdict::Retry(reason) => {
+                let delay = policy::retry_delay(row.attempts, rand::random());
+                tracing::info!(reply = %row.id, attempts = row.attempts, %reason, retry_in = ?delay, "reply delivery failed; will retry");
+                Outcome::Retry { delay, reason }
+            }
+            Verdict::Dead(reason) => {
+                tracing::warn!(reply = %row.id, attempts = row.attempts, %reason, "reply dead-lettered");
+                Outcome::Dead(reason)
+            }
+        };
+        Completion {
+            id: row.id,
+            outcome,
+        }
+    }
+}
+
+/// What the worker holds: rows claimed but not started, attempts in flight, verdicts not
+/// yet recorded, and the claim and recording statements under way.
+#[derive(Default)]
+struct Window {
+    queued: VecDeque<Claimed>,
+    attempts: JoinSet<Completion>,
+    done: Vec<Completion>,
+    claiming: JoinSet<(i64, Result<Vec<Claimed>, sqlx::Error>)>,
+    flushing: JoinSet<Result<u64, sqlx::Error>>,
+}
+
+impl Window {
+    /// Rows this worker holds a lease on and has not finished with.
+    fn held(&self) -> usize {
+        self.queued.len() + self.attempts.len()
+    }
+}
+
+/// Wakes the worker on every notification of [`store::CHANNEL`], reconnecting after a
+/// failure; the worker's poll covers the gaps.
+async fn listen(pool: PgPool, wake: Arc<Notify>) {
+    loop {
+        if let Ok(mut listener) = PgListener::connect_with(&pool).await
+            && listener.listen(store::CHANNEL).await.is_ok()
+        {
+            // Wake once on (re)connecting: a notification may have been missed.
+            wake.notify_one();
+            while listener.recv().await.is_ok() {
+                wake.notify_one();
+            }
+        }
+        tokio::time::sleep(POLL).await;
     }
 }

@@ -1,12 +1,13 @@
 //! The outbox's SQL, as small verbs. Delivery verbs run on the owner pool (delivery is
-//! cross-tenant); [`enqueue`] runs inside the inbound transaction on the app pool.
+//! cross-tenant); replies are queued by the inbound statement
+//! ([`crate::inbound::store`]), which notifies [`CHANNEL`].
 //! Every change a deliverer makes is fenced by its lease owner, so a deliverer whose
 //! lease expired and was taken over cannot overwrite the new owner's outcome.
 
 use std::time::Duration;
 
 use serde_json::Value;
-use sqlx::{PgPool, Postgres, Transaction};
+use sqlx::PgPool;
 use uuid::Uuid;
 
 /// The channel deliverers `LISTEN` on; a committed enqueue wakes them.
@@ -36,32 +37,6 @@ pub struct Stats {
     pub delivered: i64,
     /// Dead-lettered.
     pub dead: i64,
-}
-
-/// Queues a reply in the caller's transaction and wakes deliverers when it commits.
-pub async fn enqueue(
-    tx: &mut Transaction<'static, Postgres>,
-    workspace: Uuid,
-    inbound_id: Uuid,
-    reply_id: Uuid,
-    payload: &Value,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO outbox (id, workspace_id, inbound_id, idempotency_key, payload)
-         VALUES ($1, $2, $3, $4, $5)",
-    )
-    .bind(reply_id)
-    .bind(workspace)
-    .bind(inbound_id)
-    .bind(reply_id.to_string())
-    .bind(payload)
-    .execute(&mut **tx)
-    .await?;
-    sqlx::query("SELECT pg_notify($1, '')")
-        .bind(CHANNEL)
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
 }
 
 /// Claims up to `limit` due rows for `owner` for `lease`, counting the attempt now, so a
@@ -95,56 +70,79 @@ pub async fn claim(
     .await
 }
 
-/// Marks a claimed row delivered; returns the seconds from its enqueue to now, or `None`
-/// when the lease was lost meanwhile and nothing was marked.
-pub async fn delivered(pool: &PgPool, owner: &str, id: Uuid) -> Result<Option<f64>, sqlx::Error> {
-    sqlx::query_scalar(
-        "UPDATE outbox SET status = 'delivered', delivered_at = now(), last_error = NULL,
-                lease_owner = NULL, lease_expires_at = NULL
-         WHERE id = $1 AND lease_owner = $2
-         RETURNING extract(epoch FROM delivered_at - created_at)::float8",
-    )
-    .bind(id)
-    .bind(owner)
-    .fetch_optional(pool)
-    .await
+/// An attempt's verdict, as [`complete`] records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The receiver took it: done.
+    Delivered,
+    /// Try again after `delay`; the reason is kept as the row's last error.
+    Retry {
+        /// How long until the next attempt.
+        delay: Duration,
+        /// Why this attempt failed.
+        reason: String,
+    },
+    /// Given up, with the reason for the operator.
+    Dead(String),
 }
 
-/// Schedules another attempt of a claimed row after `delay`.
-pub async fn retry(
+/// The outcome of one claimed row's attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Completion {
+    /// The row.
+    pub id: Uuid,
+    /// What to record.
+    pub outcome: Outcome,
+}
+
+/// Records `completions` in one statement: delivered rows are marked delivered, retried
+/// ones scheduled after their delay, dead ones dead-lettered; each leaves its lease. A row
+/// `owner` no longer leases (its lease ran out and another deliverer took it) is left
+/// alone. Returns how many rows changed, and for each row marked delivered the seconds
+/// from its enqueue to now (the delivery lag).
+pub async fn complete(
     pool: &PgPool,
     owner: &str,
-    id: Uuid,
-    delay: Duration,
-    reason: &str,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE outbox SET next_attempt_at = now() + make_interval(secs => $3), last_error = $4,
-                lease_owner = NULL, lease_expires_at = NULL
-         WHERE id = $1 AND lease_owner = $2",
+    completions: &[Completion],
+) -> Result<(u64, Vec<f64>), sqlx::Error> {
+    let mut ids = Vec::with_capacity(completions.len());
+    let mut kinds = Vec::with_capacity(completions.len());
+    let mut delays = Vec::with_capacity(completions.len());
+    let mut reasons = Vec::with_capacity(completions.len());
+    for completion in completions {
+        ids.push(completion.id);
+        let (kind, delay, reason) = match &completion.outcome {
+            Outcome::Delivered => ("delivered", 0.0, ""),
+            Outcome::Retry { delay, reason } => ("pending", delay.as_secs_f64(), reason.as_str()),
+            Outcome::Dead(reason) => ("dead", 0.0, reason.as_str()),
+        };
+        kinds.push(kind);
+        delays.push(delay);
+        reasons.push(reason);
+    }
+    let changed: Vec<Option<f64>> = sqlx::query_scalar(
+        "UPDATE outbox o
+         SET status = c.status,
+             delivered_at = CASE WHEN c.status = 'delivered' THEN now() ELSE o.delivered_at END,
+             next_attempt_at = CASE WHEN c.status = 'pending'
+                 THEN now() + make_interval(secs => c.delay) ELSE o.next_attempt_at END,
+             last_error = NULLIF(c.reason, ''),
+             lease_owner = NULL, lease_expires_at = NULL
+         FROM unnest($1::uuid[], $2::text[], $3::float8[], $4::text[])
+             AS c(id, status, delay, reason)
+         WHERE o.id = c.id AND o.lease_owner = $5
+         RETURNING CASE WHEN o.status = 'delivered'
+             THEN extract(epoch FROM o.delivered_at - o.created_at)::float8 END",
     )
-    .bind(id)
+    .bind(&ids)
+    .bind(&kinds)
+    .bind(&delays)
+    .bind(&reasons)
     .bind(owner)
-    .bind(delay.as_secs_f64())
-    .bind(reason)
-    .execute(pool)
+    .fetch_all(pool)
     .await?;
-    Ok(())
-}
-
-/// Dead-letters a claimed row with the reason.
-pub async fn dead(pool: &PgPool, owner: &str, id: Uuid, reason: &str) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE outbox SET status = 'dead', last_error = $3,
-                lease_owner = NULL, lease_expires_at = NULL
-         WHERE id = $1 AND lease_owner = $2",
-    )
-    .bind(id)
-    .bind(owner)
-    .bind(reason)
-    .execute(pool)
-    .await?;
-    Ok(())
+    let rows = u64::try_from(changed.len()).unwrap_or(u64::MAX);
+    Ok((rows, changed.into_iter().flatten().collect()))
 }
 
 /// Gives back every lease `owner` still holds, without counting the attempt, so another

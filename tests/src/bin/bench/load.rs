@@ -1,0 +1,160 @@
+//! The load generator: signed inbound requests prepared before the clock starts, sent
+//! closed-loop (a fixed number of connections, each sending its next request when the
+//! last is answered) or open-loop (a fixed rate). Bounded by count and by a deadline.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use aihummer_tests::{INBOUND_SECRET, signature};
+use tokio::time::Instant;
+
+/// One signed request.
+pub struct Request {
+    key: String,
+    signature: String,
+    body: Vec<u8>,
+}
+
+/// What a load run came to.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// Requests answered 200.
+    pub ok: usize,
+    /// Requests that failed or got another status.
+    pub failed: usize,
+    /// From the first request sent to the last answered.
+    pub elapsed: Duration,
+    /// Each answered request's latency, sorted.
+    pub latencies: Vec<Duration>,
+}
+
+/// `count` distinct messages with unique `Idempotency-Key`s starting with `prefix`.
+pub fn prepare(prefix: &str, count: usize) -> Vec<Request> {
+    (0..count)
+        .map(|n| {
+            let key = format!("{prefix}-{n}");
+            let body = serde_json::to_vec(&serde_json::json!({
+                "channel": "bench", "external_id": format!("m-{n}"), "text": "hello there",
+            }))
+            .unwrap_or_default();
+            let signature = signature(INBOUND_SECRET, Some(&key), &body);
+            Request {
+                key,
+                signature,
+                body,
+            }
+        })
+        .collect()
+}
+
+fn client(connections: usize) -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .pool_max_idle_per_host(connections)
+        .tcp_nodelay(true)
+        .timeout(Duration::from_secs(30))
+        .build()?)
+}
+
+async fn send(client: &reqwest::Client, url: &str, request: &Request) -> bool {
+    let sent = client
+        .post(url)
+        .header("content-type", "application/json")
+        .header("idempotency-key", &request.key)
+        .header("x-aihummer-signature", &request.signature)
+        .body(request.body.clone())
+        .send()
+        .await;
+    matches!(sent, Ok(response) if response.status() == 200)
+}
+
+/// Sends `requests` to `gateway`'s inbound route over `connections` connections, each
+/// sending as soon as its previous answer came, until all are sent or `deadline` passes.
+pub async fn closed_loop(
+    gateway: &str,
+    requests: Vec<Request>,
+    connections: usize,
+    deadline: Duration,
+) -> anyhow::Result<Outcome> {
+    let client = client(connections)?;
+    let url = format!("{gateway}/v1/inbound/generic");
+    let requests = Arc::new(requests);
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let stop_at = started + deadline;
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..connections {
+        let (client, url, requests, next) =
+            (client.clone(), url.clone(), requests.clone(), next.clone());
+        workers.spawn(async move {
+            let mut own = Outcome::default();
+            loop {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                let Some(request) = requests.get(n) else {
+                    break;
+                };
+                if Instant::now() > stop_at {
+                    break;
+                }
+                let sent_at = Instant::now();
+                if send(&client, &url, request).await {
+                    own.ok += 1;
+                    own.latencies.push(sent_at.elapsed());
+                } else {
+                    own.failed += 1;
+                }
+            }
+            own
+        });
+    }
+    let mut total = Outcome::default();
+    while let Some(own) = workers.join_next().await {
+        let own = own?;
+        total.ok += own.ok;
+        total.failed += own.failed;
+        total.latencies.extend(own.latencies);
+    }
+    total.elapsed = started.elapsed();
+    total.latencies.sort();
+    Ok(total)
+}
+
+/// Sends `requests` to `gateway` at `per_second`, each on its own task, until all are sent
+/// or `deadline` passes; then waits for the answers.
+pub async fn open_loop(
+    gateway: &str,
+    requests: Vec<Request>,
+    per_second: u32,
+    deadline: Duration,
+) -> anyhow::Result<Outcome> {
+    let client = client(64)?;
+    let url = Arc::new(format!("{gateway}/v1/inbound/generic"));
+    let mut tick = tokio::time::interval(Duration::from_secs(1) / per_second.max(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let started = Instant::now();
+    let mut sent = tokio::task::JoinSet::new();
+    for request in requests {
+        tick.tick().await;
+        if started.elapsed() > deadline {
+            break;
+        }
+        let (client, url) = (client.clone(), url.clone());
+        sent.spawn(async move {
+            let at = Instant::now();
+            (send(&client, &url, &request).await, at.elapsed())
+        });
+    }
+    let mut total = Outcome::default();
+    while let Some(done) = sent.join_next().await {
+        match done? {
+            (true, latency) => {
+                total.ok += 1;
+                total.latencies.push(latency);
+            }
+            (false, _) => total.failed += 1,
+        }
+    }
+    total.elapsed = started.elapsed();
+    total.latencies.sort();
+    Ok(total)
+}

@@ -1,0 +1,201 @@
+//! Outbox delivery: deliveries per second while one, then two, gateways drain replies
+//! queued beforehand (timed from the first POST to the last at the receiver), and the
+//! latency from the enqueueing transaction to the receiver at a steady inbound rate.
+//! Every run checks that each reply arrived exactly once.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use aihummer_tests::{Gateway, TestDb};
+use tokio::time::Instant;
+
+use crate::inbound::{WORKSPACE, app_role_gateway};
+use crate::load;
+use crate::receiver::Receiver;
+use crate::report::{Report, percentile, rate};
+
+/// Runs the scenario with the gateway at `bin`.
+pub async fn run(bin: &Path, quick: bool) -> anyhow::Result<Report> {
+    let mut report = Report::new("outbox");
+    let replies = if quick { 10_000 } else { 20_000 };
+    for gateways in [1, 2] {
+        drain(bin, gateways, replies, &mut report).await?;
+    }
+    let seconds = if quick { 5 } else { 20 };
+    steady(bin, 1000, seconds, &mut report).await?;
+    Ok(report)
+}
+
+/// Checks every `expected` key arrived exactly once; returns the distinct keys seen.
+fn exactly_once(
+    report: &mut Report,
+    what: &str,
+    arrivals: &[(String, SystemTime)],
+    expected: &HashSet<String>,
+) {
+    let mut seen = HashSet::with_capacity(arrivals.len());
+    let duplicates = arrivals.iter().filter(|(k, _)| !seen.insert(k)).count();
+    let lost = expected.iter().filter(|k| !seen.contains(k)).count();
+    report.figure(
+        format!("{what}: duplicates / lost"),
+        format!("{duplicates} / {lost}"),
+    );
+    if duplicates > 0 {
+        report.fail(format!(
+            "{what}: {duplicates} replies delivered more than once"
+        ));
+    }
+    if lost > 0 {
+        report.fail(format!("{what}: {lost} replies never delivered"));
+    }
+}
+
+async fn wait_for_arrivals(receiver: &Receiver, n: usize, deadline: Duration) {
+    let until = Instant::now() + deadline;
+    while receiver.count() < n && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Queues `replies` replies, then times `gateways` gateways delivering them.
+async fn drain(
+    bin: &Path,
+    gateways: usize,
+    replies: i64,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let db = TestDb::create().await;
+    let url = db.url();
+    let setup = Gateway::start_with(
+        bin,
+        &[
+            ("AIHUMMER_DATABASE_URL", &url),
+            ("AIHUMMER_DEFAULT_WORKSPACE_ID", WORKSPACE),
+        ],
+        |_| {},
+    );
+    setup.wait_ready(Duration::from_secs(60)).await;
+    drop(setup);
+    let pool = db.pool().await;
+    let keys: Vec<String> = sqlx::query_scalar(
+        "INSERT INTO outbox (workspace_id, idempotency_key, payload)
+         SELECT $1::uuid, 'bench-' || n,
+                jsonb_build_object('text', 'reply ' || n, 'channel', 'bench', 'n', n)
+         FROM generate_series(1, $2) AS n
+         RETURNING idempotency_key",
+    )
+    .bind(WORKSPACE)
+    .bind(replies)
+    .fetch_all(&pool)
+    .await?;
+    sqlx::query("VACUUM ANALYZE outbox").execute(&pool).await?;
+    let receiver = Receiver::start().await?;
+    let hook = receiver.url();
+    let env = [
+        ("AIHUMMER_DATABASE_URL", url.as_str()),
+        ("AIHUMMER_REPLY_WEBHOOK_URL", hook.as_str()),
+        ("AIHUMMER_LOG", "warn"),
+    ];
+    let running: Vec<Gateway> = (0..gateways)
+        .map(|_| Gateway::start_with(bin, &env, |_| {}))
+        .collect();
+    wait_for_arrivals(&receiver, keys.len(), Duration::from_secs(120)).await;
+    // Let a late duplicate show itself, and every outcome be recorded.
+    let until = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < until {
+        let open: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM outbox WHERE status <> 'delivered'")
+                .fetch_one(&pool)
+                .await?;
+        if open == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    drop(running);
+    let arrivals = receiver.arrivals();
+    let what = format!("{gateways} gateway(s) draining {replies}");
+    if let (Some((_, first)), Some((_, last))) = (arrivals.first(), arrivals.last()) {
+        let elapsed = last.duration_since(*first).unwrap_or_default();
+        let target = if gateways == 1 {
+            " (target >= 5000)"
+        } else {
+            ""
+        };
+        report.figure(
+            format!("{what}: deliveries/s{target}"),
+            format!("{:.0}", rate(arrivals.len(), elapsed)),
+        );
+    }
+    exactly_once(report, &what, &arrivals, &keys.into_iter().collect());
+    pool.close().await;
+    Ok(())
+}
+
+/// Sends inbound messages at `per_second` for `seconds` to a gateway that also delivers,
+/// and measures from each reply's enqueueing transaction to its arrival.
+async fn steady(
+    bin: &Path,
+    per_second: u32,
+    seconds: u32,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let mut db = TestDb::create().await;
+    let receiver = Receiver::start().await?;
+    let hook = receiver.url();
+    let gateway = app_role_gateway(
+        bin,
+        &mut db,
+        &[("AIHUMMER_REPLY_WEBHOOK_URL", hook.as_str())],
+    )
+    .await;
+    let messages = (per_second * seconds) as usize;
+    let sent = load::open_loop(
+        &gateway.url(""),
+        load::prepare("steady", messages),
+        per_second,
+        Duration::from_secs(u64::from(seconds) * 2),
+    )
+    .await?;
+    wait_for_arrivals(&receiver, sent.ok, Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let pool = db.pool().await;
+    let queued: Vec<(String, f64)> = sqlx::query_as(
+        "SELECT idempotency_key, extract(epoch FROM created_at)::float8 FROM outbox",
+    )
+    .fetch_all(&pool)
+    .await?;
+    let created: HashMap<String, f64> = queued.into_iter().collect();
+    let arrivals = receiver.arrivals();
+    let mut latencies: Vec<Duration> = arrivals
+        .iter()
+        .filter_map(|(key, at)| {
+            let at = at.duration_since(UNIX_EPOCH).ok()?.as_secs_f64();
+            Some(Duration::from_secs_f64((at - created.get(key)?).max(0.0)))
+        })
+        .collect();
+    latencies.sort();
+    let what = format!("steady {per_second}/s for {seconds}s");
+    report.figure(
+        format!("{what}: inbound sent ok / failed"),
+        format!("{} / {}", sent.ok, sent.failed),
+    );
+    report.figure(
+        format!("{what}: enqueue -> receiver p50 / p99 / max ms (target p50 < 10, p99 < 100)"),
+        format!(
+            "{:.1} / {:.1} / {:.1}",
+            percentile(&latencies, 50.0),
+            percentile(&latencies, 99.0),
+            percentile(&latencies, 100.0)
+        ),
+    );
+    if sent.failed > 0 {
+        report.fail(format!("{what}: {} inbound requests failed", sent.failed));
+    }
+    exactly_once(report, &what, &arrivals, &created.into_keys().collect());
+    pool.close().await;
+    drop(gateway);
+    Ok(())
+}

@@ -1,0 +1,72 @@
+//! A fast loopback webhook receiver: answers every POST with 200 at once and records its
+//! `Idempotency-Key` and when it arrived (wall clock, comparable with PostgreSQL's).
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use axum::body::Bytes;
+use axum::http::HeaderMap;
+
+type Arrivals = Arc<Mutex<Vec<(String, SystemTime)>>>;
+
+/// The running receiver; stops when dropped.
+pub struct Receiver {
+    addr: SocketAddr,
+    arrivals: Arrivals,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Receiver {
+    /// Starts it on a free loopback port.
+    pub async fn start() -> anyhow::Result<Receiver> {
+        let arrivals: Arrivals = Arc::default();
+        let shared = arrivals.clone();
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |headers: HeaderMap, _body: Bytes| {
+                let at = SystemTime::now();
+                let key = headers
+                    .get("idempotency-key")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_string();
+                if let Ok(mut arrivals) = shared.lock() {
+                    arrivals.push((key, at));
+                }
+                async {}
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Receiver {
+            addr,
+            arrivals,
+            task,
+        })
+    }
+
+    /// The webhook URL.
+    pub fn url(&self) -> String {
+        format!("http://{}/hook", self.addr)
+    }
+
+    /// How many POSTs arrived so far.
+    pub fn count(&self) -> usize {
+        self.arrivals.lock().map(|a| a.len()).unwrap_or(0)
+    }
+
+    /// Every arrival so far, in order.
+    pub fn arrivals(&self) -> Vec<(String, SystemTime)> {
+        self.arrivals.lock().map(|a| a.clone()).unwrap_or_default()
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
