@@ -190,7 +190,7 @@ async fn the_gateway_s_environment_holds_none_of_the_supervisor_s_settings() {
             ("AIHUMMER_AUTO_UPDATE", "off"),
             ("AIHUMMER_UPDATE_CHANNEL", "beta"),
             ("AIHUMMER_UPDATE_INTERVAL", "1h"),
-            ("AIHUMMER_UPDATE_PUBKEY", &key.public_key),
+            ("AIHUMMER_UPDATE_PUBKEY", key.public_key.trim_end()),
             ("AIHUMMER_SOME_GATEWAY_SETTING", "passes"),
         ],
     );
