@@ -137,12 +137,21 @@ async fn a_gateway_alone_serves_lint_clean_metrics_counting_its_requests_and_del
     assert_eq!(public.status(), 404, "never on the public listener");
 
     let metrics = format!("http://{operator}/metrics");
+    // The lag is observed once the delivery is recorded, a few milliseconds after the
+    // attempt itself (outcomes are recorded in batches): wait for that, the later event.
     let text = scrape_until(
         &metrics,
-        "aihummer_gateway_outbox_delivery_attempts_total{outcome=\"delivered\"}",
+        "aihummer_gateway_outbox_delivery_lag_seconds_count",
         1.0,
     )
     .await;
+    assert_eq!(
+        sample(
+            &text,
+            "aihummer_gateway_outbox_delivery_attempts_total{outcome=\"delivered\"}"
+        ),
+        Some(1.0)
+    );
     promtool_check(&text);
     let series = [
         (
