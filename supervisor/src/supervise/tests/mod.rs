@@ -1,5 +1,5 @@
 //! The machine tested without processes, sockets or real time: a simulated world carries
-//! out its effects ([`sim`]), scenario tests walk every state ([`transitions`]), and a
+//! out its effects ([`sim`]), scenario tests walk every state ([`transitions`], [`updates`]), and a
 //! property test drives random input sequences while checking the invariants that make
 //! the product safe ([`properties`]).
 
@@ -7,3 +7,4 @@ mod check_only;
 mod properties;
 mod sim;
 mod transitions;
+mod updates;

@@ -10,8 +10,8 @@ use semver::Version;
 
 use crate::process::probe::Verdict;
 use crate::supervise::events::{
-    Binary, CheckReport, CheckRequest, ChildId, ClientId, Effect, Found, Input, InstallView,
-    Outcome, Reply, StageFailure, Staged,
+    Binary, CheckReport, CheckRequest, ChildId, ClientId, Effect, FailureKind, Found, Input,
+    InstallView, Outcome, Reply, StageFailure, Staged,
 };
 use crate::supervise::machine::{Config, Machine};
 
@@ -427,5 +427,33 @@ impl World {
         world.advance(Duration::from_millis(10));
         assert!(world.serving().is_some(), "the first gateway serves");
         world
+    }
+}
+
+/// One millisecond, the scenarios' smallest step.
+pub const MS: Duration = Duration::from_millis(1);
+
+/// A gateway that never becomes ready.
+pub fn never_ready() -> Behaviour {
+    Behaviour {
+        ready_after: None,
+        ..Behaviour::default()
+    }
+}
+
+/// A gateway that never becomes ready and drains quickly: a start that keeps failing.
+pub fn crash_looping() -> Behaviour {
+    Behaviour {
+        ready_after: None,
+        drains_for: Some(Duration::from_millis(20)),
+        ..Behaviour::default()
+    }
+}
+
+/// The failure a client was told, when its one outcome is a failure.
+pub fn failed(outcomes: &[Outcome]) -> Option<(FailureKind, String)> {
+    match outcomes {
+        [Outcome::Failed { kind, message }] => Some((*kind, message.clone())),
+        _ => None,
     }
 }
