@@ -144,22 +144,26 @@ async fn wait_notified(
     }
 }
 
-#[tokio::test]
-async fn the_watchdog_follows_the_supervisor_not_a_crash_looping_gateway() {
+/// A supervisor notifying systemd at a socket the test reads, running a gateway that is
+/// the shell script `gateway`, with `env` besides.
+fn under_systemd(gateway: &str, env: &[(&str, &str)]) -> (Supervisor, UnixDatagram) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let crashing = dir.path().join("crashing-gateway");
-    aihummer_tests::supervisor::install_script(&crashing, "exit 3");
+    let script = dir.path().join("gateway");
+    aihummer_tests::supervisor::install_script(&script, gateway);
     let notify_path = dir.path().join("notify.sock");
     let notify = UnixDatagram::bind(&notify_path).expect("bind notify socket");
     let notify_env = notify_path.to_str().expect("utf-8").to_string();
-    let supervisor = Supervisor::start_in(
-        dir,
-        &[
-            ("NOTIFY_SOCKET", &notify_env),
-            ("WATCHDOG_USEC", "1000000"),
-            ("AIHUMMER_GATEWAY_BIN", crashing.to_str().expect("utf-8")),
-        ],
-    );
+    let mut all = vec![
+        ("NOTIFY_SOCKET", notify_env.as_str()),
+        ("AIHUMMER_GATEWAY_BIN", script.to_str().expect("utf-8")),
+    ];
+    all.extend_from_slice(env);
+    (Supervisor::start_in(dir, &all), notify)
+}
+
+#[tokio::test]
+async fn the_watchdog_follows_the_supervisor_not_a_crash_looping_gateway() {
+    let (supervisor, notify) = under_systemd("exit 3", &[("WATCHDOG_USEC", "1000000")]);
     let mut seen = String::new();
     // Today's gateway never comes up, yet the supervisor is alive and says so: systemd
     // must not SIGABRT the unit (and close the listener) over a gateway's trouble.
@@ -179,21 +183,9 @@ async fn the_watchdog_follows_the_supervisor_not_a_crash_looping_gateway() {
 
 #[tokio::test]
 async fn a_first_start_still_gated_extends_the_start_timeout_instead_of_being_killed() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let silent = dir.path().join("silent-gateway");
     // Runs, but never answers a probe: like a first start stuck behind long migrations.
-    aihummer_tests::supervisor::install_script(&silent, "exec sleep 600");
-    let notify_path = dir.path().join("notify.sock");
-    let notify = UnixDatagram::bind(&notify_path).expect("bind notify socket");
-    let notify_env = notify_path.to_str().expect("utf-8").to_string();
-    let _supervisor = Supervisor::start_in(
-        dir,
-        &[
-            ("NOTIFY_SOCKET", &notify_env),
-            ("AIHUMMER_READY_TIMEOUT", "60s"),
-            ("AIHUMMER_GATEWAY_BIN", silent.to_str().expect("utf-8")),
-        ],
-    );
+    let (_supervisor, notify) =
+        under_systemd("exec sleep 600", &[("AIHUMMER_READY_TIMEOUT", "60s")]);
     let mut seen = String::new();
     wait_notified(
         &notify,
