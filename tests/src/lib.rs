@@ -87,6 +87,24 @@ where
     }
 }
 
+/// Passes `sockets` to a child as fds 3, 4, .. the way a supervisor (or systemd) does.
+pub fn pass_sockets(
+    sockets: Vec<std::os::fd::OwnedFd>,
+) -> impl FnOnce(&mut tokio::process::Command) {
+    use command_fds::{CommandFdExt, FdMapping};
+    move |cmd| {
+        let mappings = sockets
+            .into_iter()
+            .enumerate()
+            .map(|(i, fd)| FdMapping {
+                parent_fd: fd,
+                child_fd: 3 + i as i32,
+            })
+            .collect();
+        cmd.fd_mappings(mappings).expect("fd mappings");
+    }
+}
+
 /// A port on loopback that was free a moment ago.
 pub fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");

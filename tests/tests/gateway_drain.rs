@@ -1,11 +1,9 @@
 //! Graceful drain on SIGTERM, and serving on sockets inherited from a parent.
 
 use std::net::{SocketAddr, TcpListener};
-use std::os::fd::OwnedFd;
 use std::time::Duration;
 
 use aihummer_tests::{Gateway, RawHttp, binary, free_port, get_json, http, wait_for};
-use command_fds::{CommandFdExt, FdMapping};
 use nix::sys::signal::Signal;
 use tokio::time::Instant;
 
@@ -147,27 +145,13 @@ fn loopback_listener() -> (TcpListener, SocketAddr) {
     (listener, addr)
 }
 
-fn pass(sockets: Vec<OwnedFd>) -> impl FnOnce(&mut tokio::process::Command) {
-    move |cmd| {
-        let mappings = sockets
-            .into_iter()
-            .enumerate()
-            .map(|(i, fd)| FdMapping {
-                parent_fd: fd,
-                child_fd: 3 + i as i32,
-            })
-            .collect();
-        cmd.fd_mappings(mappings).expect("fd mappings");
-    }
-}
-
 #[tokio::test]
 async fn a_socket_passed_as_fd_3_is_served_instead_of_the_configured_address() {
     let (listener, addr) = loopback_listener();
     let gw = Gateway::start_with(
         &binary("aihummer-gateway"),
         &[("LISTEN_FDS", "1")],
-        pass(vec![listener.into()]),
+        aihummer_tests::pass_sockets(vec![listener.into()]),
     );
     let client = http();
     let url = format!("http://{addr}/healthz");
@@ -200,7 +184,7 @@ async fn a_probe_socket_serves_the_operator_routes_the_public_socket_does_not() 
             ("LISTEN_FDNAMES", "public:probe"),
             ("AIHUMMER_METRICS_ADDR", &metrics),
         ],
-        pass(vec![public.into(), probe.into()]),
+        aihummer_tests::pass_sockets(vec![public.into(), probe.into()]),
     );
     let client = http();
     for addr in [public_addr, probe_addr] {
@@ -245,7 +229,7 @@ async fn the_probe_tells_the_supervisor_why_the_database_is_unavailable() {
             ("LISTEN_FDNAMES", "public:probe"),
             ("AIHUMMER_DATABASE_URL", &database),
         ],
-        pass(vec![public.into(), probe.into()]),
+        aihummer_tests::pass_sockets(vec![public.into(), probe.into()]),
     );
     let readyz = format!("http://{probe_addr}/readyz");
     let reason = wait_for(Duration::from_secs(10), "the probe's reason", || async {
@@ -268,7 +252,7 @@ async fn after_a_drain_the_inherited_socket_still_queues_connections_for_its_oth
     let mut gw = Gateway::start_with(
         &binary("aihummer-gateway"),
         &[("LISTEN_FDS", "1")],
-        pass(vec![listener.into()]),
+        aihummer_tests::pass_sockets(vec![listener.into()]),
     );
     wait_for(Duration::from_secs(10), "an answer", || async {
         get_json(&http(), &format!("http://{addr}/healthz")).await
@@ -296,7 +280,7 @@ async fn an_inherited_descriptor_that_is_not_a_socket_is_refused_with_a_clear_er
     let mut gw = Gateway::start_with(
         &binary("aihummer-gateway"),
         &[("LISTEN_FDS", "1")],
-        pass(vec![file.into()]),
+        aihummer_tests::pass_sockets(vec![file.into()]),
     );
     assert_eq!(gw.wait_exit(Duration::from_secs(10)).await.code(), Some(1));
     let logs = gw.logs();
@@ -328,7 +312,7 @@ async fn a_supervised_gateway_exits_when_its_supervisor_is_killed() {
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true);
-    pass(vec![public.into(), probe.into()])(&mut cmd);
+    aihummer_tests::pass_sockets(vec![public.into(), probe.into()])(&mut cmd);
     let mut supervisor = cmd.spawn().expect("spawn shell");
     let stdout = supervisor.stdout.take().expect("stdout");
     let mut line = String::new();
@@ -377,7 +361,7 @@ async fn a_supervised_gateway_takes_client_traffic_only_once_it_is_ready() {
             ("LISTEN_FDNAMES", "public:probe"),
             ("AIHUMMER_DATABASE_URL", &url),
         ],
-        pass(vec![public.into(), probe.into()]),
+        aihummer_tests::pass_sockets(vec![public.into(), probe.into()]),
     );
     let readyz = format!("http://{probe_addr}/readyz");
     wait_for(

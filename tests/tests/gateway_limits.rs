@@ -2,14 +2,12 @@
 //! drain that slow clients cannot stretch.
 
 use std::net::{SocketAddr, TcpListener};
-use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::time::Duration;
 
 use aihummer_tests::slowloris::{Flood, Trickle};
 use aihummer_tests::supervisor::accepted_connections;
 use aihummer_tests::{Gateway, RawHttp, binary, get_json, http, wait_for};
-use command_fds::{CommandFdExt, FdMapping};
 use nix::sys::signal::Signal;
 use tokio::time::Instant;
 
@@ -23,21 +21,6 @@ fn listener() -> (TcpListener, SocketAddr) {
     (listener, addr)
 }
 
-/// Passes `sockets` as fds 3, 4, .. the way the supervisor does.
-fn pass(sockets: Vec<OwnedFd>) -> impl FnOnce(&mut tokio::process::Command) {
-    move |cmd| {
-        let mappings = sockets
-            .into_iter()
-            .enumerate()
-            .map(|(i, fd)| FdMapping {
-                parent_fd: fd,
-                child_fd: 3 + i as i32,
-            })
-            .collect();
-        cmd.fd_mappings(mappings).expect("fd mappings");
-    }
-}
-
 /// A gateway serving a public and a probe socket the test passes, like a supervised one.
 /// `ulimit` (a `ulimit` argument list, or empty) is applied by a shell before the gateway
 /// starts. Returns the gateway, its public and its probe address.
@@ -47,7 +30,7 @@ fn supervised_gateway(env: &[(&str, &str)], ulimit: &str) -> (Gateway, SocketAdd
     let mut env = env.to_vec();
     env.extend([("LISTEN_FDS", "2"), ("LISTEN_FDNAMES", "public:probe")]);
     let gateway = binary("aihummer-gateway");
-    let sockets = pass(vec![public.into(), probe.into()]);
+    let sockets = aihummer_tests::pass_sockets(vec![public.into(), probe.into()]);
     let gw = Gateway::start_with(Path::new("/bin/sh"), &env, move |cmd| {
         // The shell execs the gateway, keeping its pid and the passed sockets.
         cmd.arg("-c")
