@@ -142,7 +142,7 @@ impl Fixture {
     }
 }
 
-/// The supervisor's update check and stage, step by step as DESIGN.md's handoff lists
+/// The supervisor's update check and stage, step by step as docs/architecture.md's handoff lists
 /// them; any error is the message an operator would read.
 async fn update_once(base: &str, layout: &Layout, run: &Run) -> Result<Option<PathBuf>, String> {
     let text = |e: &dyn std::fmt::Display| e.to_string();
