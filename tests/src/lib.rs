@@ -68,6 +68,45 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// [`binary`] copied where any user may run it, for the suites that run binaries (or
+/// their gateways) as other users: the target dir may sit under a directory only its
+/// owner can enter, like a fresh clone in a private temporary directory. The copies are a
+/// cache under the system's temporary directory, one per target dir, refreshed when the
+/// built binary changes, and written under a temporary name then renamed, so tests in
+/// parallel never run a half-written copy.
+pub fn runnable(name: &str) -> PathBuf {
+    use std::hash::{Hash, Hasher};
+    use std::os::unix::fs::PermissionsExt;
+    let source = binary(name);
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    target_dir().hash(&mut hasher);
+    let dir = std::env::temp_dir().join(format!("aihummer-test-bins-{:x}", hasher.finish()));
+    std::fs::create_dir_all(&dir).expect("create the runnable binaries' dir");
+    let open = std::fs::Permissions::from_mode(0o755);
+    std::fs::set_permissions(&dir, open.clone()).expect("open the runnable binaries' dir");
+    let copy = dir.join(name);
+    let stamp = |path: &Path| {
+        std::fs::metadata(path)
+            .ok()
+            .map(|m| (m.len(), m.modified().ok()))
+    };
+    if stamp(&copy) != stamp(&source) {
+        let partial = dir.join(format!(".{name}.{}", std::process::id()));
+        std::fs::copy(&source, &partial).expect("copy a binary");
+        std::fs::set_permissions(&partial, open).expect("make it runnable");
+        let modified = std::fs::metadata(&source)
+            .and_then(|m| m.modified())
+            .expect("the binary's mtime");
+        std::fs::File::options()
+            .write(true)
+            .open(&partial)
+            .and_then(|f| f.set_modified(modified))
+            .expect("stamp the copy");
+        std::fs::rename(&partial, &copy).expect("put the copy in place");
+    }
+    copy
+}
+
 /// Polls `probe` every 50ms until it yields a value, panicking with `what` after `deadline`.
 pub async fn wait_for<T, F, Fut>(deadline: Duration, what: &str, mut probe: F) -> T
 where

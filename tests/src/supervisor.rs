@@ -18,7 +18,7 @@ use tempfile::TempDir;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::{binary, free_port, wait_for};
+use crate::{binary, free_port, runnable, wait_for};
 
 /// A running `aihummer run`, stopped gracefully (then killed) when dropped.
 pub struct Supervisor {
@@ -84,14 +84,15 @@ impl Supervisor {
             )
             .parse()
             .expect("addr");
-        let gateway = binary("aihummer-gateway");
+        // Runnable copies: the supervisor, or its gateway, may run as another user.
+        let gateway = runnable("aihummer-gateway");
         let mut cmd = match wrapper.split_first() {
             Some((program, args)) => {
                 let mut cmd = std::process::Command::new(program);
-                cmd.args(args).arg(binary("aihummer"));
+                cmd.args(args).arg(runnable("aihummer"));
                 cmd
             }
-            None => std::process::Command::new(binary("aihummer")),
+            None => std::process::Command::new(runnable("aihummer")),
         };
         cmd.arg("run")
             .env_clear()

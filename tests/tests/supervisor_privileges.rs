@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use aihummer_tests::accounts::{TestGroup, TestUser};
 use aihummer_tests::supervisor::{Supervisor, environ};
-use aihummer_tests::{binary, get_json, http, wait_for};
+use aihummer_tests::{binary, get_json, http, runnable, wait_for};
 use serde_json::Value;
 use tempfile::TempDir;
 
@@ -46,7 +46,7 @@ async fn cli_as(
     let mut cmd = match user {
         Some(user) => {
             let mut cmd = tokio::process::Command::new("setpriv");
-            cmd.args(user.setpriv()).arg(binary("aihummer"));
+            cmd.args(user.setpriv()).arg(runnable("aihummer"));
             cmd
         }
         None => tokio::process::Command::new(binary("aihummer")),
