@@ -9,10 +9,12 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{self, ConfigError, Settings};
 use crate::control::{self, Access, BindError};
+use crate::fleet::node::NodeIdError;
+use crate::fleet::{Fleet, FleetError, NodeId, registry};
 use crate::metrics_endpoint;
 use crate::process::fds::{self, FdError};
 use crate::process::identity::{self, Identities, IdentityError};
-use crate::supervise::{self, Driver, Handle};
+use crate::supervise::{self, Coordination, Driver, Handle};
 use crate::update::{Updater, UpdaterError};
 
 /// Why the supervisor could not run.
@@ -41,6 +43,12 @@ pub enum AppError {
         /// Why binding failed.
         source: std::io::Error,
     },
+    /// The node id could not be read or created.
+    #[error(transparent)]
+    NodeId(#[from] NodeIdError),
+    /// `AIHUMMER_DATABASE_URL` cannot be used for the fleet's tables.
+    #[error(transparent)]
+    Fleet(#[from] FleetError),
     /// The metrics registry could not be built.
     #[error("metrics registry: {0}")]
     Metrics(#[from] prometheus::Error),
@@ -141,7 +149,42 @@ async fn serve(
     );
     let updater = settings.update_options().map(Updater::new).transpose()?;
     let metrics_addr = settings.metrics_addr;
-    let (driver, views) = Driver::new(settings, public, (inbox.clone(), inputs), updater).await?;
+    let node = match &settings.state_dir {
+        Some(dir) => NodeId::load_or_create(dir)?,
+        None => NodeId::ephemeral(),
+    };
+    let fleet = settings
+        .database_url
+        .as_deref()
+        .map(|url| Fleet::new(url, node.clone()).map(Arc::new))
+        .transpose()?;
+    let coordination = Coordination {
+        window: settings.update_window,
+        fleet: fleet.clone(),
+    };
+    let identity = registry::Identity {
+        host: nix::unistd::gethostname()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        address: public.local_addr()?.to_string(),
+    };
+    tracing::info!(node = %node, cohort = node.cohort(), fleet = fleet.is_some(), "this node");
+    let (driver, views) = Driver::new(
+        settings,
+        public,
+        (inbox.clone(), inputs),
+        updater,
+        (node, coordination),
+    )
+    .await?;
+    let status = views.status.clone();
+    if let Some(fleet) = &fleet {
+        tokio::spawn(registry::run(
+            fleet.clone(),
+            identity.clone(),
+            status.clone(),
+        ));
+    }
     let (stop_metrics, metrics_stopped) = oneshot::channel::<()>();
     if let Some(addr) = metrics_addr {
         let listener = tokio::net::TcpListener::bind(addr)
@@ -156,12 +199,15 @@ async fn serve(
             let _ = metrics_stopped.await;
         }));
     }
-    let handle = Arc::new(Handle::new(views.status, inbox));
+    let handle = Arc::new(Handle::new(views.status, inbox, fleet.clone()));
     let (stop_server, server_stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(control::serve(control, handle, access, async {
         let _ = server_stopped.await;
     }));
     driver.run().await;
+    if let Some(fleet) = &fleet {
+        registry::farewell(fleet, &identity, &status.borrow().clone()).await;
+    }
     drop(stop_server);
     drop(stop_metrics);
     let _ = server.await;

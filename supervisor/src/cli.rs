@@ -21,6 +21,8 @@ use crate::install::{self, Layout};
 use crate::update::{Checked, Updater, UpdaterError};
 use crate::{EXIT_NO_SUPERVISOR, EXIT_UPDATE_AVAILABLE, VERSION};
 
+pub mod fleet;
+
 /// How long a `status` or `version` answer may take.
 const QUICK_ANSWER: Duration = Duration::from_secs(10);
 
@@ -42,6 +44,14 @@ pub enum ClientError {
     /// The version of the gateway that runs could not be established.
     #[error("cannot tell which gateway version runs: {0}")]
     RunningVersion(String),
+    /// No supervisor answers, and this shell names no database to read the fleet from.
+    #[error(
+        "no supervisor answers, and AIHUMMER_DATABASE_URL is unset here; run this where the service's environment is, or as a user allowed on the control socket"
+    )]
+    NoFleet,
+    /// The fleet's database cannot be used.
+    #[error(transparent)]
+    Fleet(#[from] crate::fleet::FleetError),
     /// An answer of the wrong kind.
     #[error("unexpected answer from the supervisor: {0}")]
     Unexpected(String),
@@ -355,6 +365,8 @@ async fn check_here(path: &Path) -> Result<CheckFound, ClientError> {
         Checked::UpToDate(version) => (version, false),
         Checked::Ahead { offered, .. } => (offered, false),
         Checked::Available(offer) => (offer.version, true),
+        // Unreachable without a cohort: an operator's check is never held back.
+        Checked::OutsideRollout { offered, .. } => (offered, true),
         Checked::Refused(refusal) => return Err(ClientError::UpdateRefused(refusal.to_string())),
     };
     Ok(CheckFound {
@@ -450,6 +462,9 @@ pub fn render_status(r: &StatusReport) -> String {
     }
     if r.crash_restarts > 0 {
         out += &format!("crash restarts: {}\n", r.crash_restarts);
+    }
+    if let Some(node) = &r.node {
+        out += &format!("node: {} (rollout cohort {})\n", node.id, node.cohort);
     }
     if let Some(e) = &r.last_error {
         out += &format!("last error: {}: {}\n", e.at, e.message);

@@ -12,8 +12,11 @@ use std::time::Duration;
 use aihummer_common::settings::{Env, SettingError};
 use url::Url;
 
+use crate::fleet::UpdateWindow;
+use crate::fleet::window::WindowError;
 use crate::install::{GATEWAY_FILE, Layout};
 use crate::process::child::Launch;
+use crate::supervise::soak;
 use crate::update::{
     Channel, UnknownChannel, UpdateSettingError, UpdateSettings, UpdaterOptions, UrlError,
     parse_base_url,
@@ -55,6 +58,7 @@ pub const SUPERVISOR_ONLY: &[&str] = &[
     "AIHUMMER_ADMIN_GROUP",
     "AIHUMMER_READY_TIMEOUT",
     "AIHUMMER_SHUTDOWN_DELAY",
+    "AIHUMMER_SOAK_WINDOW",
     "AIHUMMER_FAILPOINT",
 ];
 /// Every variable with this prefix is supervisor-only: the update key, channel, interval
@@ -82,6 +86,8 @@ pub mod maximum {
     pub const UPDATE_INTERVAL: Duration = Duration::from_secs(30 * 24 * HOUR);
     /// `AIHUMMER_SHUTDOWN_DELAY`: 10 minutes (a proxy notices within seconds).
     pub const SHUTDOWN_DELAY: Duration = Duration::from_secs(600);
+    /// `AIHUMMER_SOAK_WINDOW`: 1 day (a fleet rolls one node per window).
+    pub const SOAK_WINDOW: Duration = Duration::from_secs(24 * HOUR);
 }
 
 /// A setting that cannot be used, named so the operator knows what to fix.
@@ -93,6 +99,9 @@ pub enum ConfigError {
     /// `AIHUMMER_AUTO_UPDATE` is not one of the three modes.
     #[error("AIHUMMER_AUTO_UPDATE={0:?} is not an update mode; expected off, check or apply")]
     UpdateMode(String),
+    /// `AIHUMMER_UPDATE_WINDOW` is not a window.
+    #[error(transparent)]
+    Window(#[from] WindowError),
     /// `AIHUMMER_UPDATE_CHANNEL` is not a channel.
     #[error(transparent)]
     Channel(#[from] UnknownChannel),
@@ -160,6 +169,14 @@ pub struct Settings {
     pub launch: Launch,
     /// `AIHUMMER_METRICS_ADDR`: where `/metrics` is served for the whole node; unset, off.
     pub metrics_addr: Option<SocketAddr>,
+    /// `AIHUMMER_SOAK_WINDOW`: how long an updated version is watched for a crash loop,
+    /// and in a fleet holds the rollout lease.
+    pub soak_window: Duration,
+    /// `AIHUMMER_UPDATE_WINDOW`: when `apply` may start a handoff; unset, any time.
+    pub update_window: Option<UpdateWindow>,
+    /// `AIHUMMER_DATABASE_URL` (the gateway's owner URL): where the fleet's tables live;
+    /// unset, the node coordinates with no one.
+    pub database_url: Option<String>,
 }
 
 /// `AIHUMMER_AUTO_UPDATE`: what the supervisor does about newer versions on its own.
@@ -288,6 +305,11 @@ impl Settings {
                 .unwrap_or_else(|| DEFAULT_ADMIN_GROUP.to_string()),
             launch: Launch::default(),
             metrics_addr: env.optional_listen_addr("AIHUMMER_METRICS_ADDR")?,
+            soak_window: duration("AIHUMMER_SOAK_WINDOW", soak::WINDOW, maximum::SOAK_WINDOW)?,
+            update_window: get("AIHUMMER_UPDATE_WINDOW")?
+                .map(|v| v.parse())
+                .transpose()?,
+            database_url: get("AIHUMMER_DATABASE_URL")?,
         })
     }
 

@@ -30,6 +30,8 @@
 //!   `generate` subcommand).
 //! - [`durable`]: crash-safe file writes (atomic replace, directory fsync).
 //! - [`failpoint`]: named crash points for the crash-safety suites (debug builds only).
+//! - [`fleet`]: the nodes sharing one database: the registry, the rollout lease, halted
+//!   versions, rollout cohorts and the update window (the supervisor's own tables).
 //! - [`publish`]: the publisher side, writing the CDN layout (`aihummer-publish`).
 //! - [`metrics_endpoint`]: the node's `/metrics` at `AIHUMMER_METRICS_ADDR` (the
 //!   supervisor's metrics, then the serving gateway's).
@@ -54,6 +56,7 @@ pub mod control;
 pub mod docgen;
 pub mod durable;
 pub mod failpoint;
+pub mod fleet;
 pub mod install;
 pub mod metrics_endpoint;
 pub mod process;

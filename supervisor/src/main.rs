@@ -66,9 +66,33 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// The fleet sharing this node's database: every node, the rollout lease, halted
+    /// versions.
+    #[command(subcommand)]
+    Fleet(FleetCmd),
     /// Write man pages or shell completions (used by the packaging).
     #[command(subcommand, hide = true)]
     Generate(docgen::Generate),
+}
+
+#[derive(Subcommand)]
+enum FleetCmd {
+    /// Show every node (id, host, version serving, state, last seen), the rollout lease
+    /// holder and the halted versions.
+    Status {
+        /// Print one JSON document, stable for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Lift the fleet-wide halt on VERSION: nodes in apply mode install it on their own
+    /// again.
+    Resume {
+        /// The halted version.
+        version: String,
+        /// Print one JSON document, stable for scripts.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -130,7 +154,8 @@ impl Cmd {
             | Cmd::Version { json }
             | Cmd::Update { json, .. }
             | Cmd::Rollback { json }
-            | Cmd::Restart { json } => *json,
+            | Cmd::Restart { json }
+            | Cmd::Fleet(FleetCmd::Status { json } | FleetCmd::Resume { json, .. }) => *json,
         }
     }
 }
@@ -159,6 +184,10 @@ async fn run_client(command: Cmd, path: &Path) -> Result<u8, ClientError> {
             json,
         } => cli::update(path, version, json).await.map(|()| 0),
         Cmd::Rollback { json } => cli::rollback(path, json).await.map(|()| 0),
+        Cmd::Fleet(FleetCmd::Status { json }) => cli::fleet::status(path, json).await.map(|()| 0),
+        Cmd::Fleet(FleetCmd::Resume { version, json }) => {
+            cli::fleet::resume(path, version, json).await.map(|()| 0)
+        }
         Cmd::Run | Cmd::Generate(_) => Ok(0),
     }
 }

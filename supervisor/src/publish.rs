@@ -114,6 +114,9 @@ pub struct Release {
     pub min_version: Option<Version>,
     /// `notes_url`.
     pub notes_url: Option<String>,
+    /// `rollout`: the percentage of nodes that install it on their own; `None` writes no
+    /// `rollout` (every node).
+    pub rollout: Option<u8>,
     /// Sign `latest.json` with this key.
     pub key: Option<SigningKey>,
     /// Check that `<binary> --version` reports `version` (and run it, so it must be built
@@ -192,6 +195,7 @@ pub async fn publish(release: &Release) -> Result<Published, PublishError> {
         expires,
         min_version: release.min_version.clone(),
         notes_url: release.notes_url.clone(),
+        rollout: release.rollout,
         artifacts,
     };
     let json = contents.to_json()?;
@@ -349,6 +353,7 @@ mod tests {
             expires_in: Some(Duration::from_secs(3600)),
             min_version: None,
             notes_url: None,
+            rollout: None,
             key: None,
             verify_binary: true,
         }

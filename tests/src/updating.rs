@@ -59,6 +59,7 @@ pub async fn publish_into(out: &Path, binary: &Path, version: &str) {
         expires_in: Some(Duration::from_secs(3600)),
         min_version: None,
         notes_url: None,
+        rollout: None,
         key: None,
         verify_binary: true,
     };

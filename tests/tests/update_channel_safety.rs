@@ -49,6 +49,7 @@ fn release(binary: &Path, version: &Version, out: &Path) -> Release {
         expires_in: Some(Duration::from_secs(3600)),
         min_version: None,
         notes_url: None,
+        rollout: None,
         key: None,
         verify_binary: true,
     }

@@ -95,6 +95,7 @@ impl Fixture {
             expires_in: Some(Duration::from_secs(3600)),
             min_version: None,
             notes_url: None,
+            rollout: None,
             key: None,
             verify_binary: true,
         };

@@ -336,6 +336,7 @@ async fn publish_release(
         expires_in: Some(Duration::from_secs(3600)),
         min_version: None,
         notes_url: None,
+        rollout: None,
         key,
         verify_binary: true,
     };

@@ -72,6 +72,11 @@ enum Command {
         /// Release notes URL.
         #[arg(long)]
         notes_url: Option<String>,
+        /// Staged rollout: the percentage of nodes (0-100, by each node's stable cohort)
+        /// that install this version on their own; publish again with a higher number to
+        /// widen it. Default: every node.
+        #[arg(long, value_parser = clap::value_parser!(u8).range(0..=100))]
+        rollout: Option<u8>,
         /// Do not run `<binary> --version` (needed when publishing for another platform).
         #[arg(long)]
         skip_version_check: bool,
@@ -125,6 +130,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             no_expiry,
             min_version,
             notes_url,
+            rollout,
             skip_version_check,
         } => {
             let channel: Channel = channel.parse().map_err(|_| {
@@ -143,6 +149,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 },
                 min_version,
                 notes_url,
+                rollout,
                 key: secret_key.map(|path| SigningKey { path, password }),
                 verify_binary: !skip_version_check,
             };

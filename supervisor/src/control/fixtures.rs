@@ -39,6 +39,7 @@ pub fn status() -> StatusReport {
         last_error: None,
         last_handoff: None,
         crash_restarts: 0,
+        node: None,
     }
 }
 

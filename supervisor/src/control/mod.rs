@@ -22,8 +22,9 @@ pub mod socket;
 pub use access::Access;
 pub use protocol::{
     Body, CheckReport, Command, ErrorCode, ErrorReply, Event, GatewayInfo, GatewayState,
-    GatewayVersion, HandoffRecord, Message, PROTOCOL_VERSION, ProcessInfo, Progress, Request,
-    RestartReport, Stage, StatusReport, SupervisorState, UpToDateReport, UpdateInfo, VersionReport,
+    GatewayVersion, HandoffRecord, Message, NodeIdentity, PROTOCOL_VERSION, ProcessInfo, Progress,
+    Request, RestartReport, Stage, StatusReport, SupervisorState, UpToDateReport, UpdateInfo,
+    VersionReport,
 };
 pub use server::{Service, serve};
 pub use socket::{BindError, bind};

@@ -30,6 +30,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::fleet::FleetReport;
+
 /// The protocol version this build speaks.
 pub const PROTOCOL_VERSION: u32 = 1;
 /// The longest request line accepted; real requests are a few dozen bytes.
@@ -84,6 +86,13 @@ pub enum Command {
     Rollback,
     /// Check the channel for a newer version, installing nothing.
     Check,
+    /// Every node of the fleet, the rollout lease and the halted versions.
+    Fleet,
+    /// Lift the fleet-wide halt on a version, so nodes install it on their own again.
+    FleetResume {
+        /// The halted version.
+        version: String,
+    },
 }
 
 /// One reply line: the protocol version and a body.
@@ -123,6 +132,10 @@ pub enum Body {
     UpToDate(UpToDateReport),
     /// What [`Command::Check`] found.
     Checked(CheckReport),
+    /// The answer to [`Command::Fleet`].
+    Fleet(Box<FleetReport>),
+    /// The answer to [`Command::FleetResume`].
+    FleetResumed(ResumeReport),
     /// The request failed or was refused.
     Error(ErrorReply),
 }
@@ -140,6 +153,15 @@ impl Body {
             message: message.into(),
         })
     }
+}
+
+/// A lifted halt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResumeReport {
+    /// The version.
+    pub version: String,
+    /// Whether it was halted (lifting a halt that is not there changes nothing).
+    pub was_halted: bool,
 }
 
 /// A progress event of a handoff.
@@ -237,6 +259,8 @@ pub enum ErrorCode {
     NoRollback,
     /// The supervisor is stopping.
     Stopping,
+    /// The fleet database is not configured (`AIHUMMER_DATABASE_URL`) or cannot be reached.
+    FleetUnavailable,
     /// An error code this build does not know (from a newer peer).
     #[serde(other)]
     Unknown,
@@ -265,6 +289,18 @@ pub struct StatusReport {
     pub last_handoff: Option<HandoffRecord>,
     /// Starts after a gateway died on its own.
     pub crash_restarts: u64,
+    /// This node in the fleet.
+    #[serde(default)]
+    pub node: Option<NodeIdentity>,
+}
+
+/// A node's identity in the fleet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeIdentity {
+    /// Its id (`AIHUMMER_STATE_DIR/node-id`).
+    pub id: String,
+    /// Its rollout cohort, 0 to 99: it installs a release rolled out to N% when below N.
+    pub cohort: u8,
 }
 
 /// A process's identity.

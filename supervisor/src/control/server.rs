@@ -36,6 +36,18 @@ pub trait Service: Send + Sync + 'static {
     /// Starts (or joins) an update check that installs nothing; ends in
     /// [`Body::Checked`] or an error.
     fn check(&self) -> mpsc::UnboundedReceiver<Body>;
+    /// Reads the fleet from its database: [`Body::Fleet`], or lifts the halt on
+    /// `resume`: [`Body::FleetResumed`]; or an error. A supervisor without a fleet
+    /// database says so.
+    fn fleet(&self, resume: Option<String>) -> mpsc::UnboundedReceiver<Body> {
+        let _ = resume;
+        let (reply, events) = mpsc::unbounded_channel();
+        let _ = reply.send(Body::error(
+            ErrorCode::FleetUnavailable,
+            "this supervisor has no fleet database (AIHUMMER_DATABASE_URL is unset)",
+        ));
+        events
+    }
 }
 
 /// Where the accept loop gets its connections: the bound control socket, or in tests any
@@ -147,6 +159,10 @@ pub async fn serve_connection<S: Service + ?Sized>(
         }
         Command::Rollback => stream_events(&mut connection, service.rollback(), "rollback").await,
         Command::Check => stream_events(&mut connection, service.check(), "check").await,
+        Command::Fleet => stream_events(&mut connection, service.fleet(None), "fleet query").await,
+        Command::FleetResume { version } => {
+            stream_events(&mut connection, service.fleet(Some(version)), "fleet query").await
+        }
     }
 }
 

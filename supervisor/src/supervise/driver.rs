@@ -13,19 +13,19 @@ use semver::Version;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use super::events::{
-    Binary, CheckReport, CheckRequest, ChildId, ClientId, Effect, Found, Input, InstallView,
-    Notify, Stage, StageFailure, Staged, Step,
-};
+use super::check_task::Checker;
+use super::coordination::Coordination;
+use super::events::{Binary, ChildId, ClientId, Effect, Input, InstallView, Notify};
 use super::inputs::{self, Message};
 use super::machine::{Config, Machine};
 use super::metrics::{Observer, Registered};
 use crate::config::{Settings, UpdateMode};
-use crate::control::{Body, ProcessInfo, StatusReport};
-use crate::install::{self, CheckOutcome, Layout};
+use crate::control::{Body, NodeIdentity, ProcessInfo, StatusReport};
+use crate::fleet::NodeId;
+use crate::install::{self, Layout};
 use crate::process::child::{self, Gateway};
 use crate::process::{notify, probe};
-use crate::update::{Checked, Updater, UpdaterError};
+use crate::update::{Updater, UpdaterError};
 
 /// What the rest of the process reads from a running supervisor.
 pub struct Views {
@@ -50,12 +50,14 @@ pub struct Driver {
     machine: Machine,
     inbox: mpsc::UnboundedReceiver<Message>,
     sender: mpsc::UnboundedSender<Message>,
-    updater: Option<Arc<Updater>>,
+    checker: Option<Checker>,
+    coordination: Coordination,
     layout: Option<Layout>,
     children: HashMap<ChildId, Gateway>,
     clients: HashMap<ClientId, mpsc::UnboundedSender<Body>>,
     next_client: u64,
     me: ProcessInfo,
+    node: NodeIdentity,
     status: watch::Sender<StatusReport>,
     /// Whether systemd was told the service is ready.
     announced: bool,
@@ -65,7 +67,8 @@ pub struct Driver {
 
 impl Driver {
     /// A supervisor serving `public`, taking its inputs from `inbox`, into which `sender`
-    /// sends. `updater` is the update pipeline, if a CDN is configured. Installs the
+    /// sends. `updater` is the update pipeline, if a CDN is configured; `node` is this
+    /// node's id, and `coordination` its update window and fleet. Installs the
     /// gateway about to run into an empty install dir first, so a rollback target exists
     /// after the first update.
     pub async fn new(
@@ -76,6 +79,7 @@ impl Driver {
             mpsc::UnboundedReceiver<Message>,
         ),
         updater: Option<Updater>,
+        (node, coordination): (NodeId, Coordination),
     ) -> Result<(Self, Views), prometheus::Error> {
         let metrics = Registered::new()?;
         let layout = settings.state_dir.clone().map(Layout::new);
@@ -93,6 +97,7 @@ impl Driver {
             ready_timeout: settings.ready_timeout,
             drain_timeout: settings.drain_timeout,
             shutdown_delay: settings.shutdown_delay,
+            soak_window: settings.soak_window,
             apply: settings.update_mode == UpdateMode::Apply,
             update_source: match &updater {
                 Some(_) => Ok(()),
@@ -102,12 +107,23 @@ impl Driver {
         };
         let now = Instant::now();
         let machine = Machine::new(config, now.into_std());
+        let checker = updater.map(|updater| Checker {
+            updater: Arc::new(updater),
+            layout: layout.clone(),
+            coordination: coordination.clone(),
+            cohort: node.cohort(),
+            sender: sender.clone(),
+        });
         let me = ProcessInfo {
             version: crate::VERSION.to_string(),
             pid: std::process::id(),
             started_at: super::status::rfc3339(SystemTime::now()),
         };
-        let report = machine.status().report(
+        let node = NodeIdentity {
+            id: node.to_string(),
+            cohort: node.cohort(),
+        };
+        let mut report = machine.status().report(
             me.clone(),
             (
                 settings.update_mode.as_str(),
@@ -115,6 +131,7 @@ impl Driver {
             ),
             (now.into_std(), SystemTime::now()),
         );
+        report.node = Some(node.clone());
         let (status, status_rx) = watch::channel(report);
         let (active_probe, active_probe_rx) = watch::channel(None);
         let driver = Driver {
@@ -123,12 +140,14 @@ impl Driver {
             machine,
             inbox,
             sender,
-            updater: updater.map(Arc::new),
+            checker,
+            coordination,
             layout,
             children: HashMap::new(),
             clients: HashMap::new(),
             next_client: 0,
             me,
+            node,
             status,
             announced: false,
             observer: Observer::new(metrics.clone()),
@@ -297,11 +316,20 @@ impl Driver {
                 None
             }
             Effect::Check(request) => {
-                self.check(request);
+                if let Some(checker) = &self.checker {
+                    checker.spawn(request);
+                }
+                None
+            }
+            Effect::ReleaseLease => {
+                self.coordination.release();
                 None
             }
             Effect::Switch(version) => Some(self.switch(version)),
-            Effect::Quarantine { version, reason } => Some(self.quarantine(version, reason)),
+            Effect::Quarantine { version, reason } => {
+                self.coordination.halt(version.clone(), reason.clone());
+                Some(self.quarantine(version, reason))
+            }
             Effect::Exit => None,
         }
     }
@@ -338,85 +366,6 @@ impl Driver {
             }
             Err(reason) => Input::SpawnFailed { child, reason },
         }
-    }
-
-    /// Runs a check (and a stage) in its own task, so a slow CDN never blocks signals or
-    /// status; progress and the outcome come back as inputs.
-    fn check(&self, request: CheckRequest) {
-        let Some(updater) = self.updater.clone() else {
-            return;
-        };
-        let layout = self.layout.clone();
-        let sender = self.sender.clone();
-        let url = updater.manifest_url().to_string();
-        tokio::spawn(async move {
-            let progress = |stage, message: String, bytes| {
-                if request.explicit {
-                    let step = Step {
-                        stage,
-                        message,
-                        pid: None,
-                        bytes,
-                    };
-                    let _ = sender.send(Message::Input(Input::UpdateProgress(step)));
-                }
-            };
-            progress(Stage::Checking, format!("checking {url}"), None);
-            let mut reported = 0;
-            let run = updater
-                .run(
-                    &request.running,
-                    request.requested.as_ref(),
-                    request.stage,
-                    |done, total| {
-                        // One event per MiB (and the last): enough for a bar, few enough
-                        // for the inbox.
-                        if done == total || done >= reported + (1 << 20) {
-                            reported = done;
-                            let message = format!("downloaded {done} of {total} bytes");
-                            progress(Stage::Downloading, message, Some((done, total)));
-                        }
-                    },
-                    |err, delay| {
-                        let delay = humantime::format_duration(delay);
-                        progress(Stage::Checking, format!("{err}; retrying in {delay}"), None);
-                    },
-                )
-                .await;
-            if let Some(layout) = &layout {
-                let outcome = match &run.checked {
-                    Ok(checked) => checked.outcome(),
-                    Err(err) => CheckOutcome::Failed {
-                        reason: err.to_string(),
-                    },
-                };
-                if let Err(err) = install::record_check(layout, outcome) {
-                    tracing::warn!(error = %err, "cannot record the update check in the state file");
-                }
-            }
-            let report = CheckReport {
-                explicit: request.explicit,
-                check_only: request.check_only,
-                found: match &run.checked {
-                    Ok(Checked::UpToDate(version)) => Found::UpToDate(version.clone()),
-                    Ok(Checked::Ahead { running, offered }) => Found::Ahead {
-                        running: running.clone(),
-                        offered: offered.clone(),
-                    },
-                    Ok(Checked::Available(offer)) => Found::Available(offer.version.clone()),
-                    Ok(Checked::Refused(refusal)) => Found::Refused(refusal.to_string()),
-                    Err(err) => Found::Failed(err.to_string()),
-                },
-                staged: run.staged.map(|(version, result)| Staged {
-                    version,
-                    result: result.map_err(|err| StageFailure {
-                        message: err.to_string(),
-                        blames_release: err.blames_release(),
-                    }),
-                }),
-            };
-            let _ = sender.send(Message::Input(Input::Checked(report)));
-        });
     }
 
     fn switch(&self, version: Version) -> Input {
@@ -458,7 +407,7 @@ impl Driver {
             *current = probe;
             changed
         });
-        let report = self.machine.status().report(
+        let mut report = self.machine.status().report(
             self.me.clone(),
             (
                 self.settings.update_mode.as_str(),
@@ -466,6 +415,7 @@ impl Driver {
             ),
             (Instant::now().into_std(), SystemTime::now()),
         );
+        report.node = Some(self.node.clone());
         self.status.send_if_modified(|current| {
             let changed = *current != report;
             if changed {

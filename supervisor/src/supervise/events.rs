@@ -147,7 +147,11 @@ pub enum Effect {
     Check(CheckRequest),
     /// Point `current` at `version`; answer with [`Input::Switched`].
     Switch(Version),
-    /// Quarantine `version`; answer with [`Input::Quarantined`].
+    /// Give the fleet's rollout lease back (the version soaked, or its handoff did not
+    /// happen through no fault of its own). Fire and forget.
+    ReleaseLease,
+    /// Quarantine `version` (and halt it fleet-wide, freeing the rollout lease if it was
+    /// taken for it); answer with [`Input::Quarantined`].
     Quarantine {
         /// The version.
         version: Version,
@@ -182,6 +186,30 @@ pub struct CheckRequest {
     pub explicit: bool,
     /// Whether `aihummer update --check` asked (its clients get the outcome).
     pub check_only: bool,
+    /// Whether the check runs on its own (the timer, SIGHUP, a retry): a partial rollout
+    /// may hold it back, and when it stages, the handoff needs a [`Permit`] first.
+    pub automatic: bool,
+}
+
+/// Whether an automatic update may hand off now: the update window, and in a fleet the
+/// rollout lease and the halted versions, say so before anything is staged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Permit {
+    /// Hand off; `lease` says whether the fleet's rollout lease was taken for it (given
+    /// back once the version has soaked).
+    Granted {
+        /// Whether the lease is held now.
+        lease: bool,
+    },
+    /// Not now: why, and when to check again.
+    Wait {
+        /// For people.
+        reason: String,
+        /// When to check again.
+        retry_in: Duration,
+    },
+    /// The fleet halted the version; why.
+    Halted(String),
 }
 
 /// What a check found, as the machine needs it.
@@ -195,6 +223,9 @@ pub struct CheckReport {
     pub found: Found,
     /// The stage of the version found, when one was asked for.
     pub staged: Option<Staged>,
+    /// For an automatic check in `apply` mode that found a version: whether it may be
+    /// installed now (nothing is staged without a grant).
+    pub permit: Option<Permit>,
 }
 
 /// A check's outcome.
@@ -212,6 +243,15 @@ pub enum Found {
     },
     /// A newer version is on offer.
     Available(Version),
+    /// A newer version is rolled out to a share of the fleet this node is not in yet.
+    OutsideRollout {
+        /// The version on offer.
+        offered: Version,
+        /// Its rollout percentage.
+        rollout: u8,
+        /// This node's cohort.
+        cohort: u8,
+    },
     /// The channel offers something this install refuses; the reason.
     Refused(String),
     /// The check could not be done; the reason.

@@ -305,6 +305,7 @@ impl Machine {
                 Some(reason),
             ) => {
                 let retry = self.retry_update(now);
+                self.release_lease("the handoff failed through no fault of the release");
                 format!(
                     "{failure}; the serving gateway is not ready either ({reason}), so {version} is not blamed{retry}; the old gateway pid {old_pid} keeps serving"
                 )
@@ -367,7 +368,11 @@ impl Machine {
         if let Some(target) = &gating.target {
             self.effects.push(Effect::Switch(target.version.clone()));
             self.soak = match target.kind {
-                Kind::Update => Some(Soak::new(target.version.clone(), now)),
+                Kind::Update => Some(Soak::new(
+                    target.version.clone(),
+                    now,
+                    self.config.soak_window,
+                )),
                 Kind::Rollback { .. } => None,
             };
             if let Kind::Update = target.kind {

@@ -2,6 +2,7 @@
 //! update timer, and the control socket. This is also the control protocol's edge: client
 //! requests become [`Input`]s here, and the machine's replies become wire [`Body`]s.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
@@ -10,10 +11,12 @@ use super::checks;
 use super::events::{ClientId, FailureKind, Input, Outcome, Reply};
 use super::status::millis;
 use crate::VERSION;
+use crate::control::protocol::ResumeReport;
 use crate::control::{
     Body, CheckReport, ErrorCode, GatewayVersion, Progress, RestartReport, Service, StatusReport,
     UpToDateReport, VersionReport,
 };
+use crate::fleet::{Fleet, FleetError};
 
 /// What reaches the driver's inbox.
 #[derive(Debug)]
@@ -93,15 +96,22 @@ pub async fn update_timer(inbox: mpsc::UnboundedSender<Message>, interval: Durat
 pub struct Handle {
     status: watch::Receiver<StatusReport>,
     inbox: mpsc::UnboundedSender<Message>,
+    fleet: Option<Arc<Fleet>>,
 }
 
 impl Handle {
-    /// A handle reading `status` and sending requests to `inbox`.
+    /// A handle reading `status`, sending requests to `inbox` and answering fleet queries
+    /// from `fleet`.
     pub fn new(
         status: watch::Receiver<StatusReport>,
         inbox: mpsc::UnboundedSender<Message>,
+        fleet: Option<Arc<Fleet>>,
     ) -> Self {
-        Self { status, inbox }
+        Self {
+            status,
+            inbox,
+            fleet,
+        }
     }
 
     fn ask(&self, request: Request) -> mpsc::UnboundedReceiver<Body> {
@@ -144,6 +154,56 @@ impl Service for Handle {
 
     fn check(&self) -> mpsc::UnboundedReceiver<Body> {
         self.ask(Request::Check)
+    }
+
+    fn fleet(&self, resume: Option<String>) -> mpsc::UnboundedReceiver<Body> {
+        let (reply, events) = mpsc::unbounded_channel();
+        let Some(fleet) = self.fleet.clone() else {
+            let _ = reply.send(Body::error(
+                ErrorCode::FleetUnavailable,
+                "this supervisor has no fleet database (AIHUMMER_DATABASE_URL is unset)",
+            ));
+            return events;
+        };
+        // Off the control server's task: the database may be slow.
+        tokio::spawn(async move {
+            let _ = reply.send(fleet_query(&fleet, resume).await);
+        });
+        events
+    }
+}
+
+/// Answers `aihummer fleet status` or `aihummer fleet resume VERSION` from the database.
+pub async fn fleet_query(fleet: &Fleet, resume: Option<String>) -> Body {
+    let unavailable = |err: FleetError| Body::error(ErrorCode::FleetUnavailable, err.to_string());
+    match resume {
+        None => match fleet.report().await {
+            Ok(report) => Body::Fleet(Box::new(report)),
+            Err(err) => unavailable(err),
+        },
+        Some(version) => {
+            let parsed = match semver::Version::parse(&version) {
+                Ok(parsed) => parsed,
+                Err(err) => {
+                    return Body::error(
+                        ErrorCode::BadRequest,
+                        format!("{version:?} is not a SemVer version: {err}"),
+                    );
+                }
+            };
+            match fleet.resume(&parsed).await {
+                Ok(was_halted) => {
+                    if was_halted {
+                        tracing::warn!(%version, "fleet-wide halt lifted by an operator");
+                    }
+                    Body::FleetResumed(ResumeReport {
+                        version,
+                        was_halted,
+                    })
+                }
+                Err(err) => unavailable(err),
+            }
+        }
     }
 }
 

@@ -58,6 +58,9 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// `AIHUMMER_SHUTDOWN_DELAY`.
     pub shutdown_delay: Duration,
+    /// `AIHUMMER_SOAK_WINDOW`: how long an updated version is watched for a crash loop
+    /// (and, in a fleet, holds the rollout lease).
+    pub soak_window: Duration,
     /// Whether `apply` mode stages and installs what checks find.
     pub apply: bool,
     /// Whether updates can be checked at all, or why not.
@@ -195,6 +198,8 @@ pub struct Machine {
     /// Clients of `aihummer update --check` waiting for the check under way.
     pub(super) check_clients: Vec<ClientId>,
     pub(super) soak: Option<Soak>,
+    /// The version this node holds the fleet's rollout lease for.
+    pub(super) lease: Option<Version>,
     /// A start asked for while another start was gated: it runs once that one is gone.
     pub(super) next_start: Option<(Target, Waiters)>,
     /// When to check for an update again after one failed through no fault of its own.
@@ -227,6 +232,7 @@ impl Machine {
             update_running: false,
             check_clients: Vec::new(),
             soak: None,
+            lease: None,
             next_start: None,
             update_retry: None,
             update_backoff: Backoff::new(UPDATE_RETRY_FIRST, UPDATE_RETRY_MAX),
@@ -269,7 +275,17 @@ impl Machine {
     /// The next instant [`Machine::handle_timeout`] has something to do at, if any.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let retry = self.update_retry.filter(|_| !self.is_stopping());
-        [self.state_timeout(), retry].into_iter().flatten().min()
+        [self.state_timeout(), retry, self.soak_end()]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// When the soak window of the version this node holds the rollout lease for ends:
+    /// the lease is given back then, without waiting for anything else to happen.
+    fn soak_end(&self) -> Option<Instant> {
+        self.lease.as_ref()?;
+        self.soak.as_ref().map(Soak::ends_at)
     }
 
     fn is_stopping(&self) -> bool {
@@ -306,6 +322,9 @@ impl Machine {
 
     /// Time passed: probes, deadlines and delays that are due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
+        if self.soak_end().is_some_and(|end| now >= end) {
+            self.soak_passed();
+        }
         if self.update_retry.is_some_and(|at| now >= at) && !self.is_stopping() {
             self.update_retry = None;
             tracing::info!("trying the update again");

@@ -227,6 +227,7 @@ impl Observer {
         let outcome = match found {
             Found::UpToDate(_) | Found::Ahead { .. } => "up_to_date",
             Found::Available(_) => "available",
+            Found::OutsideRollout { .. } => "outside_rollout",
             Found::Refused(_) => "refused",
             Found::Failed(_) => "failed",
         };

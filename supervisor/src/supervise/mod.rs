@@ -9,13 +9,17 @@
 //! - [`updates`]: the machine's update side: checks, staging outcomes, quarantine, soak.
 //! - [`gate`], [`soak`], [`backoff`], [`checks`], [`clients`]: pure pieces it uses.
 //! - [`status`]: what `aihummer status` shows, converted to the protocol's report at the edge.
-//! - [`driver`]: carries out effects (processes, probes, checks, install, replies).
+//! - [`driver`]: carries out effects (processes, probes, checks, install, replies);
+//!   `check_task` runs a check off its loop, and [`coordination`] asks the update window
+//!   and the fleet for permits, releases the rollout lease and halts versions.
 //! - [`metrics`]: the supervisor's Prometheus metrics, derived by the driver.
 //! - [`inputs`]: signals, the update timer, and the control socket's adapter.
 
 pub mod backoff;
+mod check_task;
 pub mod checks;
 pub mod clients;
+pub mod coordination;
 pub mod driver;
 pub mod events;
 pub mod gate;
@@ -32,6 +36,7 @@ mod updates;
 #[cfg(test)]
 mod tests;
 
+pub use coordination::Coordination;
 pub use driver::{Driver, Views};
 pub use inputs::{Handle, Message, forward_signals};
 pub use machine::{Config, Machine};

@@ -4,7 +4,7 @@
 //! ```text
 //! switch to vN ──► soaking ── death (inside the window) ──► soaking, one more death
 //!                    │                 └─ the DEATHS-th ──► RollBack (to `previous`, vN quarantined)
-//!                    └── WINDOW passed ─────────────────────► done (crashes are plain restarts again)
+//!                    └── window passed ─────────────────────► done (crashes are plain restarts again)
 //! ```
 //!
 //! A death counts whether the gateway died while serving or while a restart of it was
@@ -15,7 +15,8 @@ use std::time::Duration;
 use semver::Version;
 use std::time::Instant;
 
-/// How long after a switch deaths count against the new version.
+/// How long after a switch deaths count against the new version, unless
+/// `AIHUMMER_SOAK_WINDOW` says otherwise. In a fleet, the rollout lease is held through it.
 pub const WINDOW: Duration = Duration::from_secs(5 * 60);
 /// Deaths inside the window that roll the version back.
 pub const DEATHS: usize = 3;
@@ -37,17 +38,24 @@ pub enum Verdict {
 pub struct Soak {
     version: Version,
     switched: Instant,
+    window: Duration,
     deaths: usize,
 }
 
 impl Soak {
-    /// Starts watching `version`, switched to at `now`.
-    pub fn new(version: Version, now: Instant) -> Self {
+    /// Starts watching `version`, switched to at `now`, for `window`.
+    pub fn new(version: Version, now: Instant, window: Duration) -> Self {
         Soak {
             version,
             switched: now,
+            window,
             deaths: 0,
         }
+    }
+
+    /// When the window ends.
+    pub fn ends_at(&self) -> Instant {
+        super::machine::after(self.switched, self.window)
     }
 
     /// The version watched.
@@ -57,7 +65,7 @@ impl Soak {
 
     /// Whether the window has passed at `now`.
     pub fn is_over(&self, now: Instant) -> bool {
-        now.duration_since(self.switched) >= WINDOW
+        now >= self.ends_at()
     }
 
     /// The watched version died at `now`.
@@ -93,7 +101,7 @@ mod tests {
     #[test]
     fn the_third_death_inside_the_window_rolls_back() {
         let t0 = Instant::now();
-        let mut soak = Soak::new(v(), t0);
+        let mut soak = Soak::new(v(), t0, WINDOW);
         assert_eq!(soak.on_death(t0 + Duration::from_secs(2)), Verdict::Restart);
         assert_eq!(soak.on_death(t0 + Duration::from_secs(4)), Verdict::Restart);
         let Verdict::RollBack { reason } = soak.on_death(t0 + Duration::from_secs(6)) else {
@@ -108,7 +116,7 @@ mod tests {
     #[test]
     fn deaths_after_the_window_are_plain_restarts() {
         let t0 = Instant::now();
-        let mut soak = Soak::new(v(), t0);
+        let mut soak = Soak::new(v(), t0, WINDOW);
         soak.on_death(t0);
         soak.on_death(t0 + Duration::from_secs(1));
         assert!(soak.is_over(t0 + WINDOW));

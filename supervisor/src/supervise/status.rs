@@ -164,6 +164,7 @@ impl Status {
                 message: h.message.clone(),
             }),
             crash_restarts: self.crash_restarts,
+            node: None,
         }
     }
 }

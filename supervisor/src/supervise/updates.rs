@@ -12,7 +12,7 @@ use super::checks::Action;
 use super::clients::Waiters;
 use super::events::{
     Binary, CheckReport, CheckRequest, ClientId, Effect, FailureKind, Found, InstallView, Outcome,
-    Stage,
+    Permit, Stage,
 };
 use super::machine::{Death, Kind, Machine, RollingBack, State, Target, after};
 use super::soak::Verdict;
@@ -52,6 +52,7 @@ impl Machine {
             stage: self.config.apply,
             explicit: false,
             check_only: false,
+            automatic: true,
         }));
     }
 
@@ -81,6 +82,7 @@ impl Machine {
             stage: false,
             explicit: false,
             check_only: true,
+            automatic: false,
         }));
     }
 
@@ -97,7 +99,10 @@ impl Machine {
                 offered: offered.clone(),
                 available: false,
             },
-            Found::Available(version) => Outcome::Checked {
+            Found::Available(version)
+            | Found::OutsideRollout {
+                offered: version, ..
+            } => Outcome::Checked {
                 running: self.running_version().unwrap_or_else(|_| version.clone()),
                 offered: version.clone(),
                 available: true,
@@ -166,6 +171,7 @@ impl Machine {
             stage: true,
             explicit: true,
             check_only: false,
+            automatic: false,
         }));
     }
 
@@ -189,15 +195,21 @@ impl Machine {
         self.status.last_check = Some(now);
         self.record_found(&report.found);
         let failed = |message: String| Outcome::failed(FailureKind::UpdateFailed, message);
+        if let (Some(permit), Found::Available(version)) = (&report.permit, &report.found)
+            && !self.on_permit(now, version, permit.clone())
+        {
+            return None;
+        }
         let Some(staged) = report.staged else {
             let outcome = match report.found {
                 Found::UpToDate(version)
                 | Found::Ahead {
                     running: version, ..
                 } => Outcome::UpToDate(version),
-                Found::Available(version) => {
-                    failed(format!("{version} is available but was not staged"))
-                }
+                Found::Available(version)
+                | Found::OutsideRollout {
+                    offered: version, ..
+                } => failed(format!("{version} is available but was not staged")),
                 Found::Refused(reason) | Found::Failed(reason) => failed(reason),
             };
             waiters.finish(outcome, &mut self.effects);
@@ -212,6 +224,8 @@ impl Machine {
                 );
                 if failure.blames_release {
                     self.quarantine(&version, &failure.message);
+                } else {
+                    self.release_lease("the version could not be staged here");
                 }
                 self.record_error(now, message.clone());
                 waiters.finish(failed(message), &mut self.effects);
@@ -234,6 +248,7 @@ impl Machine {
             }
             Ok(_) => {
                 tracing::info!(%version, "update staged during a handoff; checking again after it");
+                self.release_lease("another handoff runs");
                 if report.explicit {
                     let message = format!(
                         "{version} is staged, but a handoff ran meanwhile; run the update again"
@@ -276,6 +291,16 @@ impl Machine {
             Found::Available(version) => (
                 format!("update available: {version}"),
                 Some(version.to_string()),
+            ),
+            Found::OutsideRollout {
+                offered,
+                rollout,
+                cohort,
+            } => (
+                format!(
+                    "{offered} is rolling out to {rollout}% of nodes; this node (cohort {cohort}) is not among them yet"
+                ),
+                None,
             ),
             Found::Refused(reason) => (format!("refused: {reason}"), None),
             Found::Failed(reason) => (format!("check failed: {reason}"), None),
@@ -330,6 +355,10 @@ impl Machine {
         // A quarantined version is no longer on offer until asked for by name.
         if self.status.available.as_deref() == Some(version.to_string().as_str()) {
             self.status.available = None;
+        }
+        if self.lease.as_ref() == Some(version) {
+            // The quarantine's halt frees the lease in the same transaction.
+            self.lease = None;
         }
         if self.config.install.is_some() {
             self.effects.push(Effect::Quarantine {
@@ -430,13 +459,13 @@ impl Machine {
     /// quarantines it, asks for `current` to point back at `previous`, and returns true:
     /// the machine then waits for that switch before starting anything.
     pub(super) fn soak_death(&mut self, now: Instant, death: Death) -> bool {
+        if self.soak.as_ref().is_some_and(|soak| soak.is_over(now)) {
+            self.soak_passed();
+            return false;
+        }
         let Some(soak) = self.soak.as_mut() else {
             return false;
         };
-        if soak.is_over(now) {
-            self.soak = None;
-            return false;
-        }
         let Verdict::RollBack { reason } = soak.on_death(now) else {
             return false;
         };
@@ -461,6 +490,55 @@ impl Machine {
             reason,
         });
         true
+    }
+
+    /// An automatic update's permit came back: whether to go on to the stage's outcome
+    /// (granted) or stop here (wait, or halted), which this records.
+    fn on_permit(&mut self, now: Instant, version: &Version, permit: Permit) -> bool {
+        match permit {
+            Permit::Granted { lease } => {
+                if lease {
+                    tracing::info!(%version, "rollout lease taken");
+                    self.lease = Some(version.clone());
+                }
+                true
+            }
+            Permit::Wait { reason, retry_in } => {
+                let line = format!(
+                    "update available: {version}; waiting: {reason}; checking again in {}",
+                    humantime::format_duration(retry_in)
+                );
+                self.record_check(line, Some(version.to_string()), false);
+                let at = after(now, retry_in);
+                if self.update_retry.is_none_or(|retry| retry > at) {
+                    self.update_retry = Some(at);
+                }
+                false
+            }
+            Permit::Halted(reason) => {
+                let line = format!(
+                    "{version} is halted fleet-wide ({reason}); `aihummer update --version {version}` installs it on this node anyway"
+                );
+                self.record_check(line, None, true);
+                false
+            }
+        }
+    }
+
+    /// Gives the rollout lease back, if this node holds it.
+    pub(super) fn release_lease(&mut self, why: &str) {
+        if let Some(version) = self.lease.take() {
+            tracing::info!(%version, why, "giving the rollout lease back");
+            self.effects.push(Effect::ReleaseLease);
+        }
+    }
+
+    /// The soaking version outlived its window: it is good, and the next node may go.
+    pub(super) fn soak_passed(&mut self) {
+        if let Some(soak) = self.soak.take() {
+            tracing::info!(version = %soak.version(), "the new version served through its soak window");
+        }
+        self.release_lease("the new version soaked");
     }
 
     /// Backs off after `death`, as if no rollback had been tried.

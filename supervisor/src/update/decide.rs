@@ -26,6 +26,10 @@
 //! 9. A quarantined version (one that failed its handoff or crash-looped) is refused,
 //!    unless the operator asked for exactly that version.
 //!
+//! 10. A version rolled out to part of the fleet (`rollout` below 100) waits on a node
+//!     whose cohort is outside it ([`Decision::OutsideRollout`]), when the check is an
+//!     automatic one; an operator's `aihummer update` is not held back by it.
+//!
 //! Otherwise the offered version is the update.
 
 use std::cmp::Ordering;
@@ -55,6 +59,9 @@ pub struct Inputs<'a> {
     pub quarantined: &'a BTreeMap<String, String>,
     /// A version the operator asked for explicitly.
     pub requested: Option<&'a Version>,
+    /// This node's rollout cohort (0 to 99) when the check is automatic; `None` when an
+    /// operator asked, which the rollout percentage does not hold back.
+    pub cohort: Option<u8>,
     /// The current time.
     pub now: SystemTime,
 }
@@ -71,6 +78,15 @@ pub enum Decision {
     },
     /// Install this version.
     Update(Version),
+    /// A newer version is rolled out to a share of the fleet this node is not in yet.
+    OutsideRollout {
+        /// What the manifest offers.
+        offered: Version,
+        /// The manifest's `rollout` percentage.
+        rollout: u8,
+        /// This node's cohort.
+        cohort: u8,
+    },
     /// The manifest cannot be acted upon; the reason says why.
     Refused(Refusal),
 }
@@ -161,13 +177,28 @@ pub enum Refusal {
 /// Decides what to do with a manifest. See the module doc for the rules.
 pub fn decide(inputs: Inputs<'_>) -> Decision {
     match check(inputs) {
-        Ok(Some(version)) => Decision::Update(version),
+        Ok(Some(version)) => match (inputs.cohort, inputs.manifest.rollout) {
+            (Some(cohort), Some(rollout)) if !in_rollout(cohort, rollout) => {
+                Decision::OutsideRollout {
+                    offered: version,
+                    rollout,
+                    cohort,
+                }
+            }
+            _ => Decision::Update(version),
+        },
         Ok(None) if runs_ahead(&inputs) => Decision::Ahead {
             offered: inputs.manifest.version.clone(),
         },
         Ok(None) => Decision::UpToDate,
         Err(refusal) => Decision::Refused(refusal),
     }
+}
+
+/// Whether a node in `cohort` installs a release rolled out to `rollout` percent: the
+/// cohorts below it do, so widening a rollout only ever adds nodes.
+pub fn in_rollout(cohort: u8, rollout: u8) -> bool {
+    cohort < rollout
 }
 
 /// Whether the offer is below the running version (checked only once nothing refused it).

@@ -98,6 +98,14 @@ pub struct Manifest {
     /// Release notes, shown to operators.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notes_url: Option<String>,
+    /// The percentage of nodes (by their stable cohort) that install this version on
+    /// their own, 0 to 100; absent means 100.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "percentage"
+    )]
+    pub rollout: Option<u8>,
     /// Target triple to artifact.
     pub artifacts: BTreeMap<String, Artifact>,
 }
@@ -197,6 +205,19 @@ fn sha256_hex<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::E
         Ok(hex)
     } else {
         Err(D::Error::custom("must be 64 lowercase hex digits"))
+    }
+}
+
+/// `rollout`: an integer from 0 to 100 (JSON `null` counts as absent).
+fn percentage<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<u8>, D::Error> {
+    let Some(value) = Option::<serde_json::Number>::deserialize(deserializer)? else {
+        return Ok(None);
+    };
+    match value.as_u64() {
+        Some(n) if n <= 100 => Ok(Some(n as u8)),
+        _ => Err(D::Error::custom(format!(
+            "must be an integer from 0 to 100 (a percentage of nodes), not {value}"
+        ))),
     }
 }
 
@@ -302,6 +323,26 @@ mod tests {
         assert_eq!(a.size, 12345678);
         assert_eq!(a.sha256, SHA);
         assert!(m.expires.is_none() && m.min_version.is_none() && m.notes_url.is_none());
+        assert_eq!(m.rollout, None, "absent means every node");
+    }
+
+    #[test]
+    fn rollout_is_a_percentage() {
+        let mut v = sample();
+        v["rollout"] = 10.into();
+        assert_eq!(parse_value(&v).unwrap().rollout, Some(10));
+        v["rollout"] = serde_json::Value::Null;
+        assert_eq!(parse_value(&v).unwrap().rollout, None);
+        for bad in [
+            serde_json::json!(101),
+            serde_json::json!(-1),
+            serde_json::json!(5.5),
+            serde_json::json!("50"),
+        ] {
+            v["rollout"] = bad.clone();
+            let err = parse_value(&v).expect_err("refused").to_string();
+            assert!(err.contains("rollout"), "{bad}: {err}");
+        }
     }
 
     #[test]
@@ -435,9 +476,19 @@ mod tests {
             proptest::option::of(arb_version()),
             proptest::option::of("https://[a-z]{1,10}\\.example/[a-z]{0,10}"),
             proptest::collection::btree_map("[a-z0-9_-]{1,30}", artifact, 0..4),
+            proptest::option::of(0u8..=100),
         )
             .prop_map(
-                |(channel, version, published_at, expires, min_version, notes_url, artifacts)| {
+                |(
+                    channel,
+                    version,
+                    published_at,
+                    expires,
+                    min_version,
+                    notes_url,
+                    artifacts,
+                    rollout,
+                )| {
                     Manifest {
                         schema: SCHEMA,
                         channel,
@@ -446,6 +497,7 @@ mod tests {
                         expires,
                         min_version,
                         notes_url,
+                        rollout,
                         artifacts,
                     }
                 },

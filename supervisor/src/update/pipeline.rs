@@ -134,6 +134,15 @@ pub enum Checked {
     },
     /// A newer version may be installed.
     Available(Offer),
+    /// A newer version is rolled out to a share of the fleet this node is not in yet.
+    OutsideRollout {
+        /// What the channel offers.
+        offered: Version,
+        /// The manifest's `rollout` percentage.
+        rollout: u8,
+        /// This node's cohort.
+        cohort: u8,
+    },
     /// The manifest was fetched and verified, but is not acted upon.
     Refused(Refusal),
 }
@@ -234,6 +243,17 @@ impl Updater {
         running: &Version,
         requested: Option<&Version>,
     ) -> Result<Checked, UpdaterError> {
+        self.check_as(running, requested, None).await
+    }
+
+    /// [`Updater::check`] for a node in `cohort` (0 to 99), which a manifest's `rollout`
+    /// percentage may hold back; `None` when an operator asked.
+    pub async fn check_as(
+        &self,
+        running: &Version,
+        requested: Option<&Version>,
+        cohort: Option<u8>,
+    ) -> Result<Checked, UpdaterError> {
         let fetched = self.fetch().await?;
         let manifest = manifest::parse(&fetched.body)?;
         let state = self.state()?;
@@ -247,6 +267,7 @@ impl Updater {
             last_published_at,
             quarantined: &state.quarantined,
             requested,
+            cohort,
             now: SystemTime::now(),
         });
         if !matches!(
@@ -257,6 +278,15 @@ impl Updater {
         }
         Ok(match decision {
             Decision::UpToDate => Checked::UpToDate(running.clone()),
+            Decision::OutsideRollout {
+                offered,
+                rollout,
+                cohort,
+            } => Checked::OutsideRollout {
+                offered,
+                rollout,
+                cohort,
+            },
             Decision::Ahead { offered } => Checked::Ahead {
                 running: running.clone(),
                 offered,
@@ -421,9 +451,30 @@ impl Updater {
         requested: Option<&Version>,
         stage: bool,
         progress: impl FnMut(u64, u64),
-        mut on_retry: impl FnMut(&UpdaterError, Duration),
+        on_retry: impl FnMut(&UpdaterError, Duration),
     ) -> Run {
-        let mut checked = self.check(running, requested).await;
+        let checked = self
+            .check_retrying(running, requested, None, on_retry)
+            .await;
+        let staged = match &checked {
+            Ok(Checked::Available(offer)) if stage => {
+                Some((offer.version.clone(), self.stage(offer, progress).await))
+            }
+            _ => None,
+        };
+        Run { checked, staged }
+    }
+
+    /// [`Updater::check_as`], retrying transient failures with backoff; `on_retry` hears
+    /// of each failed attempt before its retry, with the wait.
+    pub async fn check_retrying(
+        &self,
+        running: &Version,
+        requested: Option<&Version>,
+        cohort: Option<u8>,
+        mut on_retry: impl FnMut(&UpdaterError, Duration),
+    ) -> Result<Checked, UpdaterError> {
+        let mut checked = self.check_as(running, requested, cohort).await;
         let mut backoff = Backoff::new(self.check_retry.0, self.check_retry.1);
         for _ in 1..CHECK_ATTEMPTS {
             match &checked {
@@ -432,18 +483,12 @@ impl Updater {
                     tracing::warn!(error = %err, retry_in = %humantime::format_duration(delay), "update check failed; retrying");
                     on_retry(err, delay);
                     tokio::time::sleep(delay).await;
-                    checked = self.check(running, requested).await;
+                    checked = self.check_as(running, requested, cohort).await;
                 }
                 _ => break,
             }
         }
-        let staged = match &checked {
-            Ok(Checked::Available(offer)) if stage => {
-                Some((offer.version.clone(), self.stage(offer, progress).await))
-            }
-            _ => None,
-        };
-        Run { checked, staged }
+        checked
     }
 }
 
@@ -459,6 +504,9 @@ impl Checked {
             },
             Checked::Available(offer) => CheckOutcome::Available {
                 version: offer.version.clone(),
+            },
+            Checked::OutsideRollout { offered, .. } => CheckOutcome::Available {
+                version: offered.clone(),
             },
             Checked::Refused(refusal) => CheckOutcome::Refused {
                 reason: refusal.to_string(),

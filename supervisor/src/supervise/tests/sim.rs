@@ -11,7 +11,7 @@ use semver::Version;
 use crate::process::probe::Verdict;
 use crate::supervise::events::{
     Binary, CheckReport, CheckRequest, ChildId, ClientId, Effect, FailureKind, Found, Input,
-    InstallView, Outcome, Reply, StageFailure, Staged,
+    InstallView, Outcome, Permit, Reply, StageFailure, Staged,
 };
 use crate::supervise::machine::{Config, Machine};
 
@@ -79,6 +79,14 @@ pub struct World {
     pub exited_at: Option<Instant>,
     /// When the first stop was sent.
     pub stop_at: Option<Instant>,
+    /// Whether the node is in a fleet: a granted permit takes the rollout lease.
+    pub fleet: bool,
+    /// Permits for the next automatic checks that find a version, in order; then a grant.
+    pub permits: Vec<Permit>,
+    /// The version this node holds the fleet's lease for, as the database would say.
+    pub lease: Option<Version>,
+    /// Versions halted fleet-wide by this node.
+    pub halted: BTreeSet<String>,
 }
 
 pub fn v(s: &str) -> Version {
@@ -91,6 +99,7 @@ pub fn config() -> Config {
         ready_timeout: Duration::from_secs(2),
         drain_timeout: Duration::from_secs(1),
         shutdown_delay: Duration::ZERO,
+        soak_window: Duration::from_secs(300),
         apply: false,
         update_source: Ok(()),
         install: Some(InstallView {
@@ -129,6 +138,10 @@ impl World {
             quarantined: BTreeSet::new(),
             exited_at: None,
             stop_at: None,
+            fleet: false,
+            permits: Vec::new(),
+            lease: None,
+            halted: BTreeSet::new(),
         };
         world.settle();
         world
@@ -201,21 +214,40 @@ impl World {
             return false;
         }
         let request = self.checks.remove(0);
-        let staged = staged.filter(|_| request.stage).map(|result| match result {
-            Ok(version) => Staged {
-                result: Ok(PathBuf::from(format!(
-                    "/versions/{version}/aihummer-gateway"
-                ))),
-                version,
-            },
-            Err(blames_release) => Staged {
-                version: v("1.5.0"),
-                result: Err(StageFailure {
-                    message: "sha256 mismatch".into(),
-                    blames_release,
-                }),
-            },
-        });
+        let permit = match &found {
+            Found::Available(version) if request.automatic && request.stage => {
+                let permit = if self.permits.is_empty() {
+                    Permit::Granted { lease: self.fleet }
+                } else {
+                    self.permits.remove(0)
+                };
+                if permit == (Permit::Granted { lease: true }) {
+                    self.lease = Some(version.clone());
+                }
+                Some(permit)
+            }
+            _ => None,
+        };
+        let granted = permit
+            .as_ref()
+            .is_none_or(|permit| matches!(permit, Permit::Granted { .. }));
+        let staged = staged
+            .filter(|_| request.stage && granted)
+            .map(|result| match result {
+                Ok(version) => Staged {
+                    result: Ok(PathBuf::from(format!(
+                        "/versions/{version}/aihummer-gateway"
+                    ))),
+                    version,
+                },
+                Err(blames_release) => Staged {
+                    version: v("1.5.0"),
+                    result: Err(StageFailure {
+                        message: "sha256 mismatch".into(),
+                        blames_release,
+                    }),
+                },
+            });
         self.machine.handle(
             self.now,
             Input::Checked(CheckReport {
@@ -223,6 +255,7 @@ impl World {
                 check_only: request.check_only,
                 found,
                 staged,
+                permit,
             }),
         );
         self.settle();
@@ -388,8 +421,16 @@ impl World {
                     result: Ok(self.install()),
                 })
             }
+            Effect::ReleaseLease => {
+                self.lease = None;
+                None
+            }
             Effect::Quarantine { version, reason } => {
                 self.quarantined.insert(version.to_string());
+                self.halted.insert(version.to_string());
+                if self.lease.as_ref() == Some(&version) {
+                    self.lease = None;
+                }
                 if self.previous.as_ref() == Some(&version) {
                     self.previous = None;
                 }

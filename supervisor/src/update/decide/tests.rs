@@ -17,6 +17,7 @@ fn manifest(version: &str) -> Manifest {
         expires: None,
         min_version: None,
         notes_url: None,
+        rollout: None,
         artifacts: BTreeMap::new(),
     }
 }
@@ -33,6 +34,7 @@ struct Case {
     quarantined: BTreeMap<String, String>,
     requested: Option<Version>,
     last_published_at: Option<OffsetDateTime>,
+    cohort: Option<u8>,
 }
 
 impl Case {
@@ -45,6 +47,7 @@ impl Case {
             quarantined: BTreeMap::new(),
             requested: None,
             last_published_at: None,
+            cohort: None,
         }
     }
 
@@ -57,8 +60,58 @@ impl Case {
             last_published_at: self.last_published_at,
             quarantined: &self.quarantined,
             requested: self.requested.as_ref(),
+            cohort: self.cohort,
             now: now(),
         })
+    }
+}
+
+#[test]
+fn a_partial_rollout_holds_back_automatic_checks_outside_it_only() {
+    let mut case = Case::new("1.0.0", "1.1.0");
+    case.manifest.rollout = Some(50);
+    case.cohort = Some(49);
+    assert_eq!(case.decide(), Decision::Update(v("1.1.0")), "inside");
+    case.cohort = Some(50);
+    assert_eq!(
+        case.decide(),
+        Decision::OutsideRollout {
+            offered: v("1.1.0"),
+            rollout: 50,
+            cohort: 50
+        }
+    );
+    case.cohort = None;
+    assert_eq!(
+        case.decide(),
+        Decision::Update(v("1.1.0")),
+        "an operator asked"
+    );
+    case.cohort = Some(99);
+    case.manifest.rollout = None;
+    assert_eq!(
+        case.decide(),
+        Decision::Update(v("1.1.0")),
+        "absent means 100"
+    );
+    case.manifest.rollout = Some(0);
+    case.cohort = Some(0);
+    assert!(
+        matches!(case.decide(), Decision::OutsideRollout { .. }),
+        "0 means none"
+    );
+}
+
+#[test]
+fn a_wider_rollout_only_adds_nodes() {
+    for cohort in 0..100 {
+        for rollout in 0..100 {
+            if in_rollout(cohort, rollout) {
+                assert!(in_rollout(cohort, rollout + 1));
+            }
+        }
+        assert!(!in_rollout(cohort, 0));
+        assert!(in_rollout(cohort, 100));
     }
 }
 
@@ -244,6 +297,7 @@ proptest! {
             last_published_at,
             quarantined: &quarantined,
             requested: request.as_ref(),
+            cohort: None,
             now: now(),
         });
         if let Decision::Update(picked) = decision {
