@@ -18,6 +18,7 @@
 //! run limited to this package (`-p aihummer-tests`) would use whatever was built last.
 
 pub mod accounts;
+pub mod fleet;
 pub mod packaging;
 pub mod pgbouncer;
 pub mod slowloris;

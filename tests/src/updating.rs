@@ -36,6 +36,11 @@ impl Offering {
         publish_into(self.dir.path(), binary, version).await;
     }
 
+    /// Publishes a release for `rollout` percent of the nodes.
+    pub async fn publish_rollout(&self, binary: &Path, version: &str, rollout: u8) {
+        publish_release(self.dir.path(), binary, version, Some(rollout)).await;
+    }
+
     /// `AIHUMMER_DOWNLOAD_BASE_URL` for this CDN.
     pub fn base_url(&self) -> String {
         self.cdn.base_url()
@@ -49,6 +54,10 @@ impl Offering {
 
 /// Publishes `binary` as `version` on `stable` under `out` with `aihummer-publish`'s library.
 pub async fn publish_into(out: &Path, binary: &Path, version: &str) {
+    publish_release(out, binary, version, None).await;
+}
+
+async fn publish_release(out: &Path, binary: &Path, version: &str, rollout: Option<u8>) {
     let release = Release {
         binary: binary.to_path_buf(),
         version: Version::parse(version).expect("version"),
@@ -59,7 +68,7 @@ pub async fn publish_into(out: &Path, binary: &Path, version: &str) {
         expires_in: Some(Duration::from_secs(3600)),
         min_version: None,
         notes_url: None,
-        rollout: None,
+        rollout,
         key: None,
         verify_binary: true,
     };

@@ -6,60 +6,12 @@
 //! so no request fails. Needs `haproxy` (Debian's package; `.ci/run` installs it): skipped
 //! with a loud message when it is missing, and failed instead under `CI=true`.
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use aihummer_tests::fleet::{Haproxy, haproxy_or_skip};
 use aihummer_tests::supervisor::{Load, Supervisor};
 use aihummer_tests::{TestDb, free_port, wait_for};
 use nix::sys::signal::Signal;
-
-fn haproxy_binary() -> Option<&'static str> {
-    ["/usr/sbin/haproxy", "/usr/bin/haproxy"]
-        .into_iter()
-        .find(|path| Path::new(path).exists())
-}
-
-/// The shipped configuration with the test's addresses in place of the examples.
-fn config(front: u16, nodes: &[u16]) -> String {
-    let shipped = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/proxy/haproxy.cfg"),
-    )
-    .expect("read packaging/proxy/haproxy.cfg");
-    let mut out = String::new();
-    let mut servers = nodes.iter().enumerate();
-    for line in shipped.lines() {
-        let trimmed = line.trim_start();
-        if trimmed.starts_with("bind ") {
-            out.push_str(&format!("    bind 127.0.0.1:{front}\n"));
-        } else if trimmed.starts_with("server ") {
-            if let Some((i, port)) = servers.next() {
-                out.push_str(&format!(
-                    "    server node{} 127.0.0.1:{port} check\n",
-                    i + 1
-                ));
-            }
-        } else {
-            out.push_str(line);
-            out.push('\n');
-        }
-    }
-    assert!(
-        servers.next().is_none(),
-        "the shipped file names three servers"
-    );
-    out
-}
-
-/// HAProxy in the foreground, killed when dropped.
-struct Haproxy(Child);
-
-impl Drop for Haproxy {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn node(db: &TestDb, port: u16) -> Supervisor {
     Supervisor::start(&[
@@ -72,12 +24,7 @@ fn node(db: &TestDb, port: u16) -> Supervisor {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarting_each_node_behind_haproxy_one_at_a_time_fails_no_request() {
-    let Some(haproxy) = haproxy_binary() else {
-        assert!(
-            std::env::var("CI").is_err(),
-            "haproxy is missing; .ci/run installs it"
-        );
-        eprintln!("SKIPPED: haproxy is not installed (apt-get install haproxy)");
+    let Some(haproxy) = haproxy_or_skip() else {
         return;
     };
     let db = TestDb::create().await;
@@ -86,37 +33,8 @@ async fn restarting_each_node_behind_haproxy_one_at_a_time_fails_no_request() {
     for node in &nodes {
         node.wait_serving(Duration::from_secs(60)).await;
     }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let front = free_port();
-    let cfg = dir.path().join("haproxy.cfg");
-    std::fs::write(&cfg, config(front, &ports)).expect("write the config");
-    let check = Command::new(haproxy)
-        .args(["-c", "-f"])
-        .arg(&cfg)
-        .output()
-        .expect("run haproxy -c");
-    assert!(
-        check.status.success(),
-        "the shipped configuration is valid: {}",
-        String::from_utf8_lossy(&check.stderr)
-    );
-    let _proxy = Haproxy(
-        Command::new(haproxy)
-            .arg("-db")
-            .arg("-f")
-            .arg(&cfg)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("haproxy.log")).expect("log"))
-            .spawn()
-            .expect("start haproxy"),
-    );
-    let url = format!("http://127.0.0.1:{front}/v1/ping");
-    let client = aihummer_tests::http();
-    wait_for(Duration::from_secs(20), "haproxy to serve", || async {
-        let (status, _) = aihummer_tests::get_json(&client, &url).await?;
-        (status == 200).then_some(())
-    })
-    .await;
+    let proxy = Haproxy::start(haproxy, &ports).await;
+    let url = proxy.url("/v1/ping");
     let load = Load::start(&url, 4, 2, 1_000_000);
     let gateways = wait_for(
         Duration::from_secs(20),
@@ -166,7 +84,7 @@ async fn restarting_each_node_behind_haproxy_one_at_a_time_fails_no_request() {
         samples.len(),
         failures.len()
     );
-    let log = std::fs::read_to_string(dir.path().join("haproxy.log")).unwrap_or_default();
+    let log = proxy.log();
     assert!(
         failures.is_empty(),
         "failed requests: {:?}\nhaproxy:\n{log}",

@@ -174,9 +174,12 @@ async fn update_once(base: &str, layout: &Layout, run: &Run) -> Result<Option<Pa
         last_published_at: state.published_at("stable"),
         quarantined: &state.quarantined,
         requested: None,
+        cohort: None,
         now: SystemTime::now(),
     }) {
-        Decision::UpToDate | Decision::Ahead { .. } => return Ok(None),
+        Decision::UpToDate | Decision::Ahead { .. } | Decision::OutsideRollout { .. } => {
+            return Ok(None);
+        }
         Decision::Refused(reason) => return Err(reason.to_string()),
         Decision::Update(version) => version,
     };
