@@ -205,9 +205,54 @@ fn workspace_root() -> PathBuf {
 /// and is reused as is.
 pub fn stamped_gateway(version: &str) -> PathBuf {
     let root = workspace_root();
+    stamped_build(
+        version,
+        &root,
+        &root.join("target").join("stamped").join(version),
+    )
+}
+
+/// A release whose new version adds a migration: `aihummer-gateway` built as `version`
+/// from a copy of the workspace with `migrations/<name>` (containing `sql`) added, copied
+/// to `target/stamped/<version>+<name>/aihummer-gateway`. The copy of the sources lives
+/// under `target/stamped/src-<version>` and shares the stamped target dir, so only the
+/// workspace's own crates compile again.
+pub fn stamped_gateway_with_migration(version: &str, name: &str, sql: &str) -> PathBuf {
+    let root = workspace_root();
     let stamped = root.join("target").join("stamped");
-    let copy = stamped.join(version).join("aihummer-gateway");
-    std::fs::create_dir_all(copy.parent().expect("version dir")).expect("create the stamped dir");
+    let source = stamped.join(format!("src-{version}"));
+    let _ = std::fs::remove_dir_all(&source);
+    std::fs::create_dir_all(&source).expect("create the source copy");
+    // `cp -a` keeps modification times, so an unchanged copy does not rebuild.
+    for entry in std::fs::read_dir(&root).expect("read the workspace") {
+        let path = entry.expect("workspace entry").path();
+        if path
+            .file_name()
+            .is_some_and(|n| n == "target" || n == ".git")
+        {
+            continue;
+        }
+        let status = std::process::Command::new("cp")
+            .arg("-a")
+            .arg(&path)
+            .arg(&source)
+            .status()
+            .expect("run cp");
+        assert!(status.success(), "copying {} failed", path.display());
+    }
+    let migration = source.join("migrations").join(name);
+    std::fs::write(&migration, sql).expect("write the migration");
+    stamped_build(version, &source, &stamped.join(format!("{version}+{name}")))
+}
+
+/// Builds the gateway in `source` as `version` into the shared stamped target dir and
+/// copies it to `dir/aihummer-gateway`, unless a copy newer than the workspace's own
+/// gateway is there already.
+fn stamped_build(version: &str, source: &Path, dir: &Path) -> PathBuf {
+    let root = workspace_root();
+    let stamped = root.join("target").join("stamped");
+    let copy = dir.join("aihummer-gateway");
+    std::fs::create_dir_all(dir).expect("create the version dir");
     let lock = File::create(stamped.join(".build.lock")).expect("create the build lock");
     let _lock = Flock::lock(lock, FlockArg::LockExclusive).expect("take the build lock");
     let modified = |path: &Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
@@ -234,7 +279,7 @@ pub fn stamped_gateway(version: &str) -> PathBuf {
         .args(["build", "-q", "-p", "aihummer-gateway", "--target-dir"])
         .arg(&target)
         .env("AIHUMMER_BUILD_VERSION", version)
-        .current_dir(&root)
+        .current_dir(source)
         .status()
         .expect("run cargo build");
     assert!(status.success(), "building the {version} gateway failed");

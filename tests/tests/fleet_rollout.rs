@@ -9,7 +9,11 @@
 //! - a bad release (its gateway dies two seconds after every start, after passing its
 //!   gate): the node that took it rolls back and halts it, the others never install it;
 //! - a 50% staged rollout installs on the nodes whose cohort is inside it, and only there,
-//!   until it is widened to 100%.
+//!   until it is widened to 100%;
+//! - a release that adds a migration: once the first node applied it, a node still on the
+//!   old version starts a new old gateway on the newer schema, every node ends on the new
+//!   version, and inbound messages sent through the proxy all along get exactly one reply
+//!   each (one idempotency key per reply).
 //!
 //! Needs `haproxy` (Debian's package; `.ci/run` installs it): skipped with a loud message
 //! when it is missing, and failed instead under `CI=true`.
@@ -20,9 +24,11 @@ use std::time::{Duration, Instant};
 use aihummer::fleet::node;
 use aihummer_tests::fleet::{Haproxy, Node, Watch, haproxy_or_skip, migrations_applied_once};
 use aihummer_tests::supervisor::{Load, Sample};
-use aihummer_tests::update::stamped_gateway;
+use aihummer_tests::update::{stamped_gateway, stamped_gateway_with_migration};
 use aihummer_tests::updating::{Offering, fake_gateway};
-use aihummer_tests::{TestDb, free_port, wait_for};
+use aihummer_tests::{INBOUND_SECRET, Receiver, TestDb, free_port, post_inbound, wait_for};
+
+const WORKSPACE: &str = "2b1f5d8e-3c4a-4e6f-9a7b-0c1d2e3f4a5b";
 use nix::sys::signal::Signal;
 use serde_json::Value;
 
@@ -39,14 +45,19 @@ struct Fleet {
 impl Fleet {
     /// Starts the fleet with `soak` as the soak window; `node_ids`, if given, are written
     /// into the nodes' state dirs first (so their cohorts are known).
-    async fn start(haproxy: &str, soak: &str, node_ids: Option<[String; 3]>) -> Fleet {
+    async fn start(
+        haproxy: &str,
+        soak: &str,
+        node_ids: Option<[String; 3]>,
+        extra: &[(&str, &str)],
+    ) -> Fleet {
         let db = TestDb::create().await;
         let old = stamped_gateway("1.0.0");
         let offering = Offering::start(&old, "1.0.0").await;
         let base = offering.base_url();
         let old = old.to_str().expect("utf-8 path").to_string();
         let url = db.url();
-        let env = [
+        let mut env = vec![
             ("AIHUMMER_DATABASE_URL", url.as_str()),
             ("AIHUMMER_GATEWAY_BIN", old.as_str()),
             ("AIHUMMER_AUTO_UPDATE", "apply"),
@@ -58,6 +69,7 @@ impl Fleet {
             ("AIHUMMER_DRAIN_TIMEOUT", "5s"),
             ("AIHUMMER_READY_TIMEOUT", "20s"),
         ];
+        env.extend_from_slice(extra);
         let mut nodes = Vec::new();
         for i in 0..3 {
             let state = tempfile::tempdir().expect("tempdir");
@@ -110,7 +122,7 @@ impl Fleet {
 
     /// Stops the load and the watcher; asserts the invariants every rollout keeps and
     /// returns the samples.
-    async fn finish(self, what: &str, started: Instant) -> Vec<Sample> {
+    async fn finish(self, what: &str, started: Instant, migrations_added: usize) -> Vec<Sample> {
         let samples = self.load.stop().await;
         let seen = self.watch.stop();
         let failures: Vec<&String> = samples
@@ -139,7 +151,7 @@ impl Fleet {
         );
         assert_eq!(seen.two_leaders, 0, "two gateways led at once");
         assert!(seen.rounds > 10, "the watcher sampled: {}", seen.rounds);
-        migrations_applied_once(&self.db.pool().await).await;
+        migrations_applied_once(&self.db.pool().await, migrations_added).await;
         samples
     }
 }
@@ -153,7 +165,7 @@ async fn an_automatic_rollout_upgrades_one_node_at_a_time_with_no_failed_request
     let Some(haproxy) = haproxy_or_skip() else {
         return;
     };
-    let fleet = Fleet::start(haproxy, "3s", None).await;
+    let fleet = Fleet::start(haproxy, "3s", None, &[]).await;
     fleet
         .offering
         .publish(&stamped_gateway("1.1.0"), "1.1.0")
@@ -197,7 +209,9 @@ async fn an_automatic_rollout_upgrades_one_node_at_a_time_with_no_failed_request
         rotation.is_empty(),
         "a handoff keeps the node in rotation: {rotation:?}"
     );
-    fleet.finish("automatic rollout of 3 nodes", started).await;
+    fleet
+        .finish("automatic rollout of 3 nodes", started, 0)
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -205,7 +219,7 @@ async fn a_release_that_crash_loops_is_rolled_back_by_one_node_and_halted_for_al
     let Some(haproxy) = haproxy_or_skip() else {
         return;
     };
-    let fleet = Fleet::start(haproxy, "60s", None).await;
+    let fleet = Fleet::start(haproxy, "60s", None, &[]).await;
     let scripts = tempfile::tempdir().expect("tempdir");
     let dying = fake_gateway(
         scripts.path(),
@@ -279,7 +293,7 @@ async fn a_release_that_crash_loops_is_rolled_back_by_one_node_and_halted_for_al
             "a plain update refuses a halted version and says how to override: {stderr}"
         );
     }
-    fleet.finish("bad release halted", started).await;
+    fleet.finish("bad release halted", started, 0).await;
 }
 
 /// Node ids whose cohorts are, in order: inside 50%, outside, outside.
@@ -298,7 +312,7 @@ async fn a_50_percent_rollout_installs_only_on_the_nodes_inside_it_until_widened
     let Some(haproxy) = haproxy_or_skip() else {
         return;
     };
-    let fleet = Fleet::start(haproxy, "2s", Some(ids_split_at_50())).await;
+    let fleet = Fleet::start(haproxy, "2s", Some(ids_split_at_50()), &[]).await;
     let cohorts = [
         fleet.nodes[0].cohort().await,
         fleet.nodes[1].cohort().await,
@@ -341,5 +355,140 @@ async fn a_50_percent_rollout_installs_only_on_the_nodes_inside_it_until_widened
         Some(())
     })
     .await;
-    fleet.finish("50% then 100% rollout", started).await;
+    fleet.finish("50% then 100% rollout", started, 0).await;
+}
+
+/// The new release's migration: expand only (a nullable column and a table), so the old
+/// version keeps working on the newer schema.
+const EXPAND: &str = "ALTER TABLE inbound_messages ADD COLUMN IF NOT EXISTS received_via text;
+CREATE TABLE IF NOT EXISTS rollout_expand_check (id bigint PRIMARY KEY);
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_adding_a_migration_rolls_out_while_old_nodes_serve_on_the_newer_schema() {
+    let Some(haproxy) = haproxy_or_skip() else {
+        return;
+    };
+    let receiver = Receiver::start(&[]).await;
+    let hook = receiver.url();
+    let fleet = Fleet::start(
+        haproxy,
+        "4s",
+        None,
+        &[
+            ("AIHUMMER_INBOUND_SECRET", INBOUND_SECRET),
+            ("AIHUMMER_DEFAULT_WORKSPACE_ID", WORKSPACE),
+            ("AIHUMMER_REPLY_WEBHOOK_URL", hook.as_str()),
+        ],
+    )
+    .await;
+    let new = stamped_gateway_with_migration("1.1.0", "0900_rollout_expand_check.sql", EXPAND);
+    fleet.offering.publish(&new, "1.1.0").await;
+    // Inbound messages through the proxy all along: each reply must arrive exactly once.
+    let inbound = {
+        let url = fleet.proxy.url("");
+        tokio::spawn(async move {
+            let client = aihummer_tests::http();
+            let mut keys = Vec::new();
+            for i in 0..400 {
+                let key = format!("rollout-{i}");
+                let message =
+                    serde_json::json!({"channel": "sms", "external_id": key, "text": "hi"});
+                let (status, body) = post_inbound(&client, &url, &message, Some(&key))
+                    .await
+                    .expect("post through the proxy");
+                assert_eq!(status, 200, "{body}");
+                keys.push(key);
+                tokio::time::sleep(Duration::from_millis(40)).await;
+            }
+            keys
+        })
+    };
+    let started = Instant::now();
+    fleet.check_now();
+    let pool = fleet.db.pool().await;
+    wait_for(
+        Duration::from_secs(60),
+        "the first node to apply the new migration",
+        || async {
+            let applied: Option<i64> =
+                sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE version = 900")
+                    .fetch_optional(&pool)
+                    .await
+                    .ok()?;
+            applied.map(|_| ())
+        },
+    )
+    .await;
+    wait_for(
+        Duration::from_secs(60),
+        "the first node serving 1.1.0 (and soaking)",
+        || async {
+            for node in &fleet.nodes {
+                if node.serving().await.as_deref() == Some("1.1.0") {
+                    return Some(());
+                }
+            }
+            None
+        },
+    )
+    .await;
+    // A node still on 1.0.0 starts a new gateway on the newer schema: a restart hands off
+    // to the old version again, which must become ready and serve. (Operator restarts are
+    // not coordinated; this one runs while the first node soaks, between handoffs.)
+    let mut old_node = None;
+    for node in &fleet.nodes {
+        if node.serving().await.as_deref() == Some("1.0.0") {
+            old_node = Some(node);
+            break;
+        }
+    }
+    let old_node = old_node.expect("a node still on 1.0.0 while the first soaks");
+    let restart = old_node.supervisor.cli(&["restart", "--json"]).await;
+    assert!(
+        restart.status.success(),
+        "an old gateway starts on the newer schema: {}",
+        String::from_utf8_lossy(&restart.stderr)
+    );
+    println!(
+        "1.0.0 restarted on the newer schema after {:?}: {}",
+        started.elapsed(),
+        String::from_utf8_lossy(&restart.stdout).trim()
+    );
+    wait_for(Duration::from_secs(120), "every node on 1.1.0", || async {
+        for node in &fleet.nodes {
+            (node.serving().await.as_deref() == Some("1.1.0")).then_some(())?;
+        }
+        Some(())
+    })
+    .await;
+    let keys = inbound.await.expect("inbound sender");
+    wait_for(Duration::from_secs(60), "every reply delivered", || async {
+        (receiver.delivered_keys().len() >= keys.len()).then_some(())
+    })
+    .await;
+    let deliveries = receiver.deliveries();
+    let mut by_message = std::collections::BTreeMap::<String, Vec<String>>::new();
+    for delivery in &deliveries {
+        let external = delivery.body["external_id"].as_str().unwrap_or_default();
+        by_message
+            .entry(external.to_string())
+            .or_default()
+            .push(delivery.key.clone());
+    }
+    assert_eq!(by_message.len(), keys.len(), "every message got its reply");
+    for (message, idempotency_keys) in &by_message {
+        let first = &idempotency_keys[0];
+        assert!(
+            idempotency_keys.iter().all(|k| k == first),
+            "{message}: one reply key across attempts: {idempotency_keys:?}"
+        );
+    }
+    println!(
+        "{} inbound messages through the proxy during the rollout, {} deliveries, {} distinct replies",
+        keys.len(),
+        deliveries.len(),
+        receiver.delivered_keys().len()
+    );
+    fleet.finish("rollout adding a migration", started, 1).await;
 }

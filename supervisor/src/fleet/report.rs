@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 /// The whole fleet as the database sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FleetReport {
-    /// Every node that ever registered, newest first by host.
+    /// Every node that ever registered, by host, address and id.
     pub nodes: Vec<NodeInfo>,
     /// The node rolling out a version now, if any.
     pub lease: Option<LeaseInfo>,

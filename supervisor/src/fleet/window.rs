@@ -1,7 +1,9 @@
 //! `AIHUMMER_UPDATE_WINDOW`: the daily UTC window in which `apply` may start a handoff on
 //! its own. `HH:MM-HH:MM`, 24-hour clock, UTC; the start is inside the window and the end
 //! is not; a window whose end is before its start runs over midnight (`22:00-02:00`).
-//! Checks, downloads and staging go on outside it; only the handoff waits.
+//! Checks go on outside it (status shows what is on offer); the download, the stage and
+//! the handoff of an automatic update wait for it. An operator's `aihummer update` does
+//! not.
 
 use std::fmt;
 use std::str::FromStr;
