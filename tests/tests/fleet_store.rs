@@ -48,7 +48,10 @@ async fn eight_nodes_racing_on_a_fresh_database_get_one_lease_holder() {
     assert_eq!(granted.len(), 1, "exactly one holder: {granted:?}");
     let winner = fleet[granted[0]].node().to_string();
     assert_eq!(held.len(), 7);
-    assert!(held.iter().all(|(node, version)| *node == winner && version == "1.1.0"));
+    assert!(
+        held.iter()
+            .all(|(node, version)| *node == winner && version == "1.1.0")
+    );
     // The holder asking again (a restarted supervisor) keeps it; the others still wait.
     assert_eq!(
         fleet[granted[0]].acquire(&v("1.1.0")).await.expect("again"),
@@ -65,7 +68,10 @@ async fn eight_nodes_racing_on_a_fresh_database_get_one_lease_holder() {
 async fn a_halt_frees_the_lease_and_the_next_taker_sees_the_halt() {
     let db = TestDb::create().await;
     let fleet = nodes(&db.url(), 3);
-    assert_eq!(fleet[0].acquire(&v("1.1.0")).await.expect("a"), Lease::Granted);
+    assert_eq!(
+        fleet[0].acquire(&v("1.1.0")).await.expect("a"),
+        Lease::Granted
+    );
     // The others wait on the lease while the first halts the version and frees it in one
     // transaction: whichever asks next is told it is halted, never granted.
     let waiting: Vec<_> = fleet[1..]
@@ -96,11 +102,17 @@ async fn a_halt_frees_the_lease_and_the_next_taker_sees_the_halt() {
         assert!(reason.contains("crash loop"));
     }
     // The lease is free for another version, and the halt can be lifted.
-    assert_eq!(fleet[1].acquire(&v("1.1.1")).await.expect("b"), Lease::Granted);
+    assert_eq!(
+        fleet[1].acquire(&v("1.1.1")).await.expect("b"),
+        Lease::Granted
+    );
     fleet[1].release().await.expect("release");
     assert!(fleet[2].resume(&v("1.1.0")).await.expect("resume"));
     assert!(!fleet[2].resume(&v("1.1.0")).await.expect("resume again"));
-    assert_eq!(fleet[2].acquire(&v("1.1.0")).await.expect("c"), Lease::Granted);
+    assert_eq!(
+        fleet[2].acquire(&v("1.1.0")).await.expect("c"),
+        Lease::Granted
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -117,7 +129,10 @@ async fn a_dead_holders_lease_is_taken_once_expired_and_the_registry_marks_it_st
     };
     fleet[0].heartbeat(&beat("running")).await.expect("beat a");
     fleet[1].heartbeat(&beat("running")).await.expect("beat b");
-    assert_eq!(fleet[0].acquire(&v("1.1.0")).await.expect("a"), Lease::Granted);
+    assert_eq!(
+        fleet[0].acquire(&v("1.1.0")).await.expect("a"),
+        Lease::Granted
+    );
     assert!(matches!(
         fleet[1].acquire(&v("1.1.0")).await.expect("b"),
         Lease::Held { .. }
@@ -136,7 +151,10 @@ async fn a_dead_holders_lease_is_taken_once_expired_and_the_registry_marks_it_st
     .execute(&pool)
     .await
     .expect("age the heartbeat");
-    assert_eq!(fleet[1].acquire(&v("1.1.0")).await.expect("b"), Lease::Granted);
+    assert_eq!(
+        fleet[1].acquire(&v("1.1.0")).await.expect("b"),
+        Lease::Granted
+    );
     // Node a comes back: its renewal finds the lease gone and it forgets it.
     fleet[0].renew().await.expect("renew");
     assert_eq!(fleet[0].holding(), None);

@@ -224,9 +224,9 @@ impl Machine {
                 );
                 if failure.blames_release {
                     self.quarantine(&version, &failure.message);
-                } else {
-                    self.release_lease("the version could not be staged here");
                 }
+                // A quarantine's halt freed the lease already; otherwise it goes back now.
+                self.release_lease("the version was not staged");
                 self.record_error(now, message.clone());
                 waiters.finish(failed(message), &mut self.effects);
                 None

@@ -7,7 +7,11 @@
 //! - no signal or probe goes to a gateway that has exited;
 //! - every control request gets exactly one final reply;
 //! - a stop always ends in exit within the drain deadline (plus the shutdown delay);
-//! - the version serving is never quarantined.
+//! - the version serving is never quarantined;
+//! - in a fleet, the rollout lease is never forgotten: whenever the database would say
+//!   this node holds it, the machine knows it does, and holds it only while a handoff to
+//!   that version runs or the version soaks (a leaked lease, renewed by every heartbeat,
+//!   would stop the whole fleet's rollouts).
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -15,7 +19,8 @@ use std::time::Duration;
 use proptest::prelude::*;
 
 use super::sim::{Behaviour, World, config, v};
-use crate::supervise::events::{ChildId, Effect, Found, Input, Reply};
+use crate::supervise::events::{ChildId, Effect, Found, Input, Permit, Reply};
+use crate::supervise::machine::State;
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -27,6 +32,8 @@ enum Op {
     Stop,
     Crash(u8),
     FinishCheck(u8, u8),
+    /// The next automatic permit: wait (0) or halted (1).
+    Permit(u8),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -39,6 +46,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::Stop),
         1 => any::<u8>().prop_map(Op::Crash),
         2 => (0u8..6, 0u8..4).prop_map(|(flavour, minor)| Op::FinishCheck(flavour, minor)),
+        1 => (0u8..2).prop_map(Op::Permit),
     ]
 }
 
@@ -115,6 +123,25 @@ impl Checker {
                 .count();
             prop_assert!(done <= 1, "client {client:?} got {done} final replies");
         }
+        let machine = &world.machine;
+        if let Some(held) = &world.lease {
+            prop_assert_eq!(
+                machine.lease.as_ref(),
+                Some(held),
+                "the database says this node holds the lease for {}, the machine forgot it",
+                held
+            );
+        }
+        if machine.lease.is_some() && world.stop_at.is_none() {
+            let handing_off = matches!(
+                machine.state,
+                State::HandingOff { .. } | State::Draining(_) | State::Starting(_)
+            );
+            prop_assert!(
+                handing_off || machine.soak.is_some(),
+                "the lease is held with no handoff and no soak under way"
+            );
+        }
         if let Some(stop) = world.stop_at {
             self.stop_at = Some(stop);
             if world.now >= stop + drain_deadline {
@@ -164,6 +191,13 @@ fn apply(world: &mut World, op: Op) {
             };
             world.finish_check(found, staged);
         }
+        Op::Permit(0) => world.permits.push(Permit::Wait {
+            reason: "node b holds the rollout lease".into(),
+            retry_in: Duration::from_secs(5),
+        }),
+        Op::Permit(_) => world
+            .permits
+            .push(Permit::Halted("halted by node b".into())),
     }
 }
 
@@ -173,6 +207,7 @@ proptest! {
     #[test]
     fn random_inputs_never_break_the_safety_invariants(
         apply_mode in any::<bool>(),
+        fleet in any::<bool>(),
         shutdown_delay in prop_oneof![Just(0u64), 1u64..2000],
         behaviours in prop::collection::vec(behaviour(), 0..12),
         ops in prop::collection::vec(op(), 1..60),
@@ -180,7 +215,9 @@ proptest! {
         let mut config = config();
         config.apply = apply_mode;
         config.shutdown_delay = Duration::from_millis(shutdown_delay);
+        config.soak_window = Duration::from_secs(20);
         let mut world = World::with(config, behaviours);
+        world.fleet = fleet;
         let deadline = Duration::from_secs(3) + Duration::from_millis(shutdown_delay);
         let mut checker = Checker { seen: 0, max_live: 0, stop_at: None, gone: BTreeSet::new(), deadline };
         checker.check(&world)?;
