@@ -61,7 +61,9 @@ impl ClientError {
     /// The process exit code for this failure.
     pub fn exit_code(&self) -> u8 {
         match self {
-            ClientError::Call(CallError::NoSupervisor { .. }) => EXIT_NO_SUPERVISOR,
+            ClientError::Call(CallError::NoSupervisor { .. }) | ClientError::NoFleet => {
+                EXIT_NO_SUPERVISOR
+            }
             _ => 1,
         }
     }

@@ -506,7 +506,7 @@ impl Machine {
             Permit::Wait { reason, retry_in } => {
                 let line = format!(
                     "update available: {version}; waiting: {reason}; checking again in {}",
-                    humantime::format_duration(retry_in)
+                    humantime::format_duration(Duration::from_secs(retry_in.as_secs().max(1)))
                 );
                 self.record_check(line, Some(version.to_string()), false);
                 let at = after(now, retry_in);
