@@ -1,7 +1,8 @@
-//! A database outage during an `apply` handoff is not the release's fault: the candidate
-//! cannot become ready, but neither can the gateway serving beside it, so the release is
-//! not quarantined; once the database is back, the supervisor tries again by itself and
-//! installs it. The outage is a TCP proxy in front of the shared server, cut and restored
+//! A database outage is not the release's fault. In `apply` mode the automatic update
+//! waits for the fleet's rollout lease (in the same database) rather than start a handoff;
+//! an operator's `aihummer update` goes ahead, and its candidate cannot become ready, but
+//! neither can the gateway serving beside it, so the release is not quarantined; once the
+//! database is back, the supervisor tries again by itself and installs it. The outage is a TCP proxy in front of the shared server, cut and restored
 //! by the test. Real gateways stamped 1.0.0 and 1.1.0.
 
 use std::time::Duration;
@@ -46,7 +47,28 @@ async fn a_database_outage_during_an_apply_handoff_does_not_quarantine_the_relea
         },
     )
     .await;
+    // An automatic update needs the fleet's rollout lease, in the same database: it waits
+    // for it instead of starting a handoff the outage would fail.
     supervisor.signal(Signal::SIGHUP);
+    let line = wait_for(
+        Duration::from_secs(60),
+        "the automatic update to wait",
+        || async {
+            let status = supervisor.status().await?;
+            let line = status["update"]["last_result"].as_str()?.to_string();
+            line.contains("waiting").then_some(line)
+        },
+    )
+    .await;
+    assert!(line.contains("AIHUMMER_DATABASE_URL"), "{line}");
+    let status = supervisor.status().await.expect("status");
+    assert!(
+        status["last_handoff"].is_null(),
+        "no handoff was tried: {status}"
+    );
+    // An operator's update goes ahead; its handoff fails through no fault of the release.
+    let update = supervisor.cli(&["update"]).await;
+    assert!(!update.status.success());
     let status = wait_for(Duration::from_secs(60), "the failed handoff", || async {
         let status = supervisor.status().await?;
         let ok = status["last_handoff"]["ok"].as_bool()?;

@@ -62,6 +62,9 @@ impl NodeId {
                 }
             }
             Err(err) if err.kind() == io::ErrorKind::NotFound => {
+                // On a first start the install dir may not exist yet; it is created as
+                // the install would create it.
+                std::fs::create_dir_all(state_dir).map_err(durable::io_err("create", state_dir))?;
                 let id = Uuid::new_v4().to_string();
                 durable::write_atomic(&path, format!("{id}\n").as_bytes(), 0o644)?;
                 Ok(NodeId(id))
@@ -116,6 +119,14 @@ mod tests {
         let again = NodeId::load_or_create(dir.path()).expect("load");
         assert_eq!(first, again);
         assert_eq!(first.cohort(), again.cohort());
+    }
+
+    #[test]
+    fn a_missing_install_dir_is_created_for_the_id() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = dir.path().join("state");
+        let id = NodeId::load_or_create(&state).expect("create");
+        assert_eq!(NodeId::load_or_create(&state).expect("load"), id);
     }
 
     #[test]
