@@ -16,6 +16,7 @@ use crate::http::inbound::Inbound;
 use crate::http::metrics as http_metrics;
 use crate::http::routes;
 use crate::http::signature::Verifier;
+use crate::inbound::Wake;
 use crate::leader::Elector;
 use crate::listeners::{self, ListenerError, Listeners};
 use crate::metrics::Metrics;
@@ -232,7 +233,9 @@ pub async fn run(
         }),
         workspace: config.default_workspace,
         responder: Box::new(Builtin),
+        wake: Wake::default(),
     });
+    let wake = inbound.wake.clone();
     // Under a supervisor, the public socket is shared with the gateway serving now: take
     // client traffic only once the supervisor's probe has been answered ready, so the
     // supervisor knows this gateway serves before any client does (its status never lags
@@ -288,6 +291,7 @@ pub async fn run(
                 )
                 .await?;
                 shared.set_ready(pools.clone());
+                background.spawn(wake.run(pools.app.pool().clone(), stop.subscribe()));
                 start_background(
                     &config,
                     db,
