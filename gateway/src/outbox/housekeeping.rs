@@ -96,8 +96,8 @@ pub async fn purge_delivered(
     batch: i64,
     deadline: Instant,
 ) -> Result<Purged, sqlx::Error> {
-    let condition = "status = 'delivered' AND delivered_at < now() - make_interval(secs => $1)";
-    purge(pool, "outbox", condition, retention, batch, deadline).await
+    let due = "t.status = 'delivered' AND t.delivered_at < now() - make_interval(secs => $1)";
+    purge(pool, "outbox", due, "", retention, batch, deadline).await
 }
 
 /// Deletes inbound messages received more than `retention` ago that no reply refers to any
@@ -109,12 +109,13 @@ pub async fn purge_answered(
     batch: i64,
     deadline: Instant,
 ) -> Result<Purged, sqlx::Error> {
-    let condition = "received_at < now() - make_interval(secs => $1)
-         AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.inbound_id = t.id)";
+    let due = "t.received_at < now() - make_interval(secs => $1)";
+    let unreferenced = "AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.inbound_id = t.id)";
     purge(
         pool,
         "inbound_messages",
-        condition,
+        due,
+        unreferenced,
         retention,
         batch,
         deadline,
@@ -122,29 +123,31 @@ pub async fn purge_answered(
     .await
 }
 
-/// Deletes the rows of `table` (aliased `t`) matching `condition` (which reads the
-/// retention in seconds as `$1`) in statements of at most `batch` rows. Each statement
-/// takes the next matching rows in physical order after the last one it looked at (a
-/// range over `ctid`, which PostgreSQL scans directly), so a purge reads the table once
-/// instead of walking past the rows its earlier statements just deleted, which stay in
-/// the pages until vacuumed. The delete checks `condition` again on each row, so a row
-/// that changed since it was picked is left alone.
+/// Deletes the rows of `table` (aliased `t`) that are `due` (a condition reading the
+/// retention in seconds as `$1`) and meet `also`, in statements of at most `batch` rows.
+///
+/// Each statement picks the next `batch` due rows in physical order after the last row
+/// position (`ctid`) the previous one picked, which PostgreSQL reads as a range scan, so a
+/// purge reads its table once instead of walking again past the rows earlier statements
+/// deleted (they stay in the pages until vacuumed). It deletes the picked rows by their
+/// position, checking both conditions again, so a row that changed since it was picked is
+/// left alone. `also` is checked only there, row by row, so it cannot turn the pick into a
+/// join that reads the rows in another order.
 async fn purge(
     pool: &PgPool,
     table: &str,
-    condition: &str,
+    due: &str,
+    also: &str,
     retention: Duration,
     batch: i64,
     deadline: Instant,
 ) -> Result<Purged, sqlx::Error> {
     let sql = format!(
         "WITH picked AS (
-             SELECT t.id, t.ctid FROM {table} t
-             WHERE t.ctid > $2::text::tid AND {condition}
-             LIMIT $3
+             SELECT t.ctid FROM {table} t WHERE t.ctid > $2::text::tid AND {due} LIMIT $3
          ), gone AS (
-             DELETE FROM {table} t USING picked
-             WHERE t.id = picked.id AND {condition}
+             DELETE FROM {table} t
+             WHERE t.ctid = ANY (ARRAY(SELECT ctid FROM picked)) AND {due} {also}
              RETURNING 1
          )
          SELECT (SELECT count(*) FROM gone),
