@@ -49,9 +49,10 @@ struct Outcome {
 /// Sets the tenant, inserts the message with its result and, only when the key is new,
 /// the outbox row; returns 1 when stored, 0 on a repeated key. No `NOTIFY` here: it would
 /// serialize the commits ([`crate::inbound::wake`] says why), so the caller wakes the
-/// deliverers after it. The tenant is set by the `tenant` CTE that the insert reads its row from, so it
-/// is in force before the policies check that row; `MATERIALIZED` and the volatile
-/// `set_config` keep it a separate step. `$8` is the reply's id and its idempotency key.
+/// deliverers after it. The tenant is set by the `tenant` CTE that the insert reads its
+/// row from, so it is in force before the policies check that row; `MATERIALIZED` and the
+/// volatile `set_config` keep it a separate step. `$8` is the reply's id and its
+/// idempotency key.
 const ACCEPT: &str = "WITH tenant AS MATERIALIZED (
          SELECT set_config('aihummer.workspace_id', ($1::uuid)::text, true)
      ), message AS (
