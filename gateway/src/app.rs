@@ -16,6 +16,7 @@ use crate::http::inbound::Inbound;
 use crate::http::metrics as http_metrics;
 use crate::http::routes;
 use crate::http::signature::Verifier;
+use crate::inbound::Wake;
 use crate::leader::Elector;
 use crate::listeners::{self, ListenerError, Listeners};
 use crate::metrics::Metrics;
@@ -200,6 +201,16 @@ async fn count_leadership_changes(mut leading: watch::Receiver<bool>, metrics: A
     }
 }
 
+/// Logs once `open` turns true: the supervisor's probe was answered ready, and client
+/// traffic is taken from the shared socket from then on.
+async fn log_when_open(mut open: watch::Receiver<bool>) {
+    if open.wait_for(|open| *open).await.is_ok() {
+        tracing::info!(
+            "ready, and told the supervisor: accepting client traffic on the shared socket"
+        );
+    }
+}
+
 /// Serves on `listeners` until `shutdown` resolves, then drains.
 pub async fn run(
     config: Config,
@@ -222,12 +233,24 @@ pub async fn run(
         }),
         workspace: config.default_workspace,
         responder: Box::new(Builtin),
+        wake: Wake::default(),
     });
+    let wake = inbound.wake.clone();
     // Under a supervisor, the public socket is shared with the gateway serving now: take
-    // client traffic only once ready, and leave it queued for that gateway until then. The
-    // private probe answers from the first moment.
+    // client traffic only once the supervisor's probe has been answered ready, so the
+    // supervisor knows this gateway serves before any client does (its status never lags
+    // a 200 from the public `/readyz`); connections wait in the shared queue meanwhile,
+    // for the gateway serving now. Alone, or with nothing to wait for (health-only), take
+    // it at once: `/readyz` tells clients and proxies when it is ready. The private probe
+    // answers from the first moment.
     let supervised = listeners.probe.is_some();
-    let (open_public, public_open) = watch::channel(!supervised || !shared.full_mode);
+    let public_open = match supervised && shared.full_mode {
+        true => {
+            tokio::spawn(log_when_open(shared.ready_answered()));
+            shared.ready_answered()
+        }
+        false => watch::channel(true).1,
+    };
     // Two servers, because the listeners serve different routers; they drain together.
     let public_routes = routes::public(shared.clone(), inbound);
     let private_routes = routes::private(shared.clone(), metrics.clone());
@@ -268,9 +291,7 @@ pub async fn run(
                 )
                 .await?;
                 shared.set_ready(pools.clone());
-                if !open_public.send_replace(true) {
-                    tracing::info!("ready: accepting client traffic on the shared socket");
-                }
+                background.spawn(wake.run(pools.app.pool().clone(), stop.subscribe()));
                 start_background(
                     &config,
                     db,

@@ -12,7 +12,7 @@
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{ConnectOptions, PgPool};
+use sqlx::{ConnectOptions, Connection, PgPool};
 use uuid::Uuid;
 
 use crate::config::DbTarget;
@@ -25,6 +25,8 @@ use aihummer_common::backoff::Backoff;
 const INSUFFICIENT_PRIVILEGE: &str = "42501";
 const POOL_SIZE: u32 = 16;
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+/// A pooled connection idle this long is pinged before it is handed out.
+const PING_IDLE: Duration = Duration::from_secs(1);
 
 /// Why startup cannot go on.
 #[derive(Debug, thiserror::Error)]
@@ -94,7 +96,10 @@ async fn attempt(
         Some(app) => {
             let pool = AppPool::restricted(open(app.options.clone()).await?);
             check_app_roles(&pool).await?;
-            pool
+            match holds_app_policies(&pool).await? {
+                true => AppPool::inherited(pool.pool().clone()),
+                false => pool,
+            }
         }
         None => {
             tracing::warn!(
@@ -118,6 +123,19 @@ async fn open(options: PgConnectOptions) -> Result<PgPool, Failure> {
     PgPoolOptions::new()
         .max_connections(POOL_SIZE)
         .acquire_timeout(ACQUIRE_TIMEOUT)
+        // sqlx pings every connection it hands out by default: a round trip per request,
+        // as many as the inbound statement itself. A connection that has just been used is
+        // known to be alive; one idle for a while may have been cut (server restart,
+        // pooler or firewall timeout), so it is pinged and replaced when dead.
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= PING_IDLE {
+                    conn.ping().await?;
+                }
+                Ok(true)
+            })
+        })
         .connect_with(options)
         .await
         .map_err(|err| Failure::Retry(err.to_string()))
@@ -160,6 +178,35 @@ async fn check_app_roles(app: &AppPool) -> Result<(), Failure> {
     .map_err(|err| Failure::Retry(err.to_string()))?;
     let _ = tx.rollback().await;
     refuse_unsafe(&format!("role {APP_ROLE}"), superuser, bypass, owns)
+}
+
+/// Whether the app login is held to exactly `aihummer_app`'s row-level security by itself,
+/// so a statement may run without switching roles: it has the role's privileges without
+/// `SET ROLE` (an `INHERIT` member), and every policy applies to both or to neither (a
+/// login that also holds the owner's privileges would get the owner's policy). Superusers,
+/// `BYPASSRLS` and table owners were refused before.
+async fn holds_app_policies(app: &AppPool) -> Result<bool, Failure> {
+    let holds: bool = sqlx::query_scalar(
+        "SELECT pg_has_role(session_user, $1, 'USAGE') AND NOT EXISTS (
+             SELECT 1 FROM pg_policy p
+             WHERE EXISTS (SELECT 1 FROM unnest(p.polroles) AS r (id)
+                           WHERE r.id = 0 OR pg_has_role(session_user, r.id, 'USAGE'))
+                <> EXISTS (SELECT 1 FROM unnest(p.polroles) AS r (id)
+                           WHERE r.id = 0 OR pg_has_role($1, r.id, 'USAGE')))",
+    )
+    .bind(APP_ROLE)
+    .fetch_one(app.pool())
+    .await
+    .map_err(|err| Failure::Retry(err.to_string()))?;
+    match holds {
+        true => tracing::info!(
+            "the app login inherits {APP_ROLE}: inbound messages are stored in one statement"
+        ),
+        false => tracing::info!(
+            "the app login does not inherit {APP_ROLE} alone: serving transactions switch to it"
+        ),
+    }
+    Ok(holds)
 }
 
 fn refuse_unsafe(who: &str, superuser: bool, bypass: bool, owns: i64) -> Result<(), Failure> {

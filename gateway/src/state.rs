@@ -95,6 +95,7 @@ pub struct Shared {
     withdrawn: AtomicBool,
     database_problem: Mutex<Option<String>>,
     leadership: watch::Receiver<bool>,
+    ready_answered: watch::Sender<bool>,
     /// Whether a database is configured at all.
     pub full_mode: bool,
     /// This process's id, reported so a supervisor can tell children apart.
@@ -119,6 +120,7 @@ impl Shared {
             withdrawn: AtomicBool::new(false),
             database_problem: Mutex::new(None),
             leadership,
+            ready_answered: watch::channel(false).0,
             full_mode,
             pid: std::process::id(),
             instance: format!(
@@ -196,6 +198,18 @@ impl Shared {
             None => tracing::info!("database answers again; ready"),
         }
         *last = problem.map(str::to_string);
+    }
+
+    /// Records that a private `/readyz` (the supervisor's probe, when supervised) has
+    /// answered 200.
+    pub fn note_ready_answered(&self) {
+        self.ready_answered
+            .send_if_modified(|answered| !std::mem::replace(answered, true));
+    }
+
+    /// Turns true once a private `/readyz` has answered 200, and stays true.
+    pub fn ready_answered(&self) -> watch::Receiver<bool> {
+        self.ready_answered.subscribe()
     }
 
     /// Whether this gateway holds the scheduler's leadership: the elector's last word,

@@ -3,10 +3,13 @@
 //! Each transaction switches to `aihummer_app` with `SET LOCAL ROLE`, sent with its
 //! `BEGIN` in one round trip, and sets the tenant with `set_config(.., true)`; both last
 //! until the transaction ends. A hot path may set the tenant inside its own statement
-//! ([`begin_as_app`]) to save the round trip [`begin`] spends on it. Nothing is set per
-//! session, so a pooled connection carries neither role nor workspace from one request to
-//! the next, also behind a transaction pooler (PgBouncer's `pool_mode = transaction`),
-//! which hands each transaction whatever server session is free.
+//! ([`begin_as_app`]) to save the round trip [`begin`] spends on it, and, when the pool
+//! needs no role switch ([`AppPool::single_statement`]), run that statement alone, as its
+//! own implicit transaction: no `BEGIN`, no `COMMIT`. Nothing is set per session, so a
+//! pooled connection carries neither role nor workspace from one request to the next,
+//! also behind a transaction pooler (PgBouncer's `pool_mode = transaction`), which hands
+//! each transaction whatever server session is free; a statement run alone is one such
+//! transaction, its tenant setting ending with it.
 
 use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
@@ -16,11 +19,25 @@ pub const SETTING: &str = "aihummer.workspace_id";
 /// The role serving transactions switch to; created by the migrations.
 pub const APP_ROLE: &str = "aihummer_app";
 
-/// The pool requests are served on, and whether its transactions switch to [`APP_ROLE`].
+/// The pool requests are served on, and how its statements come under `aihummer_app`'s
+/// policies.
 #[derive(Debug, Clone)]
 pub struct AppPool {
     pool: PgPool,
-    restricted: bool,
+    access: Access,
+}
+
+/// How a serving statement on an [`AppPool`] is held to row-level security.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    /// The owner pool: the owner's own policy lets every row through.
+    Owner,
+    /// The login must switch to [`APP_ROLE`] in each transaction.
+    SwitchRole,
+    /// The login holds [`APP_ROLE`]'s privileges and exactly its policies by itself (an
+    /// `INHERIT` member, checked at startup); transactions still switch, for their later
+    /// statements, but a statement may also run alone.
+    Inherited,
 }
 
 impl AppPool {
@@ -29,7 +46,16 @@ impl AppPool {
     pub fn restricted(pool: PgPool) -> Self {
         Self {
             pool,
-            restricted: true,
+            access: Access::SwitchRole,
+        }
+    }
+
+    /// A pool like [`AppPool::restricted`] whose login is held to exactly [`APP_ROLE`]'s
+    /// policies and privileges by itself, with no switch; the caller has checked that.
+    pub fn inherited(pool: PgPool) -> Self {
+        Self {
+            pool,
+            access: Access::Inherited,
         }
     }
 
@@ -38,8 +64,15 @@ impl AppPool {
     pub fn unrestricted(pool: PgPool) -> Self {
         Self {
             pool,
-            restricted: false,
+            access: Access::Owner,
         }
+    }
+
+    /// Whether a statement that sets the tenant itself (see [`begin_as_app`]) may run alone
+    /// on [`AppPool::pool`], outside any transaction block: true unless only a role switch
+    /// brings the login under the policies.
+    pub fn single_statement(&self) -> bool {
+        self.access != Access::SwitchRole
     }
 
     /// The underlying pool, for checks and for closing it.
@@ -69,7 +102,7 @@ pub async fn begin(
 /// statement: PostgreSQL applies a statement's policies and privileges for the role in
 /// force when it is planned, before any `set_config('role', ..)` in it runs.
 pub async fn begin_as_app(app: &AppPool) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
-    if app.restricted {
+    if app.access != Access::Owner {
         // One simple query, one round trip; a constant, as `SET` takes no parameters.
         app.pool
             .begin_with("BEGIN; SET LOCAL ROLE aihummer_app")

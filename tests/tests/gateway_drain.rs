@@ -342,7 +342,7 @@ async fn a_supervised_gateway_exits_when_its_supervisor_is_killed() {
 }
 
 #[tokio::test]
-async fn a_supervised_gateway_takes_client_traffic_only_once_it_is_ready() {
+async fn a_supervised_gateway_takes_client_traffic_only_once_its_probe_has_answered_ready() {
     let db = aihummer_tests::TestDb::create().await;
     let pool = db.pool().await;
     let mut holder = pool.acquire().await.expect("connection");
@@ -398,9 +398,32 @@ async fn a_supervised_gateway_takes_client_traffic_only_once_it_is_ready() {
         .execute(&mut *holder)
         .await
         .expect("release the migration lock");
-    let answer = tokio::time::timeout(Duration::from_secs(30), client)
+    wait_for(
+        Duration::from_secs(30),
+        "the gateway to be ready",
+        || async { gw.logs().contains("\"phase\":\"ready\"").then_some(()) },
+    )
+    .await;
+    // Ready, but the supervisor does not know yet: clients still wait, so that a 200 from
+    // the public /readyz never comes before the supervisor counts this gateway as serving.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), &mut client)
+            .await
+            .is_err(),
+        "a gateway whose probe has not answered ready yet took client traffic"
+    );
+    wait_for(
+        Duration::from_secs(10),
+        "the probe to answer ready",
+        || async {
+            let (status, _) = get_json(&http(), &readyz).await?;
+            (status == 200).then_some(())
+        },
+    )
+    .await;
+    let answer = tokio::time::timeout(Duration::from_secs(10), client)
         .await
-        .expect("the queued client is served once the gateway is ready")
+        .expect("the queued client is served once the probe has answered ready")
         .expect("client task")
         .expect("an answer");
     assert_eq!(answer.status, 200);

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use aihummer_tests::supervisor::Supervisor;
 use aihummer_tests::{Gateway, Proxy, TestDb, binary, free_port, get_json, http, wait_for};
 
 fn version_of(name: &str) -> String {
@@ -301,4 +302,37 @@ async fn the_webhook_url_is_logged_without_its_credentials_or_query_string() {
         !logs.contains("hunter2secret") && !logs.contains("qs3cret"),
         "{logs}"
     );
+}
+
+/// A supervised gateway takes client traffic only once the supervisor's probe has seen it
+/// ready, so the first 200 from the public `/readyz` never comes before `aihummer status`
+/// names the gateway that sent it as the active one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_a_supervisor_a_public_readyz_200_means_status_already_shows_the_gateway_active() {
+    let db = TestDb::create().await;
+    let client = http();
+    for round in 0..5 {
+        let supervisor = Supervisor::start(&[("AIHUMMER_DATABASE_URL", &db.url())]);
+        // Until a gateway accepts, a request waits in the supervisor's listen queue (or is
+        // refused before the supervisor has bound the port).
+        let url = supervisor.url("/readyz");
+        let pid = wait_for(
+            Duration::from_secs(30),
+            "the public /readyz to answer 200",
+            || async {
+                let (status, ready) = get_json(&client, &url).await?;
+                (status == 200).then(|| ready["pid"].as_u64()).flatten()
+            },
+        )
+        .await;
+        let status = supervisor.status().await.expect("aihummer status --json");
+        assert_eq!(
+            status["active"]["pid"].as_u64(),
+            Some(pid),
+            "round {round}: the public /readyz answered 200 from gateway {pid}, but status \
+             shows {}\n{}",
+            status["active"],
+            supervisor.logs()
+        );
+    }
 }

@@ -13,6 +13,7 @@ use aihummer_gateway::config::{Config, Secret};
 use aihummer_gateway::http::inbound::Inbound;
 use aihummer_gateway::http::routes;
 use aihummer_gateway::http::signature::Verifier;
+use aihummer_gateway::inbound::Wake;
 use aihummer_gateway::responder::Builtin;
 use aihummer_gateway::state::Shared;
 use aihummer_tests::{INBOUND_SECRET, TestDb, hmac_hex, unix_now};
@@ -193,6 +194,8 @@ async fn router(db: &TestDb) -> Router {
         )),
         workspace: config.default_workspace,
         responder: Box::new(Builtin),
+        // Nothing delivers here, so no task sends the wakes.
+        wake: Wake::default(),
     });
     routes::public(shared, inbound)
 }

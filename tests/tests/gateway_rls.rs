@@ -7,7 +7,9 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use aihummer_gateway::config::DbTarget;
-use aihummer_gateway::state::Shared;
+use aihummer_gateway::inbound::{Message, store};
+use aihummer_gateway::responder::Builtin;
+use aihummer_gateway::state::{Pools, Shared};
 use aihummer_gateway::tenant::{self, AppPool};
 use aihummer_gateway::{database, migrate};
 use aihummer_tests::{Gateway, TestDb};
@@ -300,4 +302,95 @@ async fn an_app_login_that_cannot_switch_to_the_app_role_is_refused_at_startup()
         logs.contains(&format!("GRANT aihummer_app TO {login}")),
         "{logs}"
     );
+}
+
+/// Starts the gateway's pools on `db` serving through `login`, as startup does.
+async fn pools_as(db: &TestDb, login: &str) -> Pools {
+    let owner = DbTarget {
+        options: PgConnectOptions::from_str(&db.url()).expect("url"),
+    };
+    let app = DbTarget {
+        options: PgConnectOptions::from_str(&db.url_as(login)).expect("url"),
+    };
+    let (_leadership, leading) = tokio::sync::watch::channel(false);
+    let shared = Shared::new(true, leading);
+    database::start(&owner, Some(&app), None, &shared)
+        .await
+        .expect("startup")
+}
+
+#[tokio::test]
+async fn an_inheriting_login_stores_a_message_in_one_statement_that_leaves_no_tenant_behind() {
+    let mut f = fixture().await;
+    let login = f.db.app_login().await;
+    let pools = pools_as(&f.db, &login).await;
+    assert!(
+        pools.app.single_statement(),
+        "an INHERIT member of aihummer_app"
+    );
+    let message = Message {
+        channel: "test".into(),
+        external_id: "one".into(),
+        text: "hello".into(),
+    };
+
+    let first = store::accept(&pools.app, f.a, "key:one", &message, &Builtin)
+        .await
+        .expect("stored");
+    assert!(!first.replayed);
+    let again = store::accept(&pools.app, f.a, "key:one", &message, &Builtin)
+        .await
+        .expect("replayed");
+    assert_eq!((again.replayed, &again.result), (true, &first.result));
+    let other = store::accept(&pools.app, f.b, "key:one", &message, &Builtin)
+        .await
+        .expect("the same key in another workspace");
+    assert!(!other.replayed);
+    let stored: Vec<(Uuid, i64)> =
+        sqlx::query_as("SELECT workspace_id, count(*) FROM outbox GROUP BY 1 ORDER BY 1")
+            .fetch_all(&f.owner)
+            .await
+            .expect("outbox");
+    let mut expected = vec![(f.a, 1), (f.b, 1)];
+    expected.sort();
+    assert_eq!(stored, expected);
+
+    // The connection that just stored for a workspace is back with no tenant: as the login
+    // and outside any transaction, it sees no rows at all.
+    let visible: i64 = sqlx::query_scalar("SELECT count(*) FROM inbound_messages")
+        .fetch_one(pools.app.pool())
+        .await
+        .expect("count as the login");
+    assert_eq!(visible, 0);
+    pools.app.pool().close().await;
+    pools.owner.close().await;
+}
+
+#[tokio::test]
+async fn a_login_not_held_to_the_app_roles_policies_by_itself_switches_role_per_transaction() {
+    let mut f = fixture().await;
+    // No inherited privileges; and privileges of the owner too, whose policy lets all through.
+    let noinherit = f.db.login("NOINHERIT IN ROLE aihummer_app").await;
+    let with_owner = f.db.login("IN ROLE aihummer_app, postgres").await;
+    for login in [noinherit, with_owner] {
+        let pools = pools_as(&f.db, &login).await;
+        assert!(!pools.app.single_statement(), "{login}");
+        let message = Message {
+            channel: "test".into(),
+            external_id: login.clone(),
+            text: "hello".into(),
+        };
+        let stored = store::accept(&pools.app, f.a, &login, &message, &Builtin)
+            .await
+            .expect("stored");
+        assert!(!stored.replayed, "{login}");
+        pools.app.pool().close().await;
+        pools.owner.close().await;
+    }
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE workspace_id = $1")
+        .bind(f.a)
+        .fetch_one(&f.owner)
+        .await
+        .expect("outbox");
+    assert_eq!(count, 2);
 }

@@ -75,9 +75,14 @@ pub async fn readyz_public(State(shared): State<Arc<Shared>>) -> Response {
     answer(&shared, readiness(&shared).await.map_err(|n| n.public()))
 }
 
-/// `/readyz` on a private listener: reasons with their detail.
+/// `/readyz` on a private listener: reasons with their detail. A 200 here is what lets a
+/// supervised gateway take client traffic (see [`crate::app::run`]).
 pub async fn readyz_private(State(shared): State<Arc<Shared>>) -> Response {
-    answer(&shared, readiness(&shared).await.map_err(|n| n.detailed()))
+    let readiness = readiness(&shared).await;
+    if readiness.is_ok() {
+        shared.note_ready_answered();
+    }
+    answer(&shared, readiness.map_err(|n| n.detailed()))
 }
 
 fn answer(shared: &Shared, readiness: Result<(), String>) -> Response {

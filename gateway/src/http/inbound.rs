@@ -20,7 +20,7 @@ use uuid::Uuid;
 
 use crate::http::error::ApiError;
 use crate::http::signature::Verifier;
-use crate::inbound::{Message, store};
+use crate::inbound::{Message, Wake, store};
 use crate::responder::Responder;
 use crate::state::Shared;
 
@@ -40,6 +40,8 @@ pub struct Inbound {
     pub workspace: Option<Uuid>,
     /// Produces replies.
     pub responder: Box<dyn Responder>,
+    /// Wakes the outbox deliverers once a reply is committed.
+    pub wake: Wake,
 }
 
 /// The inbound routes, with their own state.
@@ -125,6 +127,9 @@ async fn generic(
                 "the message could not be stored; retry with the same Idempotency-Key",
             )
         })?;
+    if !accepted.replayed {
+        inbound.wake.after_commit();
+    }
     let mut response = (StatusCode::OK, Json(accepted.result)).into_response();
     if accepted.replayed {
         response

@@ -3,10 +3,13 @@
 //! - [`message`]: a message's wire format and validation, and its derived idempotency key
 //!   (pure).
 //! - [`store`]: the SQL verb that stores a message and queues its reply in one transaction.
+//! - [`wake`]: one `NOTIFY` to the outbox deliverers for the messages stored meanwhile.
 //!
 //! The HTTP side (signature, statuses) is [`crate::http::inbound`].
 
 pub mod message;
 pub mod store;
+pub mod wake;
 
 pub use message::{Message, MessageError};
+pub use wake::Wake;

@@ -1,11 +1,12 @@
 //! The inbound messages' SQL. [`accept`] is the one verb the route needs: the message, its
-//! result and its reply's outbox row are written by ONE statement in one transaction
-//! through the app pool as `aihummer_app`, the statement itself setting the tenant, so a
-//! reply exists exactly when its message does, and a repeated idempotency key returns the
-//! first result and queues nothing new, also when two gateways race.
+//! result and its reply's outbox row are written by ONE statement, which sets the tenant
+//! itself, so a reply exists exactly when its message does, and a repeated idempotency
+//! key returns the first result and queues nothing new, also when two gateways race.
 //!
-//! Round trips for a new message: `BEGIN; SET LOCAL ROLE` (one simple query), the
-//! statement, `COMMIT`. A replay adds one read of the stored result.
+//! Round trips for a new message: one, the statement alone as its own implicit
+//! transaction, when the app pool's login is held to `aihummer_app`'s policies by itself
+//! ([`AppPool::single_statement`]); else three: `BEGIN; SET LOCAL ROLE` (one simple
+//! query), the statement, `COMMIT`. A replay adds a transaction reading the stored result.
 
 use serde::Serialize;
 use serde_json::Value;
@@ -13,7 +14,6 @@ use sqlx::types::Json;
 use uuid::Uuid;
 
 use crate::inbound::Message;
-use crate::outbox::store::CHANNEL;
 use crate::responder::{Responder, Turn};
 use crate::tenant::{self, AppPool};
 
@@ -47,10 +47,12 @@ struct Outcome {
 }
 
 /// Sets the tenant, inserts the message with its result and, only when the key is new,
-/// the outbox row, and wakes deliverers at commit; returns 1 when stored, 0 on a repeated
-/// key. The tenant is set by the `tenant` CTE that the insert reads its row from, so it
-/// is in force before the policies check that row; `MATERIALIZED` and the volatile
-/// `set_config` keep it a separate step. `$8` is the reply's id and its idempotency key.
+/// the outbox row; returns 1 when stored, 0 on a repeated key. No `NOTIFY` here: it would
+/// serialize the commits ([`crate::inbound::wake`] says why), so the caller wakes the
+/// deliverers after it. The tenant is set by the `tenant` CTE that the insert reads its
+/// row from, so it is in force before the policies check that row; `MATERIALIZED` and the
+/// volatile `set_config` keep it a separate step. `$8` is the reply's id and its
+/// idempotency key.
 const ACCEPT: &str = "WITH tenant AS MATERIALIZED (
          SELECT set_config('aihummer.workspace_id', ($1::uuid)::text, true)
      ), message AS (
@@ -64,10 +66,12 @@ const ACCEPT: &str = "WITH tenant AS MATERIALIZED (
          SELECT $8, $1, message.id, ($8::uuid)::text, $9 FROM message
          RETURNING id
      )
-     SELECT count(*) FROM (SELECT pg_notify($10, '') FROM reply) AS woken";
+     SELECT count(*) FROM reply";
 
 /// Stores `message` under `key` in `workspace` with the reply `responder` writes, or
-/// returns the stored result of the first delivery of the same key.
+/// returns the stored result of the first delivery of the same key. A new reply is
+/// committed when this returns: the caller wakes the deliverers
+/// ([`crate::inbound::Wake::after_commit`]).
 pub async fn accept(
     app: &AppPool,
     workspace: Uuid,
@@ -95,8 +99,7 @@ pub async fn accept(
         external_id: &message.external_id,
         text: &text,
     };
-    let mut tx = tenant::begin_as_app(app).await?;
-    let stored: i64 = sqlx::query_scalar(ACCEPT)
+    let statement = sqlx::query_scalar::<_, i64>(ACCEPT)
         .bind(workspace)
         .bind(inbound_id)
         .bind(&message.channel)
@@ -105,29 +108,38 @@ pub async fn accept(
         .bind(&message.text)
         .bind(Json(&outcome))
         .bind(reply_id)
-        .bind(Json(&reply))
-        .bind(CHANNEL)
-        .fetch_one(&mut *tx)
-        .await?;
-    if stored == 0 {
-        // The key is taken. A concurrent first delivery of it made the insert wait for its
-        // commit; this later statement's snapshot sees that winner's result.
-        let result: Option<Value> = sqlx::query_scalar(
-            "SELECT result FROM inbound_messages WHERE workspace_id = $1 AND idempotency_key = $2",
-        )
-        .bind(workspace)
-        .bind(key)
-        .fetch_one(&mut *tx)
-        .await?;
+        .bind(Json(&reply));
+    let stored = if app.single_statement() {
+        statement.fetch_one(app.pool()).await?
+    } else {
+        let mut tx = tenant::begin_as_app(app).await?;
+        let stored = statement.fetch_one(&mut *tx).await?;
         tx.commit().await?;
+        stored
+    };
+    if stored == 0 {
         return Ok(Accepted {
-            result: result.unwrap_or(Value::Null),
+            result: first_result(app, workspace, key).await?,
             replayed: true,
         });
     }
-    tx.commit().await?;
     Ok(Accepted {
         result: serde_json::json!(outcome),
         replayed: false,
     })
+}
+
+/// The result stored with the first delivery of `key`. A concurrent first delivery made
+/// the insert wait for its commit, so this later transaction's snapshot sees its result.
+async fn first_result(app: &AppPool, workspace: Uuid, key: &str) -> Result<Value, sqlx::Error> {
+    let mut tx = tenant::begin(app, workspace).await?;
+    let result: Option<Value> = sqlx::query_scalar(
+        "SELECT result FROM inbound_messages WHERE workspace_id = $1 AND idempotency_key = $2",
+    )
+    .bind(workspace)
+    .bind(key)
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(result.unwrap_or(Value::Null))
 }
