@@ -218,11 +218,29 @@ impl Seen {
     }
 }
 
-/// Samples every node's supervisor state (`handing_off` spans) and every gateway's
-/// leadership (`/healthz` on each node) every 50 ms until stopped.
+/// Samples every node's supervisor state (`handing_off` spans) and the gateways'
+/// leadership every 50 ms until stopped. Leadership is asked of every node at once
+/// (`/healthz` concurrently); when two answer "leader", they are asked again at once, and
+/// only two claims in both samples count: a handover takes a millisecond or so (the old
+/// leader stops claiming before it unlocks), so concurrent requests may straddle one, while
+/// a real split brain lasts at least the leader's 500 ms connection check.
 pub struct Watch {
     seen: Arc<Mutex<Seen>>,
     task: JoinHandle<()>,
+}
+
+/// How many of `ports` answer `/healthz` with `leader: true`, asked all at once.
+async fn leaders(client: &reqwest::Client, ports: &[u16]) -> usize {
+    let asks = ports.iter().map(|port| {
+        let url = format!("http://127.0.0.1:{port}/healthz");
+        async move { crate::get_json(client, &url).await }
+    });
+    futures_util::future::join_all(asks)
+        .await
+        .into_iter()
+        .flatten()
+        .filter(|(_, body)| body["leader"] == true)
+        .count()
 }
 
 impl Watch {
@@ -233,14 +251,14 @@ impl Watch {
             ..Seen::default()
         }));
         let nodes = nodes.to_vec();
+        let ports: Vec<u16> = nodes.iter().map(|(_, port)| *port).collect();
         let shared = seen.clone();
         let task = tokio::spawn(async move {
             let started = Instant::now();
             let client = crate::http();
             let mut open: Vec<Option<Duration>> = vec![None; nodes.len()];
             loop {
-                let mut leaders = 0;
-                for (i, (socket, port)) in nodes.iter().enumerate() {
+                for (i, (socket, _)) in nodes.iter().enumerate() {
                     let out = crate::supervisor::cli(socket, &["status", "--json"]).await;
                     let status: Option<Value> = serde_json::from_slice(&out.stdout).ok();
                     let handing_off = status.as_ref().is_some_and(|s| s["state"] == "handing_off");
@@ -255,16 +273,11 @@ impl Watch {
                         }
                         _ => {}
                     }
-                    let url = format!("http://127.0.0.1:{port}/healthz");
-                    if let Some((_, body)) = crate::get_json(&client, &url).await
-                        && body["leader"] == true
-                    {
-                        leaders += 1;
-                    }
                 }
+                let two = leaders(&client, &ports).await > 1 && leaders(&client, &ports).await > 1;
                 if let Ok(mut seen) = shared.lock() {
                     seen.rounds += 1;
-                    if leaders > 1 {
+                    if two {
                         seen.two_leaders += 1;
                     }
                 }

@@ -112,6 +112,7 @@ impl Machine {
             self.crashed(now, active);
             return;
         }
+        self.settle_lease();
         self.status.phase = Phase::Running;
         self.status.active = self.view(active, Role::Ready);
         self.status.candidate = None;
@@ -178,6 +179,16 @@ impl Machine {
             humantime::format_duration(delay)
         )));
         self.state = State::BackingOff(after(now, delay));
+        self.settle_lease();
+    }
+
+    /// Serving or backing off with no version soaking, nothing holds the rollout lease any
+    /// more (the update it was taken for did not happen, or ended without a soak): it goes
+    /// back, so the fleet is never stuck behind a lease this node forgot.
+    fn settle_lease(&mut self) {
+        if self.soak.is_none() {
+            self.release_lease("no handoff or soak needs it any more");
+        }
     }
 
     pub(super) fn finish_stop_if_done(&mut self) {

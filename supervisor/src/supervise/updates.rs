@@ -349,6 +349,10 @@ impl Machine {
             .and_then(|a| a.version.as_deref());
         if serving.and_then(|v| Version::parse(v).ok()).as_ref() == Some(version) {
             tracing::warn!(%version, %reason, "not quarantining the version that serves");
+            if self.lease.as_ref() == Some(version) {
+                // No halt frees the lease then: it goes back as it is.
+                self.release_lease("the version serves already");
+            }
             return;
         }
         tracing::error!(%version, %reason, "version quarantined");

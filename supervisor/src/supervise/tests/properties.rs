@@ -11,7 +11,8 @@
 //! - in a fleet, the rollout lease is never forgotten: whenever the database would say
 //!   this node holds it, the machine knows it does, and holds it only while a handoff to
 //!   that version runs or the version soaks (a leaked lease, renewed by every heartbeat,
-//!   would stop the whole fleet's rollouts).
+//!   would stop the whole fleet's rollouts). A check finished while a failed candidate
+//!   is being stopped waits in the machine's queue, and its lease with it.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -124,7 +125,9 @@ impl Checker {
             prop_assert!(done <= 1, "client {client:?} got {done} final replies");
         }
         let machine = &world.machine;
-        if let Some(held) = &world.lease {
+        // While a failed candidate is stopped, a finished check waits in the machine's
+        // queue: the lease it took is the machine's once it is handled.
+        if let Some(held) = world.lease.as_ref().filter(|_| !machine.is_aborting()) {
             prop_assert_eq!(
                 machine.lease.as_ref(),
                 Some(held),
@@ -202,7 +205,7 @@ fn apply(world: &mut World, op: Op) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
 
     #[test]
     fn random_inputs_never_break_the_safety_invariants(
