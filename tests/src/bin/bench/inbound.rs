@@ -10,7 +10,7 @@ use aihummer_tests::{Gateway, INBOUND_SECRET, TestDb};
 use sqlx::PgPool;
 
 use crate::load;
-use crate::report::{Report, percentile, rate};
+use crate::report::{Report, percentile, rate, thousands};
 
 /// The workspace messages go to.
 pub const WORKSPACE: &str = "6a1e0c4d-2b3f-4a5e-8c7d-9e0f1a2b3c4d";
@@ -49,7 +49,10 @@ pub async fn run(bin: &Path, quick: bool) -> anyhow::Result<Report> {
     } else {
         (40_000, Duration::from_secs(90))
     };
-    let mut report = Report::new("inbound");
+    let mut report = Report::new(
+        "Inbound",
+        "`/v1/ping` on the same gateway over the same connections: HTTP without the database",
+    );
     let mut db = TestDb::create().await;
     let gateway = app_role_gateway(bin, &mut db, &[]).await;
     let url = gateway.url("");
@@ -62,16 +65,27 @@ pub async fn run(bin: &Path, quick: bool) -> anyhow::Result<Report> {
         deadline,
     )
     .await?;
-    report.figure("connections", CONNECTIONS.to_string());
-    report.figure("messages accepted", outcome.ok.to_string());
+    let accepted = rate(outcome.ok, outcome.elapsed);
+    let (ping, _) = load::get_rate(
+        &format!("{url}/v1/ping"),
+        CONNECTIONS,
+        Duration::from_secs(if quick { 2 } else { 5 }),
+    )
+    .await?;
+    report
+        .figure(
+            format!(
+                "accepted/s, 1 gateway, {CONNECTIONS} connections, {} messages",
+                outcome.ok
+            ),
+            thousands(accepted),
+        )
+        .baseline(format!("{} pings/s", thousands(ping)))
+        .target("≥ 5,000", accepted >= 5000.0);
     report.figure(
-        "accepted/s (target >= 5000)",
-        format!("{:.0}", rate(outcome.ok, outcome.elapsed)),
-    );
-    report.figure(
-        "latency p50 / p99 ms",
+        "inbound latency p50 / p99",
         format!(
-            "{:.2} / {:.2}",
+            "{:.1} / {:.1} ms",
             percentile(&outcome.latencies, 50.0),
             percentile(&outcome.latencies, 99.0)
         ),
@@ -91,7 +105,7 @@ pub async fn run(bin: &Path, quick: bool) -> anyhow::Result<Report> {
     let after = count(&pool, "SELECT count(*) FROM outbox").await?;
     let messages_stored = count(&pool, "SELECT count(*) FROM inbound_messages").await?;
     let expected = (outcome.ok + warm.ok) as i64;
-    report.figure("replies queued", after.to_string());
+    report.figure("replies queued, one per message", thousands(after as f64));
     if replay.failed > 0 || after != before {
         report.fail(format!(
             "a replay of 200 keys: {} failed, {} replies queued",

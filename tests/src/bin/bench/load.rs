@@ -158,3 +158,48 @@ pub async fn open_loop(
     total.latencies.sort();
     Ok(total)
 }
+
+/// GETs of `url` answered 200 per second over `connections` keep-alive connections,
+/// closed loop, for `duration` after a short warm-up; and how many failed.
+pub async fn get_rate(
+    url: &str,
+    connections: usize,
+    duration: Duration,
+) -> anyhow::Result<(f64, usize)> {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(connections)
+        .tcp_nodelay(true)
+        .timeout(Duration::from_secs(10))
+        .build()?;
+    let warm_until = Instant::now() + Duration::from_millis(500);
+    let until = warm_until + duration;
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..connections {
+        let (client, url, ok, failed) =
+            (client.clone(), url.to_string(), ok.clone(), failed.clone());
+        workers.spawn(async move {
+            while Instant::now() < until {
+                let answered = match client.get(&url).send().await {
+                    Ok(r) => r.status() == 200 && r.bytes().await.is_ok(),
+                    Err(_) => false,
+                };
+                if Instant::now() < warm_until {
+                    continue;
+                }
+                if answered {
+                    ok.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+    }
+    while let Some(done) = workers.join_next().await {
+        done?;
+    }
+    Ok((
+        ok.load(Ordering::Relaxed) as f64 / duration.as_secs_f64(),
+        failed.load(Ordering::Relaxed),
+    ))
+}
