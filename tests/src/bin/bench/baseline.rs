@@ -31,10 +31,15 @@ fn env<'a>(db_url: &'a str, addr: &'a str) -> [(&'a str, &'a str); 4] {
 
 /// Polls `/readyz` at `addr` until it answers 200.
 pub async fn wait_ready(addr: SocketAddr, deadline: Duration) -> anyhow::Result<()> {
+    wait_answer(addr, "/readyz", deadline).await
+}
+
+/// Polls `path` at `addr` until it answers 200.
+pub async fn wait_answer(addr: SocketAddr, path: &str, deadline: Duration) -> anyhow::Result<()> {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(2))
         .build()?;
-    let url = format!("http://{addr}/readyz");
+    let url = format!("http://{addr}{path}");
     let end = Instant::now() + deadline;
     loop {
         if let Ok(response) = client.get(&url).send().await
@@ -43,7 +48,7 @@ pub async fn wait_ready(addr: SocketAddr, deadline: Duration) -> anyhow::Result<
             return Ok(());
         }
         if Instant::now() > end {
-            bail!("no gateway became ready at {addr} within {deadline:?}");
+            bail!("no gateway answered {path} at {addr} within {deadline:?}");
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }

@@ -30,8 +30,29 @@ pub struct Binaries {
     pub stamp_build: Option<Duration>,
 }
 
+/// Variables `cargo run` sets for the bench about the bench's own package. Build scripts
+/// (ring's, through `cc`) rerun when they change, so passed on they would make the inner
+/// build recompile half the dependency tree on every run.
+const PACKAGE_VARS: [&str; 8] = [
+    "CARGO_MANIFEST_DIR",
+    "CARGO_MANIFEST_PATH",
+    "CARGO_MANIFEST_LINKS",
+    "CARGO_CRATE_NAME",
+    "CARGO_BIN_NAME",
+    "CARGO_PRIMARY_PACKAGE",
+    "CARGO_RUSTC_CURRENT_DIR",
+    "OUT_DIR",
+];
+
 fn cargo() -> Command {
-    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+    let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if name.starts_with("CARGO_PKG_") || PACKAGE_VARS.contains(&name.as_ref()) {
+            command.env_remove(name.as_ref());
+        }
+    }
+    command
 }
 
 fn workspace_root() -> PathBuf {

@@ -92,8 +92,13 @@ pub async fn run(bin: &Path, quick: bool) -> anyhow::Result<Report> {
     );
     if outcome.failed + warm.failed > 0 {
         report.fail(format!(
-            "{} inbound requests failed",
-            outcome.failed + warm.failed
+            "{} inbound requests failed, the first with {}",
+            outcome.failed + warm.failed,
+            outcome
+                .first_error
+                .as_deref()
+                .or(warm.first_error.as_deref())
+                .unwrap_or("no error recorded")
         ));
     }
 

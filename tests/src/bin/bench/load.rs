@@ -23,6 +23,8 @@ pub struct Outcome {
     pub ok: usize,
     /// Requests that failed or got another status.
     pub failed: usize,
+    /// The first failure seen, to say why requests failed.
+    pub first_error: Option<String>,
     /// From the first request sent to the last answered.
     pub elapsed: Duration,
     /// Each answered request's latency, sorted.
@@ -56,7 +58,7 @@ fn client(connections: usize) -> anyhow::Result<reqwest::Client> {
         .build()?)
 }
 
-async fn send(client: &reqwest::Client, url: &str, request: &Request) -> bool {
+async fn send(client: &reqwest::Client, url: &str, request: &Request) -> Result<(), String> {
     let sent = client
         .post(url)
         .header("content-type", "application/json")
@@ -65,7 +67,11 @@ async fn send(client: &reqwest::Client, url: &str, request: &Request) -> bool {
         .body(request.body.clone())
         .send()
         .await;
-    matches!(sent, Ok(response) if response.status() == 200)
+    match sent {
+        Ok(response) if response.status() == 200 => Ok(()),
+        Ok(response) => Err(format!("status {}", response.status())),
+        Err(err) => Err(crate::pinger::error_chain(&err)),
+    }
 }
 
 /// Sends `requests` to `gateway`'s inbound route over `connections` connections, each
@@ -97,11 +103,15 @@ pub async fn closed_loop(
                     break;
                 }
                 let sent_at = Instant::now();
-                if send(&client, &url, request).await {
-                    own.ok += 1;
-                    own.latencies.push(sent_at.elapsed());
-                } else {
-                    own.failed += 1;
+                match send(&client, &url, request).await {
+                    Ok(()) => {
+                        own.ok += 1;
+                        own.latencies.push(sent_at.elapsed());
+                    }
+                    Err(error) => {
+                        own.failed += 1;
+                        own.first_error.get_or_insert(error);
+                    }
                 }
             }
             own
@@ -112,6 +122,9 @@ pub async fn closed_loop(
         let own = own?;
         total.ok += own.ok;
         total.failed += own.failed;
+        if total.first_error.is_none() {
+            total.first_error = own.first_error;
+        }
         total.latencies.extend(own.latencies);
     }
     total.elapsed = started.elapsed();
@@ -147,11 +160,14 @@ pub async fn open_loop(
     let mut total = Outcome::default();
     while let Some(done) = sent.join_next().await {
         match done? {
-            (true, latency) => {
+            (Ok(()), latency) => {
                 total.ok += 1;
                 total.latencies.push(latency);
             }
-            (false, _) => total.failed += 1,
+            (Err(error), _) => {
+                total.failed += 1;
+                total.first_error.get_or_insert(error);
+            }
         }
     }
     total.elapsed = started.elapsed();

@@ -128,7 +128,7 @@ async fn run(args: Args) -> anyhow::Result<Vec<Report>> {
             "overhead" => overhead::run(&bins, args.quick).await,
             "inbound" => inbound::run(&bins.gateway, args.quick).await,
             "outbox" => outbox::run(&bins.gateway, args.quick).await,
-            "failover" => failover::run(&bins.gateway).await,
+            "failover" => failover::run(&bins.gateway, if args.quick { 1 } else { 3 }).await,
             "migrations" => migrations::run(&bins.gateway).await,
             "cost" => cost::run(&bins, args.quick).await,
             _ => update_path::run(times.as_ref()).await,

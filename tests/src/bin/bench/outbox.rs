@@ -210,7 +210,11 @@ async fn steady(
         )
         .target("p50 < 10 ms, p99 < 100 ms", p50 < 10.0 && p99 < 100.0);
     if sent.failed > 0 {
-        report.fail(format!("{what}: {} inbound requests failed", sent.failed));
+        report.fail(format!(
+            "{what}: {} inbound requests failed, the first with {}",
+            sent.failed,
+            sent.first_error.as_deref().unwrap_or("no error recorded")
+        ));
     }
     exactly_once(report, &what, &arrivals, &created.into_keys().collect());
     pool.close().await;

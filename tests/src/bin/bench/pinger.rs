@@ -112,7 +112,7 @@ async fn ping(client: &reqwest::Client, url: &str) -> Result<(), String> {
 
 /// The error and its sources on one line: reqwest's own message hides the cause
 /// ("connection refused", "connection reset").
-fn error_chain(err: &dyn std::error::Error) -> String {
+pub fn error_chain(err: &dyn std::error::Error) -> String {
     let mut text = err.to_string();
     let mut source = err.source();
     while let Some(cause) = source {
