@@ -34,9 +34,16 @@ fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
 
 fn describe(rss: u64, ticks: u64, window: Duration) -> String {
     let cpu = ticks as f64 / TICKS_PER_SECOND;
+    let mib = rss as f64 / 1024.0;
+    if ticks == 0 {
+        // The kernel counts CPU time in ticks: none means less than one.
+        return format!(
+            "{mib:.1} MiB, under {:.0} ms CPU",
+            1000.0 / TICKS_PER_SECOND
+        );
+    }
     format!(
-        "{:.1} MiB, {:.0} ms CPU ({:.2}% of a core)",
-        rss as f64 / 1024.0,
+        "{mib:.1} MiB, {:.0} ms CPU ({:.2}% of a core)",
         cpu * 1000.0,
         cpu / window.as_secs_f64() * 100.0
     )

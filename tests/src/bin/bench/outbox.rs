@@ -58,10 +58,12 @@ fn exactly_once(
     let mut seen = HashSet::with_capacity(arrivals.len());
     let duplicates = arrivals.iter().filter(|(k, _)| !seen.insert(k)).count();
     let lost = expected.iter().filter(|k| !seen.contains(k)).count();
-    report.figure(
-        format!("{what}: duplicates / lost"),
-        format!("{duplicates} / {lost}"),
-    );
+    report
+        .figure(
+            format!("{what}: duplicates / lost"),
+            format!("{duplicates} / {lost}"),
+        )
+        .target("0 / 0", duplicates == 0 && lost == 0);
     if duplicates > 0 {
         report.fail(format!(
             "{what}: {duplicates} replies delivered more than once"
@@ -138,7 +140,10 @@ async fn drain(
     tokio::time::sleep(Duration::from_millis(500)).await;
     drop(running);
     let arrivals = receiver.arrivals();
-    let what = format!("{gateways} gateway(s) draining {replies}");
+    let what = format!(
+        "{gateways} gateway(s) draining {}",
+        thousands(replies as f64)
+    );
     let per_second = match (arrivals.first(), arrivals.last()) {
         (Some((_, first)), Some((_, last))) => rate(
             arrivals.len(),

@@ -65,7 +65,7 @@ impl Timeline {
         steady.sort();
         handoff.sort();
         let mut failure_kinds: Vec<(String, usize)> = kinds.into_iter().collect();
-        failure_kinds.sort_by(|a, b| b.1.cmp(&a.1));
+        failure_kinds.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
         Summary {
             requests: self.samples.len(),
             failed: failure_kinds.iter().map(|(_, n)| n).sum(),
@@ -106,10 +106,17 @@ pub fn compare(report: &mut Report, main: &Timeline, baselines: &[Timeline]) {
             inside(&main_summary),
         )
         .baseline(beside(&inside));
+    // The supervised run's windows are restarts and updates; an update is marked.
     let durations = |t: &Timeline| {
         t.windows
             .iter()
-            .map(|w| format!("{:.0}", (w.end - w.start).as_secs_f64() * 1000.0))
+            .map(|w| {
+                let ms = (w.end - w.start).as_secs_f64() * 1000.0;
+                match w.what.strip_prefix("update ") {
+                    Some(to) => format!("{ms:.0} ({to})"),
+                    None => format!("{ms:.0}"),
+                }
+            })
             .collect::<Vec<_>>()
             .join(", ")
     };

@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use url::Url;
 
 use crate::handoff::CommandTimes;
-use crate::report::{Report, percentile};
+use crate::report::Report;
 
 const SIZE: usize = 64 * 1024 * 1024;
 const RUNS: usize = 5;
@@ -60,15 +60,13 @@ async fn curl_best(url: &Url, out: &std::path::Path) -> anyhow::Result<Option<Du
     Ok(Some(best))
 }
 
-fn median_ms(times: &[Duration]) -> String {
-    let mut sorted = times.to_vec();
-    sorted.sort();
-    format!(
-        "median {:.0} ms, max {:.0} ms ({} runs)",
-        percentile(&sorted, 50.0),
-        percentile(&sorted, 100.0),
-        sorted.len()
-    )
+/// Each of `times` in milliseconds, in the order measured.
+fn each_ms(times: &[Duration]) -> String {
+    let each: Vec<String> = times
+        .iter()
+        .map(|t| format!("{:.0}", t.as_secs_f64() * 1000.0))
+        .collect();
+    format!("{} ms", each.join(", "))
 }
 
 /// Runs the scenario; `times` come from the handoff run, when it ran.
@@ -100,9 +98,9 @@ pub async fn run(times: Option<&CommandTimes>) -> anyhow::Result<Report> {
         report
             .figure(
                 "`aihummer update` (check, download, verify, stage, hand off) to old gateway gone",
-                median_ms(&times.update),
+                each_ms(&times.update),
             )
-            .baseline(format!("restart: {}", median_ms(&times.restart)));
+            .baseline(format!("restart: {}", each_ms(&times.restart)));
     }
     Ok(report)
 }
