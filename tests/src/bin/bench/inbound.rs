@@ -90,16 +90,18 @@ pub async fn run(bin: &Path, quick: bool) -> anyhow::Result<Report> {
             percentile(&outcome.latencies, 99.0)
         ),
     );
-    if outcome.failed + warm.failed > 0 {
-        report.fail(format!(
-            "{} inbound requests failed, the first with {}",
-            outcome.failed + warm.failed,
-            outcome
-                .first_error
-                .as_deref()
-                .or(warm.first_error.as_deref())
-                .unwrap_or("no error recorded")
-        ));
+    // A refused request is a missed target, not a failed run: the run fails on a reply
+    // duplicated or lost (below), and an overloaded gateway answers 503 by design.
+    let failed = outcome.failed + warm.failed;
+    report
+        .figure("inbound requests failed", thousands(failed as f64))
+        .target("0", failed == 0);
+    if let Some(error) = outcome
+        .first_error
+        .as_deref()
+        .or(warm.first_error.as_deref())
+    {
+        report.note(format!("The first failed inbound request: {error}."));
     }
 
     // A replay of keys already stored returns 200 and queues nothing.

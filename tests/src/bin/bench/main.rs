@@ -14,8 +14,9 @@
 //! defaults to `target/bench`.
 //!
 //! Exit status: 0 when every run held; 1 when a request failed during a supervised
-//! handoff, an inbound request failed, or a reply was duplicated or lost; 2 when the
-//! bench could not run. A missed target is reported, not an exit status.
+//! handoff, a reply was duplicated or lost, or a scenario could not run to the end; 2
+//! when the bench could not start. A missed target (inbound requests refused under
+//! overload among them) is reported in the results, not in the exit status.
 
 mod baseline;
 mod binaries;

@@ -36,9 +36,9 @@ pub struct Summary {
     pub failed: usize,
     /// Failures by kind, the most frequent first.
     pub failure_kinds: Vec<(String, usize)>,
-    /// Latencies outside any window, sorted.
+    /// Latencies of answered requests outside any window, sorted.
     pub steady: Vec<Duration>,
-    /// Latencies of requests sent inside a window, sorted.
+    /// Latencies of answered requests sent inside a window, sorted.
     pub handoff: Vec<Duration>,
 }
 
@@ -53,8 +53,11 @@ impl Timeline {
         let mut kinds: std::collections::HashMap<String, usize> = Default::default();
         let (mut steady, mut handoff) = (Vec::new(), Vec::new());
         for s in &self.samples {
+            // Failures are counted, not timed: a refused connection fails in microseconds
+            // and would pull the percentiles down.
             if let Some(error) = &s.error {
                 *kinds.entry(short_kind(error)).or_default() += 1;
+                continue;
             }
             if self.in_window(s.at) {
                 handoff.push(s.latency);
@@ -97,12 +100,15 @@ pub fn compare(report: &mut Report, main: &Timeline, baselines: &[Timeline]) {
         .target("0 failed", main_summary.failed == 0);
     let steady = |s: &Summary| spread(&s.steady);
     report
-        .figure("steady state p50 / p99 / max", steady(&main_summary))
+        .figure(
+            "answered, steady state: p50 / p99 / max latency",
+            steady(&main_summary),
+        )
         .baseline(beside(&steady));
     let inside = |s: &Summary| spread(&s.handoff);
     report
         .figure(
-            "inside handoff windows p50 / p99 / max",
+            "answered, inside handoff windows: p50 / p99 / max latency",
             inside(&main_summary),
         )
         .baseline(beside(&inside));
