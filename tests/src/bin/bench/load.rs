@@ -1,6 +1,7 @@
 //! The load generator: signed inbound requests prepared before the clock starts, sent
 //! closed-loop (a fixed number of connections, each sending its next request when the
 //! last is answered) or open-loop (a fixed rate). Bounded by count and by a deadline.
+//! Also plain GETs, closed-loop, for the request-rate baselines.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
