@@ -88,14 +88,21 @@ impl Pinger {
     }
 
     /// Stops the clients and returns every sample, in the order sent.
-    pub async fn stop(self) -> anyhow::Result<Vec<Sample>> {
+    pub async fn stop(mut self) -> anyhow::Result<Vec<Sample>> {
         self.stop.store(true, Ordering::Relaxed);
         let mut all = Vec::new();
-        for worker in self.workers {
+        for worker in std::mem::take(&mut self.workers) {
             all.extend(worker.await?);
         }
         all.sort_by_key(|s| s.at);
         Ok(all)
+    }
+}
+
+impl Drop for Pinger {
+    /// A run abandoned on an error must not leave its clients loading the next scenario.
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
     }
 }
 
