@@ -1,6 +1,7 @@
 //! The load generator: signed inbound requests prepared before the clock starts, sent
 //! closed-loop (a fixed number of connections, each sending its next request when the
 //! last is answered) or open-loop (a fixed rate). Bounded by count and by a deadline.
+//! Also plain GETs, closed-loop, for the request-rate baselines.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -23,6 +24,8 @@ pub struct Outcome {
     pub ok: usize,
     /// Requests that failed or got another status.
     pub failed: usize,
+    /// The first failure seen, to say why requests failed.
+    pub first_error: Option<String>,
     /// From the first request sent to the last answered.
     pub elapsed: Duration,
     /// Each answered request's latency, sorted.
@@ -56,7 +59,7 @@ fn client(connections: usize) -> anyhow::Result<reqwest::Client> {
         .build()?)
 }
 
-async fn send(client: &reqwest::Client, url: &str, request: &Request) -> bool {
+async fn send(client: &reqwest::Client, url: &str, request: &Request) -> Result<(), String> {
     let sent = client
         .post(url)
         .header("content-type", "application/json")
@@ -65,7 +68,11 @@ async fn send(client: &reqwest::Client, url: &str, request: &Request) -> bool {
         .body(request.body.clone())
         .send()
         .await;
-    matches!(sent, Ok(response) if response.status() == 200)
+    match sent {
+        Ok(response) if response.status() == 200 => Ok(()),
+        Ok(response) => Err(format!("status {}", response.status())),
+        Err(err) => Err(crate::pinger::error_chain(&err)),
+    }
 }
 
 /// Sends `requests` to `gateway`'s inbound route over `connections` connections, each
@@ -97,11 +104,15 @@ pub async fn closed_loop(
                     break;
                 }
                 let sent_at = Instant::now();
-                if send(&client, &url, request).await {
-                    own.ok += 1;
-                    own.latencies.push(sent_at.elapsed());
-                } else {
-                    own.failed += 1;
+                match send(&client, &url, request).await {
+                    Ok(()) => {
+                        own.ok += 1;
+                        own.latencies.push(sent_at.elapsed());
+                    }
+                    Err(error) => {
+                        own.failed += 1;
+                        own.first_error.get_or_insert(error);
+                    }
                 }
             }
             own
@@ -112,6 +123,9 @@ pub async fn closed_loop(
         let own = own?;
         total.ok += own.ok;
         total.failed += own.failed;
+        if total.first_error.is_none() {
+            total.first_error = own.first_error;
+        }
         total.latencies.extend(own.latencies);
     }
     total.elapsed = started.elapsed();
@@ -147,14 +161,62 @@ pub async fn open_loop(
     let mut total = Outcome::default();
     while let Some(done) = sent.join_next().await {
         match done? {
-            (true, latency) => {
+            (Ok(()), latency) => {
                 total.ok += 1;
                 total.latencies.push(latency);
             }
-            (false, _) => total.failed += 1,
+            (Err(error), _) => {
+                total.failed += 1;
+                total.first_error.get_or_insert(error);
+            }
         }
     }
     total.elapsed = started.elapsed();
     total.latencies.sort();
     Ok(total)
+}
+
+/// GETs of `url` answered 200 per second over `connections` keep-alive connections,
+/// closed loop, for `duration` after a short warm-up; and how many failed.
+pub async fn get_rate(
+    url: &str,
+    connections: usize,
+    duration: Duration,
+) -> anyhow::Result<(f64, usize)> {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(connections)
+        .tcp_nodelay(true)
+        .timeout(Duration::from_secs(10))
+        .build()?;
+    let warm_until = Instant::now() + Duration::from_millis(500);
+    let until = warm_until + duration;
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..connections {
+        let (client, url, ok, failed) =
+            (client.clone(), url.to_string(), ok.clone(), failed.clone());
+        workers.spawn(async move {
+            while Instant::now() < until {
+                let answered = match client.get(&url).send().await {
+                    Ok(r) => r.status() == 200 && r.bytes().await.is_ok(),
+                    Err(_) => false,
+                };
+                if Instant::now() < warm_until {
+                    continue;
+                }
+                if answered {
+                    ok.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+    }
+    while let Some(done) = workers.join_next().await {
+        done?;
+    }
+    Ok((
+        ok.load(Ordering::Relaxed) as f64 / duration.as_secs_f64(),
+        failed.load(Ordering::Relaxed),
+    ))
 }

@@ -1,32 +1,66 @@
-//! `bench`: measures the gateway's hot paths on this machine and prints the figures.
+//! `bench`: measures AiHummer on this machine, each figure against a baseline in the same
+//! run, and writes `results.json`, `results.md` and `handoff.svg`.
 //!
-//! `cargo run --release -p aihummer-tests --bin bench -- inbound|outbox [--quick]
-//! [--gateway PATH]`. It builds the release gateway (unless `--gateway` names a binary,
-//! e.g. an older build to compare with), creates a fresh database on the test server
-//! (`AIHUMMER_TEST_PG`, default `postgres://postgres@127.0.0.1:5432`) for each run and
-//! drops it afterwards, starts the gateways, a loopback webhook receiver and its own load
-//! generator, all bounded in count and time. It exits non-zero when a request failed or a
-//! reply was duplicated or lost.
+//! `cargo run --release -p aihummer-tests --bin bench -- [SCENARIO..] [--quick]
+//! [--out DIR] [--gateway PATH]`. With no scenario it runs them all: `handoff` (with its
+//! stop-then-start and sequential baselines), `overhead`, `inbound`, `outbox`,
+//! `failover`, `migrations`, `cost`, `update`. It builds the release supervisor and
+//! gateway first (a no-op when fresh) and gateways stamped with other versions (once;
+//! cached under `target/bench-stamped`), creates fresh databases on the test server
+//! (`AIHUMMER_TEST_PG`, default `postgres://postgres@127.0.0.1:5432`) and drops them, and
+//! starts the supervisors, gateways, a loopback CDN, a webhook receiver and its own load,
+//! all bounded in count and time. `--gateway PATH` runs another gateway build (an older
+//! one, to compare) in the inbound, outbox, failover and migrations scenarios. `DIR`
+//! defaults to `target/bench`.
 //!
-//! One module per scenario ([`inbound`], [`outbox`]); each returns a [`Report`].
+//! Exit status: 0 when every run held; 1 when a request failed during a supervised
+//! handoff, a reply was duplicated or lost, or a scenario could not run to the end; 2
+//! when the bench could not start. A missed target (inbound requests refused under
+//! overload among them) is reported in the results, not in the exit status.
 
+mod baseline;
+mod binaries;
+mod cost;
+mod failover;
+mod handoff;
 mod inbound;
 mod load;
+mod migrations;
 mod outbox;
+mod overhead;
+mod pinger;
+mod plot;
 mod receiver;
 mod report;
+mod results;
+mod supervised;
+mod timeline;
+mod update_path;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Instant;
 
 use anyhow::{Context, bail};
 
 use report::Report;
 
+const SCENARIOS: [&str; 8] = [
+    "handoff",
+    "overhead",
+    "inbound",
+    "outbox",
+    "failover",
+    "migrations",
+    "cost",
+    "update",
+];
+
 /// The parsed command line.
 struct Args {
     scenarios: Vec<String>,
     quick: bool,
+    out: Option<PathBuf>,
     gateway: Option<PathBuf>,
 }
 
@@ -34,65 +68,94 @@ fn parse_args() -> anyhow::Result<Args> {
     let mut args = Args {
         scenarios: Vec::new(),
         quick: false,
+        out: None,
         gateway: None,
     };
     let mut raw = std::env::args().skip(1);
     while let Some(arg) = raw.next() {
         match arg.as_str() {
             "--quick" => args.quick = true,
+            "--out" => args.out = Some(raw.next().context("--out needs a directory")?.into()),
             "--gateway" => {
                 args.gateway = Some(raw.next().context("--gateway needs a path")?.into())
             }
-            "inbound" | "outbox" => args.scenarios.push(arg),
+            name if SCENARIOS.contains(&name) => args.scenarios.push(arg),
             other => bail!(
-                "unknown argument {other:?}; usage: bench inbound|outbox [--quick] [--gateway PATH]"
+                "unknown argument {other:?}; usage: bench [{}].. [--quick] [--out DIR] \
+                 [--gateway PATH]",
+                SCENARIOS.join("|")
             ),
         }
     }
     if args.scenarios.is_empty() {
-        args.scenarios = vec!["inbound".into(), "outbox".into()];
+        args.scenarios = SCENARIOS.map(String::from).to_vec();
     }
     Ok(args)
 }
 
-/// The release gateway next to this binary, built first when it is not given.
-fn gateway_binary(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
-    if let Some(path) = given {
-        return Ok(path);
-    }
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = std::process::Command::new(cargo)
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "aihummer-gateway",
-            "--bin",
-            "aihummer-gateway",
-        ])
-        .status()
-        .context("running cargo build for the gateway")?;
-    if !status.success() {
-        bail!("building the release gateway failed: {status}");
-    }
+fn default_out() -> anyhow::Result<PathBuf> {
+    // target/release/bench -> target/bench
     let exe = std::env::current_exe().context("locating the bench binary")?;
     Ok(exe
         .parent()
-        .context("the bench binary has a directory")?
-        .join("aihummer-gateway"))
+        .and_then(|release| release.parent())
+        .context("the bench binary lives in target/<profile>")?
+        .join("bench"))
 }
 
 async fn run(args: Args) -> anyhow::Result<Vec<Report>> {
-    let gateway = gateway_binary(args.gateway)?;
+    let started = Instant::now();
+    let out = match args.out {
+        Some(out) => out,
+        None => default_out()?,
+    };
+    let bins = binaries::prepare(args.gateway)?;
+    if let Some(took) = bins.stamp_build {
+        println!(
+            "bench: built the stamped release gateways in {:.0} s",
+            took.as_secs_f64()
+        );
+    }
     let mut reports = Vec::new();
+    let mut timelines = Vec::new();
+    let mut times = None;
     for scenario in &args.scenarios {
-        let report = match scenario.as_str() {
-            "inbound" => inbound::run(&gateway, args.quick).await?,
-            _ => outbox::run(&gateway, args.quick).await?,
+        let outcome = match scenario.as_str() {
+            "handoff" => handoff::run(&bins, args.quick).await.map(|(r, t, c)| {
+                timelines = t;
+                times = Some(c);
+                r
+            }),
+            "overhead" => overhead::run(&bins, args.quick).await,
+            "inbound" => inbound::run(&bins.gateway, args.quick).await,
+            "outbox" => outbox::run(&bins.gateway, args.quick).await,
+            "failover" => failover::run(&bins.gateway, if args.quick { 1 } else { 3 }).await,
+            "migrations" => migrations::run(&bins.gateway).await,
+            "cost" => cost::run(&bins, args.quick).await,
+            _ => update_path::run(times.as_ref()).await,
         };
+        // A scenario that could not run is a failure of the run, but the others still
+        // run and the results are still written.
+        let report = outcome.unwrap_or_else(|err| {
+            let mut report = Report::new("scenario error", "none");
+            report.fail(format!("{scenario}: {err:#}"));
+            report
+        });
         report.print();
         reports.push(report);
     }
+    let run = results::Run {
+        quick: args.quick,
+        scenarios: args.scenarios.clone(),
+        elapsed: started.elapsed(),
+        stamp_build: bins.stamp_build,
+    };
+    results::write(&out, &run, &reports, &timelines)?;
+    println!(
+        "bench: {:.0} s; results in {}",
+        started.elapsed().as_secs_f64(),
+        out.display()
+    );
     Ok(reports)
 }
 

@@ -13,15 +13,36 @@ use tokio::time::Instant;
 use crate::inbound::{WORKSPACE, app_role_gateway};
 use crate::load;
 use crate::receiver::Receiver;
-use crate::report::{Report, percentile, rate};
+use crate::report::{Report, percentile, rate, thousands};
 
 /// Runs the scenario with the gateway at `bin`.
 pub async fn run(bin: &Path, quick: bool) -> anyhow::Result<Report> {
-    let mut report = Report::new("outbox");
+    let mut report = Report::new(
+        "Outbox",
+        "one gateway draining the same queue, for two gateways",
+    );
     let replies = if quick { 10_000 } else { 20_000 };
-    for gateways in [1, 2] {
-        drain(bin, gateways, replies, &mut report).await?;
-    }
+    let one = drain(bin, 1, replies, &mut report).await?;
+    let two = drain(bin, 2, replies, &mut report).await?;
+    report
+        .figure(
+            format!(
+                "deliveries/s, 1 gateway draining {}",
+                thousands(replies as f64)
+            ),
+            thousands(one),
+        )
+        .target("≥ 5,000", one >= 5000.0);
+    report
+        .figure(
+            format!(
+                "deliveries/s, 2 gateways draining {}",
+                thousands(replies as f64)
+            ),
+            thousands(two),
+        )
+        .baseline(thousands(one))
+        .target("more than 1 gateway", two > one);
     let seconds = if quick { 5 } else { 20 };
     steady(bin, 1000, seconds, &mut report).await?;
     Ok(report)
@@ -37,10 +58,12 @@ fn exactly_once(
     let mut seen = HashSet::with_capacity(arrivals.len());
     let duplicates = arrivals.iter().filter(|(k, _)| !seen.insert(k)).count();
     let lost = expected.iter().filter(|k| !seen.contains(k)).count();
-    report.figure(
-        format!("{what}: duplicates / lost"),
-        format!("{duplicates} / {lost}"),
-    );
+    report
+        .figure(
+            format!("{what}: duplicates / lost"),
+            format!("{duplicates} / {lost}"),
+        )
+        .target("0 / 0", duplicates == 0 && lost == 0);
     if duplicates > 0 {
         report.fail(format!(
             "{what}: {duplicates} replies delivered more than once"
@@ -58,13 +81,14 @@ async fn wait_for_arrivals(receiver: &Receiver, n: usize, deadline: Duration) {
     }
 }
 
-/// Queues `replies` replies, then times `gateways` gateways delivering them.
+/// Queues `replies` replies, then times `gateways` gateways delivering them; returns the
+/// deliveries per second.
 async fn drain(
     bin: &Path,
     gateways: usize,
     replies: i64,
     report: &mut Report,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<f64> {
     let db = TestDb::create().await;
     let url = db.url();
     let setup = Gateway::start_with(
@@ -116,22 +140,20 @@ async fn drain(
     tokio::time::sleep(Duration::from_millis(500)).await;
     drop(running);
     let arrivals = receiver.arrivals();
-    let what = format!("{gateways} gateway(s) draining {replies}");
-    if let (Some((_, first)), Some((_, last))) = (arrivals.first(), arrivals.last()) {
-        let elapsed = last.duration_since(*first).unwrap_or_default();
-        let target = if gateways == 1 {
-            " (target >= 5000)"
-        } else {
-            ""
-        };
-        report.figure(
-            format!("{what}: deliveries/s{target}"),
-            format!("{:.0}", rate(arrivals.len(), elapsed)),
-        );
-    }
+    let what = format!(
+        "{gateways} gateway(s) draining {}",
+        thousands(replies as f64)
+    );
+    let per_second = match (arrivals.first(), arrivals.last()) {
+        (Some((_, first)), Some((_, last))) => rate(
+            arrivals.len(),
+            last.duration_since(*first).unwrap_or_default(),
+        ),
+        _ => 0.0,
+    };
     exactly_once(report, &what, &arrivals, &keys.into_iter().collect());
     pool.close().await;
-    Ok(())
+    Ok(per_second)
 }
 
 /// Sends inbound messages at `per_second` for `seconds` to a gateway that also delivers,
@@ -178,21 +200,26 @@ async fn steady(
         .collect();
     latencies.sort();
     let what = format!("steady {per_second}/s for {seconds}s");
-    report.figure(
-        format!("{what}: inbound sent ok / failed"),
-        format!("{} / {}", sent.ok, sent.failed),
-    );
-    report.figure(
-        format!("{what}: enqueue -> receiver p50 / p99 / max ms (target p50 < 10, p99 < 100)"),
-        format!(
-            "{:.1} / {:.1} / {:.1}",
-            percentile(&latencies, 50.0),
-            percentile(&latencies, 99.0),
-            percentile(&latencies, 100.0)
-        ),
-    );
-    if sent.failed > 0 {
-        report.fail(format!("{what}: {} inbound requests failed", sent.failed));
+    report
+        .figure(
+            format!("{what}: inbound sent ok / failed"),
+            format!("{} / {}", sent.ok, sent.failed),
+        )
+        .target("0 failed", sent.failed == 0);
+    let (p50, p99) = (percentile(&latencies, 50.0), percentile(&latencies, 99.0));
+    report
+        .figure(
+            format!("{what}: enqueue → receiver p50 / p99 / max"),
+            format!(
+                "{p50:.1} / {p99:.1} / {:.1} ms",
+                percentile(&latencies, 100.0)
+            ),
+        )
+        .target("p50 < 10 ms, p99 < 100 ms", p50 < 10.0 && p99 < 100.0);
+    if let Some(error) = &sent.first_error {
+        report.note(format!(
+            "{what}: the first failed inbound request: {error}."
+        ));
     }
     exactly_once(report, &what, &arrivals, &created.into_keys().collect());
     pool.close().await;
