@@ -1,9 +1,10 @@
 //! Fleet rollouts through PostgreSQL: three supervisors (three state dirs, one database) in
 //! `apply` mode behind the shipped HAProxy configuration, under a steady load of keep-alive
-//! and fresh-connection clients through the proxy, while a loopback CDN offers a new
-//! version. Throughout, a watcher samples every node's state and every gateway's
-//! leadership: never two nodes handing off at once, never two leaders in a sample; and the
-//! migrations are applied once.
+//! and fresh-connection clients through the proxy and signed inbound messages (25/s), while
+//! a loopback CDN offers a new version. Throughout, a watcher samples every node's state and
+//! every gateway's leadership: never two nodes handing off at once, never two leaders in a
+//! sample; the migrations are applied once; and every inbound message gets exactly one
+//! reply, one body per idempotency key.
 //!
 //! - an automatic rollout: every node ends on the new version, one at a time, 0 failures;
 //! - a bad release (its gateway dies two seconds after every start, after passing its
@@ -11,14 +12,16 @@
 //! - a 50% staged rollout installs on the nodes whose cohort is inside it, and only there,
 //!   until it is widened to 100%;
 //! - a release that adds a migration: once the first node applied it, a node still on the
-//!   old version starts a new old gateway on the newer schema, every node ends on the new
-//!   version, and inbound messages sent through the proxy all along get exactly one reply
-//!   each (one idempotency key per reply).
+//!   old version starts a new old gateway on the newer schema, and every node ends on the
+//!   new version.
 //!
 //! Needs `haproxy` (Debian's package; `.ci/run` installs it): skipped with a loud message
 //! when it is missing, and failed instead under `CI=true`.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use aihummer::fleet::node;
@@ -40,6 +43,44 @@ struct Fleet {
     load: Load,
     watch: Watch,
     offering: Offering,
+    receiver: Receiver,
+    inbound: Inbound,
+}
+
+/// Signed inbound messages through the proxy, 25 a second, until stopped: each must get
+/// exactly one reply, with one body per idempotency key.
+struct Inbound {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<Vec<String>>,
+}
+
+impl Inbound {
+    fn start(url: String) -> Inbound {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let task = tokio::spawn(async move {
+            let client = aihummer_tests::http();
+            let mut sent = Vec::new();
+            while !stopped.load(Ordering::Relaxed) {
+                let id = format!("m-{}", sent.len());
+                let message =
+                    serde_json::json!({"channel": "sms", "external_id": id, "text": "hi"});
+                let (status, body) = post_inbound(&client, &url, &message, Some(&id))
+                    .await
+                    .expect("post through the proxy");
+                assert_eq!(status, 200, "{body}");
+                sent.push(id);
+                tokio::time::sleep(Duration::from_millis(40)).await;
+            }
+            sent
+        });
+        Inbound { stop, task }
+    }
+
+    async fn stop(self) -> Vec<String> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.expect("inbound sender")
+    }
 }
 
 impl Fleet {
@@ -52,6 +93,8 @@ impl Fleet {
         extra: &[(&str, &str)],
     ) -> Fleet {
         let db = TestDb::create().await;
+        let receiver = Receiver::start(&[]).await;
+        let hook = receiver.url();
         let old = stamped_gateway("1.0.0");
         let offering = Offering::start(&old, "1.0.0").await;
         let base = offering.base_url();
@@ -68,6 +111,9 @@ impl Fleet {
             ("AIHUMMER_SHUTDOWN_DELAY", "2s"),
             ("AIHUMMER_DRAIN_TIMEOUT", "5s"),
             ("AIHUMMER_READY_TIMEOUT", "20s"),
+            ("AIHUMMER_INBOUND_SECRET", INBOUND_SECRET),
+            ("AIHUMMER_DEFAULT_WORKSPACE_ID", WORKSPACE),
+            ("AIHUMMER_REPLY_WEBHOOK_URL", hook.as_str()),
         ];
         env.extend_from_slice(extra);
         let mut nodes = Vec::new();
@@ -84,6 +130,7 @@ impl Fleet {
         let ports: Vec<u16> = nodes.iter().map(|n| n.port).collect();
         let proxy = Haproxy::start(haproxy, &ports).await;
         let load = Load::start(&proxy.url("/v1/ping"), 4, 2, 1_000_000);
+        let inbound = Inbound::start(proxy.url(""));
         let watch = Watch::start(
             &nodes
                 .iter()
@@ -97,6 +144,8 @@ impl Fleet {
             load,
             watch,
             offering,
+            receiver,
+            inbound,
         }
     }
 
@@ -123,6 +172,7 @@ impl Fleet {
     /// Stops the load and the watcher; asserts the invariants every rollout keeps and
     /// returns the samples.
     async fn finish(self, what: &str, started: Instant, migrations_added: usize) -> Vec<Sample> {
+        let sent = self.inbound.stop().await;
         let samples = self.load.stop().await;
         let seen = self.watch.stop();
         let failures: Vec<&String> = samples
@@ -152,8 +202,54 @@ impl Fleet {
         assert_eq!(seen.two_leaders, 0, "two gateways led at once");
         assert!(seen.rounds > 10, "the watcher sampled: {}", seen.rounds);
         migrations_applied_once(&self.db.pool().await, migrations_added).await;
+        one_reply_each(&self.receiver, &sent).await;
         samples
     }
+}
+
+/// Every message in `sent` got its reply, each reply kept one idempotency key and one body
+/// across its attempts, and no other reply arrived.
+async fn one_reply_each(receiver: &Receiver, sent: &[String]) {
+    wait_for(Duration::from_secs(60), "every reply delivered", || async {
+        (receiver.delivered_keys().len() >= sent.len()).then_some(())
+    })
+    .await;
+    let deliveries = receiver.deliveries();
+    let mut keys_by_message = BTreeMap::<String, BTreeSet<String>>::new();
+    let mut bodies_by_key = BTreeMap::<String, BTreeSet<String>>::new();
+    for delivery in &deliveries {
+        let message = delivery.body["external_id"].as_str().unwrap_or_default();
+        keys_by_message
+            .entry(message.to_string())
+            .or_default()
+            .insert(delivery.key.clone());
+        bodies_by_key
+            .entry(delivery.key.clone())
+            .or_default()
+            .insert(delivery.body.to_string());
+    }
+    let expected: BTreeSet<&str> = sent.iter().map(String::as_str).collect();
+    let got: BTreeSet<&str> = keys_by_message.keys().map(String::as_str).collect();
+    assert_eq!(
+        got, expected,
+        "a reply for every message sent, and for no other"
+    );
+    for (message, keys) in &keys_by_message {
+        assert_eq!(keys.len(), 1, "{message}: one reply: {keys:?}");
+    }
+    for (key, bodies) in &bodies_by_key {
+        assert_eq!(
+            bodies.len(),
+            1,
+            "{key}: one body across attempts: {bodies:?}"
+        );
+    }
+    println!(
+        "{} inbound messages through the proxy, {} deliveries, {} replies, one body each",
+        sent.len(),
+        deliveries.len(),
+        bodies_by_key.len()
+    );
 }
 
 fn installed(state: &Path, version: &str) -> bool {
@@ -369,41 +465,9 @@ async fn a_release_adding_a_migration_rolls_out_while_old_nodes_serve_on_the_new
     let Some(haproxy) = haproxy_or_skip() else {
         return;
     };
-    let receiver = Receiver::start(&[]).await;
-    let hook = receiver.url();
-    let fleet = Fleet::start(
-        haproxy,
-        "4s",
-        None,
-        &[
-            ("AIHUMMER_INBOUND_SECRET", INBOUND_SECRET),
-            ("AIHUMMER_DEFAULT_WORKSPACE_ID", WORKSPACE),
-            ("AIHUMMER_REPLY_WEBHOOK_URL", hook.as_str()),
-        ],
-    )
-    .await;
+    let fleet = Fleet::start(haproxy, "4s", None, &[]).await;
     let new = stamped_gateway_with_migration("1.1.0", "0900_rollout_expand_check.sql", EXPAND);
     fleet.offering.publish(&new, "1.1.0").await;
-    // Inbound messages through the proxy all along: each reply must arrive exactly once.
-    let inbound = {
-        let url = fleet.proxy.url("");
-        tokio::spawn(async move {
-            let client = aihummer_tests::http();
-            let mut keys = Vec::new();
-            for i in 0..400 {
-                let key = format!("rollout-{i}");
-                let message =
-                    serde_json::json!({"channel": "sms", "external_id": key, "text": "hi"});
-                let (status, body) = post_inbound(&client, &url, &message, Some(&key))
-                    .await
-                    .expect("post through the proxy");
-                assert_eq!(status, 200, "{body}");
-                keys.push(key);
-                tokio::time::sleep(Duration::from_millis(40)).await;
-            }
-            keys
-        })
-    };
     let started = Instant::now();
     fleet.check_now();
     let pool = fleet.db.pool().await;
@@ -462,33 +526,5 @@ async fn a_release_adding_a_migration_rolls_out_while_old_nodes_serve_on_the_new
         Some(())
     })
     .await;
-    let keys = inbound.await.expect("inbound sender");
-    wait_for(Duration::from_secs(60), "every reply delivered", || async {
-        (receiver.delivered_keys().len() >= keys.len()).then_some(())
-    })
-    .await;
-    let deliveries = receiver.deliveries();
-    let mut by_message = std::collections::BTreeMap::<String, Vec<String>>::new();
-    for delivery in &deliveries {
-        let external = delivery.body["external_id"].as_str().unwrap_or_default();
-        by_message
-            .entry(external.to_string())
-            .or_default()
-            .push(delivery.key.clone());
-    }
-    assert_eq!(by_message.len(), keys.len(), "every message got its reply");
-    for (message, idempotency_keys) in &by_message {
-        let first = &idempotency_keys[0];
-        assert!(
-            idempotency_keys.iter().all(|k| k == first),
-            "{message}: one reply key across attempts: {idempotency_keys:?}"
-        );
-    }
-    println!(
-        "{} inbound messages through the proxy during the rollout, {} deliveries, {} distinct replies",
-        keys.len(),
-        deliveries.len(),
-        receiver.delivered_keys().len()
-    );
     fleet.finish("rollout adding a migration", started, 1).await;
 }
