@@ -168,6 +168,21 @@ impl Supervisor {
         .await
     }
 
+    /// Waits until the last update check's result (`status`'s `update.last_result`)
+    /// contains `text`; returns that line.
+    pub async fn wait_check_result(&self, text: &str, deadline: Duration) -> String {
+        wait_for(
+            deadline,
+            &format!("an update check result containing {text:?}"),
+            || async {
+                let status = self.status().await?;
+                let line = status["update"]["last_result"].as_str()?.to_string();
+                line.contains(text).then_some(line)
+            },
+        )
+        .await
+    }
+
     /// Sends `signal` to the supervisor.
     pub fn signal(&self, signal: Signal) {
         send(self.pid(), signal);

@@ -62,16 +62,9 @@ async fn a_halted_version_waits_for_an_operator_who_may_install_it_or_lift_the_h
     .expect("halt 1.1.0");
 
     supervisor.signal(Signal::SIGHUP);
-    let line = wait_for(
-        Duration::from_secs(30),
-        "the check to see the halt",
-        || async {
-            let status = supervisor.status().await?;
-            let line = status["update"]["last_result"].as_str()?.to_string();
-            line.contains("halted fleet-wide").then_some(line)
-        },
-    )
-    .await;
+    let line = supervisor
+        .wait_check_result("halted fleet-wide", Duration::from_secs(30))
+        .await;
     assert!(
         line.contains("node-b") && line.contains("--version 1.1.0"),
         "{line}"
@@ -176,16 +169,9 @@ async fn outside_the_update_window_apply_stages_nothing_and_says_when_it_opens()
     ]);
     supervisor.wait_serving(Duration::from_secs(30)).await;
     supervisor.signal(Signal::SIGHUP);
-    let line = wait_for(
-        Duration::from_secs(30),
-        "the check to wait for the window",
-        || async {
-            let status = supervisor.status().await?;
-            let line = status["update"]["last_result"].as_str()?.to_string();
-            line.contains("update window").then_some(line)
-        },
-    )
-    .await;
+    let line = supervisor
+        .wait_check_result("update window", Duration::from_secs(30))
+        .await;
     println!("{line}");
     assert!(
         line.contains(&window) && line.contains("checking again in 11h"),

@@ -365,16 +365,10 @@ async fn a_release_that_crash_loops_is_rolled_back_by_one_node_and_halted_for_al
     // The others looked again since the halt, and stay where they are.
     fleet.check_now();
     for (i, node) in fleet.nodes.iter().enumerate().filter(|(i, _)| *i != first) {
-        let line = wait_for(
-            Duration::from_secs(60),
-            "the other node to see the halt",
-            || async {
-                let status = node.supervisor.status().await?;
-                let line = status["update"]["last_result"].as_str()?.to_string();
-                line.contains("halted fleet-wide").then_some(line)
-            },
-        )
-        .await;
+        let line = node
+            .supervisor
+            .wait_check_result("halted fleet-wide", Duration::from_secs(60))
+            .await;
         println!("node {}: {line}", i + 1);
         assert_eq!(node.serving().await.as_deref(), Some("1.0.0"));
         assert!(
@@ -427,16 +421,10 @@ async fn a_50_percent_rollout_installs_only_on_the_nodes_inside_it_until_widened
     )
     .await;
     for node in &fleet.nodes[1..] {
-        let line = wait_for(
-            Duration::from_secs(30),
-            "a node outside the rollout to say so",
-            || async {
-                let status = node.supervisor.status().await?;
-                let line = status["update"]["last_result"].as_str()?.to_string();
-                line.contains("rolling out to 50%").then_some(line)
-            },
-        )
-        .await;
+        let line = node
+            .supervisor
+            .wait_check_result("rolling out to 50%", Duration::from_secs(30))
+            .await;
         println!("{line}");
         assert_eq!(node.serving().await.as_deref(), Some("1.0.0"));
         assert!(!installed(&node.state_dir(), "1.1.0"));
@@ -465,7 +453,9 @@ async fn a_release_adding_a_migration_rolls_out_while_old_nodes_serve_on_the_new
     let Some(haproxy) = haproxy_or_skip() else {
         return;
     };
-    let fleet = Fleet::start(haproxy, "4s", None, &[]).await;
+    // A soak long enough that the operator's restart below ends well inside it, before
+    // the next node's turn, however busy the machine.
+    let fleet = Fleet::start(haproxy, "12s", None, &[]).await;
     let new = stamped_gateway_with_migration("1.1.0", "0900_rollout_expand_check.sql", EXPAND);
     fleet.offering.publish(&new, "1.1.0").await;
     let started = Instant::now();

@@ -50,16 +50,9 @@ async fn a_database_outage_during_an_apply_handoff_does_not_quarantine_the_relea
     // An automatic update needs the fleet's rollout lease, in the same database: it waits
     // for it instead of starting a handoff the outage would fail.
     supervisor.signal(Signal::SIGHUP);
-    let line = wait_for(
-        Duration::from_secs(60),
-        "the automatic update to wait",
-        || async {
-            let status = supervisor.status().await?;
-            let line = status["update"]["last_result"].as_str()?.to_string();
-            line.contains("waiting").then_some(line)
-        },
-    )
-    .await;
+    let line = supervisor
+        .wait_check_result("waiting", Duration::from_secs(60))
+        .await;
     assert!(line.contains("AIHUMMER_DATABASE_URL"), "{line}");
     let status = supervisor.status().await.expect("status");
     assert!(
