@@ -1,9 +1,10 @@
-//! A fast loopback webhook receiver: answers every POST with 200 at once and records its
-//! `Idempotency-Key` and when it arrived (wall clock, comparable with PostgreSQL's).
+//! A loopback webhook receiver: records each POST's `Idempotency-Key` and when it arrived
+//! (wall clock, comparable with PostgreSQL's) and answers 200, at once, or after a delay
+//! for replies to one channel (a slow route behind the same webhook).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use axum::body::Bytes;
 use axum::http::HeaderMap;
@@ -18,13 +19,23 @@ pub struct Receiver {
 }
 
 impl Receiver {
-    /// Starts it on a free loopback port.
+    /// Starts it on a free loopback port, answering every POST at once.
     pub async fn start() -> anyhow::Result<Receiver> {
+        Self::serve(None).await
+    }
+
+    /// Starts it answering replies whose payload's `channel` is `channel` after `delay`,
+    /// and the others at once. Their arrival is recorded when they come, not when answered.
+    pub async fn start_slow(channel: &'static str, delay: Duration) -> anyhow::Result<Receiver> {
+        Self::serve(Some((channel, delay))).await
+    }
+
+    async fn serve(slow: Option<(&'static str, Duration)>) -> anyhow::Result<Receiver> {
         let arrivals: Arrivals = Arc::default();
         let shared = arrivals.clone();
         let app = axum::Router::new().route(
             "/hook",
-            axum::routing::post(move |headers: HeaderMap, _body: Bytes| {
+            axum::routing::post(move |headers: HeaderMap, body: Bytes| {
                 let at = SystemTime::now();
                 let key = headers
                     .get("idempotency-key")
@@ -34,7 +45,15 @@ impl Receiver {
                 if let Ok(mut arrivals) = shared.lock() {
                     arrivals.push((key, at));
                 }
-                async {}
+                let wait = slow.and_then(|(channel, delay)| {
+                    let payload: serde_json::Value = serde_json::from_slice(&body).ok()?;
+                    (payload.get("channel")?.as_str()? == channel).then_some(delay)
+                });
+                async move {
+                    if let Some(delay) = wait {
+                        tokio::time::sleep(delay).await;
+                    }
+                }
             }),
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
