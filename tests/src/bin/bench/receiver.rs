@@ -78,6 +78,22 @@ impl Receiver {
         self.arrivals.lock().map(|a| a.len()).unwrap_or(0)
     }
 
+    /// The keys of every `step`th arrival from `from` until `to`. Arrivals are kept in
+    /// the order they came, so this reads only those, without copying the rest or holding
+    /// the lock (which every POST takes) for long.
+    pub fn sample(&self, from: SystemTime, to: SystemTime, step: usize) -> Vec<String> {
+        let Ok(arrivals) = self.arrivals.lock() else {
+            return Vec::new();
+        };
+        let start = arrivals.partition_point(|(_, at)| *at < from);
+        arrivals[start..]
+            .iter()
+            .take_while(|(_, at)| *at < to)
+            .step_by(step.max(1))
+            .map(|(key, _)| key.clone())
+            .collect()
+    }
+
     /// Every arrival so far, in order.
     pub fn arrivals(&self) -> Vec<(String, SystemTime)> {
         self.arrivals.lock().map(|a| a.clone()).unwrap_or_default()

@@ -23,6 +23,8 @@ pub struct Reading {
     pub deleted: i64,
     /// Autovacuum runs on it so far.
     pub autovacuums: i64,
+    /// Manual `VACUUM` runs on it so far.
+    pub vacuums: i64,
     /// Seconds since the last autovacuum ended, if there was one.
     pub since_autovacuum: Option<f64>,
 }
@@ -37,7 +39,7 @@ pub async fn read(pool: &PgPool, table: &str) -> anyhow::Result<Reading> {
         "SELECT pg_relation_size(s.relid) AS heap, pg_indexes_size(s.relid) AS indexes,
                 pg_total_relation_size(s.relid) AS total,
                 s.n_live_tup AS live, s.n_dead_tup AS dead, s.n_tup_del AS deleted,
-                s.autovacuum_count AS autovacuums,
+                s.autovacuum_count AS autovacuums, s.vacuum_count AS vacuums,
                 extract(epoch FROM now() - s.last_autovacuum)::float8 AS since_autovacuum
          FROM pg_stat_user_tables s WHERE s.relname = $1",
     )
@@ -68,17 +70,18 @@ impl Reading {
         )
     }
 
-    /// Live, dead and deleted rows, and the autovacuum runs with how long ago the last
-    /// ended.
+    /// Live, dead and deleted rows, and the vacuum and autovacuum runs with how long ago
+    /// the last autovacuum ended.
     pub fn vacuum(&self) -> String {
         let last = self
             .since_autovacuum
             .map_or("never".to_string(), |s| format!("last {s:.0} s before"));
         format!(
-            "{} live, {} dead, {} deleted, {} autovacuums ({last})",
+            "{} live, {} dead, {} deleted, {} vacuums, {} autovacuums ({last})",
             thousands(self.live as f64),
             thousands(self.dead as f64),
             thousands(self.deleted as f64),
+            self.vacuums,
             self.autovacuums
         )
     }
