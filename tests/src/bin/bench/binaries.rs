@@ -62,7 +62,7 @@ fn workspace_root() -> PathBuf {
 }
 
 /// Builds what is missing or stale and returns the paths; `gateway` replaces the
-/// workspace's gateway in the inbound, outbox, failover and migrations scenarios.
+/// workspace's gateway in the scenarios that run a gateway without a supervisor.
 pub fn prepare(gateway: Option<PathBuf>) -> anyhow::Result<Binaries> {
     let status = cargo()
         .args([

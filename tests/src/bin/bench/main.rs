@@ -4,14 +4,14 @@
 //! `cargo run --release -p aihummer-tests --bin bench -- [SCENARIO..] [--quick]
 //! [--out DIR] [--gateway PATH]`. With no scenario it runs them all: `handoff` (with its
 //! stop-then-start and sequential baselines), `overhead`, `inbound`, `outbox`,
-//! `failover`, `migrations`, `cost`, `update`. It builds the release supervisor and
-//! gateway first (a no-op when fresh) and gateways stamped with other versions (once;
-//! cached under `target/bench-stamped`), creates fresh databases on the test server
-//! (`AIHUMMER_TEST_PG`, default `postgres://postgres@127.0.0.1:5432`) and drops them, and
-//! starts the supervisors, gateways, a loopback CDN, a webhook receiver and its own load,
-//! all bounded in count and time. `--gateway PATH` runs another gateway build (an older
-//! one, to compare) in the inbound, outbox, failover and migrations scenarios. `DIR`
-//! defaults to `target/bench`.
+//! `sustained`, `slow-receiver`, `failover`, `migrations`, `cost`, `update`. It builds the
+//! release supervisor and gateway first (a no-op when fresh) and gateways stamped with
+//! other versions (once; cached under `target/bench-stamped`), creates fresh databases on
+//! the test server (`AIHUMMER_TEST_PG`, default `postgres://postgres@127.0.0.1:5432`) and
+//! drops them, and starts the supervisors, gateways, a loopback CDN, a webhook receiver
+//! and its own load, all bounded in count and time. `--gateway PATH` runs another gateway
+//! build (an older one, to compare) in the inbound, outbox, sustained, slow-receiver,
+//! failover and migrations scenarios. `DIR` defaults to `target/bench`.
 //!
 //! Exit status: 0 when every run held; 1 when a request failed during a supervised
 //! handoff, a reply was duplicated or lost, or a scenario could not run to the end; 2
@@ -22,6 +22,7 @@ mod baseline;
 mod binaries;
 mod cost;
 mod failover;
+mod feed;
 mod handoff;
 mod inbound;
 mod load;
@@ -33,7 +34,10 @@ mod plot;
 mod receiver;
 mod report;
 mod results;
+mod slow_receiver;
 mod supervised;
+mod sustained;
+mod tables;
 mod timeline;
 mod update_path;
 
@@ -45,11 +49,13 @@ use anyhow::{Context, bail};
 
 use report::Report;
 
-const SCENARIOS: [&str; 8] = [
+const SCENARIOS: [&str; 10] = [
     "handoff",
     "overhead",
     "inbound",
     "outbox",
+    "sustained",
+    "slow-receiver",
     "failover",
     "migrations",
     "cost",
@@ -129,6 +135,8 @@ async fn run(args: Args) -> anyhow::Result<Vec<Report>> {
             "overhead" => overhead::run(&bins, args.quick).await,
             "inbound" => inbound::run(&bins.gateway, args.quick).await,
             "outbox" => outbox::run(&bins.gateway, args.quick).await,
+            "sustained" => sustained::run(&bins.gateway, args.quick).await,
+            "slow-receiver" => slow_receiver::run(&bins.gateway, args.quick).await,
             "failover" => failover::run(&bins.gateway, if args.quick { 1 } else { 3 }).await,
             "migrations" => migrations::run(&bins.gateway).await,
             "cost" => cost::run(&bins, args.quick).await,

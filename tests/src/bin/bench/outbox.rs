@@ -49,7 +49,7 @@ pub async fn run(bin: &Path, quick: bool) -> anyhow::Result<Report> {
 }
 
 /// Checks every `expected` key arrived exactly once; returns the distinct keys seen.
-fn exactly_once(
+pub fn exactly_once(
     report: &mut Report,
     what: &str,
     arrivals: &[(String, SystemTime)],
@@ -74,7 +74,8 @@ fn exactly_once(
     }
 }
 
-async fn wait_for_arrivals(receiver: &Receiver, n: usize, deadline: Duration) {
+/// Waits until `n` POSTs have arrived at `receiver`, or `deadline` has passed.
+pub async fn wait_for_arrivals(receiver: &Receiver, n: usize, deadline: Duration) {
     let until = Instant::now() + deadline;
     while receiver.count() < n && Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(20)).await;
