@@ -476,10 +476,11 @@ async fn a_release_adding_a_migration_rolls_out_while_old_nodes_serve_on_the_new
     .await;
     wait_for(
         Duration::from_secs(60),
-        "the first node serving 1.1.0 (and soaking)",
+        "the first node serving 1.1.0, its handoff over (and soaking)",
         || async {
             for node in &fleet.nodes {
-                if node.serving().await.as_deref() == Some("1.1.0") {
+                let status = node.supervisor.status().await?;
+                if status["active"]["version"] == "1.1.0" && status["state"] == "running" {
                     return Some(());
                 }
             }
