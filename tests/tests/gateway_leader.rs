@@ -197,7 +197,10 @@ async fn a_follower_whose_connection_goes_silent_notices_and_leads_once_the_path
         "the follower to wait in the leadership lock's queue",
         || async {
             let waiting: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
+                // pg_locks is the whole server's: other suites' gateways wait in queues too.
+                "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database
+                  WHERE l.locktype = 'advisory' AND NOT l.granted
+                    AND d.datname = current_database()",
             )
             .fetch_one(&pool)
             .await
