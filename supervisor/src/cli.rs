@@ -14,6 +14,7 @@ use semver::Version;
 
 use crate::config::{ConfigError, Settings};
 use crate::control::client::{CallError, ask};
+use crate::control::protocol::wire_name;
 use crate::control::{
     self, Body, Command, ErrorCode, Progress, RestartReport, Stage, StatusReport,
 };
@@ -403,14 +404,6 @@ fn to_json(value: &impl serde::Serialize) -> Result<String, ClientError> {
     serde_json::to_string(value).map_err(|err| ClientError::Unexpected(err.to_string()))
 }
 
-/// A unit enum's wire name (`handing_off`), for human output that matches `--json`.
-fn label(value: &impl serde::Serialize) -> String {
-    match serde_json::to_value(value) {
-        Ok(serde_json::Value::String(name)) => name,
-        _ => "unknown".into(),
-    }
-}
-
 /// The human form of a status report.
 pub fn render_status(r: &StatusReport) -> String {
     let gateway = |g: &control::GatewayInfo| {
@@ -418,7 +411,7 @@ pub fn render_status(r: &StatusReport) -> String {
             "pid {}, version {}, {}{}, since {}",
             g.pid,
             g.version.as_deref().unwrap_or("unknown"),
-            label(&g.state),
+            wire_name(&g.state),
             if g.health_only { " (health-only)" } else { "" },
             g.started_at
         )
@@ -427,7 +420,7 @@ pub fn render_status(r: &StatusReport) -> String {
         "supervisor: {} (pid {}), {}\n",
         r.supervisor.version,
         r.supervisor.pid,
-        label(&r.state)
+        wire_name(&r.state)
     );
     out += &format!(
         "active gateway: {}\n",

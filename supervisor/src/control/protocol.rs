@@ -430,6 +430,14 @@ pub struct RestartReport {
     pub duration_ms: u64,
 }
 
+/// A unit enum's wire name (`handing_off`), for output that matches the JSON.
+pub fn wire_name(value: &impl Serialize) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(name)) => name,
+        _ => "unknown".into(),
+    }
+}
+
 /// Parses one request line. Errors are the reply to send.
 pub fn parse_request(line: &str) -> Result<Request, ErrorReply> {
     let bad = |message: String| ErrorReply {

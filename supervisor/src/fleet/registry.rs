@@ -10,6 +10,7 @@ use tokio::sync::watch;
 
 use super::store::{Fleet, FleetError, Heartbeat};
 use crate::control::StatusReport;
+use crate::control::protocol::wire_name;
 
 /// The longest time between two heartbeats. Well inside the lease's TTL, so a few missed
 /// beats cost nothing.
@@ -81,12 +82,7 @@ pub async fn farewell(fleet: &Fleet, identity: &Identity, last: &StatusReport) {
 }
 
 fn heartbeat(identity: &Identity, status: &StatusReport, state: Option<&str>) -> Heartbeat {
-    let state = state.map(str::to_string).unwrap_or_else(|| {
-        serde_json::to_value(status.state)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_default()
-    });
+    let state = state.map_or_else(|| wire_name(&status.state), str::to_string);
     Heartbeat {
         host: identity.host.clone(),
         address: identity.address.clone(),
