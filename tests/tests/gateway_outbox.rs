@@ -374,10 +374,10 @@ async fn a_draining_gateway_gives_its_leases_back_so_another_delivers_without_wa
     until_outbox(&pool, "delivered", 5).await;
 }
 
-/// Queues 4 replies the receiver answers slowly (due first), then 60 it answers at once,
-/// to a gateway keeping `concurrency` deliveries in flight; returns how many fast replies
-/// the receiver had answered before the first slow one was answered.
-async fn fast_replies_answered_before_the_first_slow_one(concurrency: &str) -> usize {
+/// Queues `slow` replies the receiver answers after 6 s (due first), then the rest of 64
+/// it answers at once, to a gateway keeping `concurrency` deliveries in flight; returns how
+/// many fast replies the receiver had answered before the first slow one was answered.
+async fn fast_replies_answered_before_the_first_slow_one(concurrency: &str, slow: i32) -> usize {
     let db = TestDb::create().await;
     let receiver = Receiver::start_slow_for("slow-", Duration::from_secs(6)).await;
     let (url, hook) = (db.url(), receiver.url());
@@ -391,7 +391,7 @@ async fn fast_replies_answered_before_the_first_slow_one(concurrency: &str) -> u
     sqlx::query(
         "WITH queued AS (
              INSERT INTO outbox (workspace_id, idempotency_key, payload, next_attempt_at)
-             SELECT $1::uuid, CASE WHEN n <= 4 THEN 'slow-' ELSE 'fast-' END || n,
+             SELECT $1::uuid, CASE WHEN n <= $2 THEN 'slow-' ELSE 'fast-' END || n,
                     jsonb_build_object('n', n), now() - interval '1 minute' + n * interval '1 ms'
              FROM generate_series(1, 64) AS n
              RETURNING id
@@ -399,6 +399,7 @@ async fn fast_replies_answered_before_the_first_slow_one(concurrency: &str) -> u
          SELECT pg_notify('aihummer_outbox', '') FROM (SELECT count(*) FROM queued) AS c",
     )
     .bind(WORKSPACE)
+    .bind(slow)
     .execute(&pool)
     .await
     .expect("queue replies");
@@ -413,17 +414,28 @@ async fn fast_replies_answered_before_the_first_slow_one(concurrency: &str) -> u
 #[tokio::test]
 async fn slow_receiver_answers_hold_only_their_own_slots_so_other_replies_keep_flowing() {
     assert_eq!(
-        fast_replies_answered_before_the_first_slow_one("8").await,
+        fast_replies_answered_before_the_first_slow_one("8", 4).await,
+        60
+    );
+}
+
+#[tokio::test]
+async fn slow_answers_step_out_of_the_window_so_they_cannot_fill_it() {
+    // Two slots, and twice as many slow replies due first: each steps aside once it has
+    // gone unanswered for a moment, so the fast ones are all answered within the slow
+    // ones' 6 s.
+    assert_eq!(
+        fast_replies_answered_before_the_first_slow_one("2", 4).await,
         60
     );
 }
 
 #[tokio::test]
 async fn outbox_concurrency_bounds_the_deliveries_in_flight() {
-    // Four slots, all taken by the four slow replies due first: nothing else moves until
-    // one of them is answered.
+    // One slot, and a slow lane of four: the first four slow replies step aside, the fifth
+    // keeps the one slot, and nothing else moves until a slow reply is answered.
     assert_eq!(
-        fast_replies_answered_before_the_first_slow_one("4").await,
+        fast_replies_answered_before_the_first_slow_one("1", 5).await,
         0
     );
 }

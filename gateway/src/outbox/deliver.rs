@@ -3,6 +3,11 @@
 //! `Idempotency-Key`, and starts the next as soon as one ends (no rounds, so a slow POST
 //! holds one slot, not the whole window).
 //!
+//! A POST still unanswered after [`SLOW_AFTER`] steps out of the window into a slow lane of
+//! up to [`SLOW_LANE`] × `concurrency` attempts, freeing its slot: replies to a receiver
+//! route that answers in seconds then stop taking slots from the ones answered in
+//! milliseconds, whatever in the reply makes them slow.
+//!
 //! Three things overlap with the posts, each one statement at a time:
 //! - claiming: while fewer than `2 × concurrency` rows are held, the next batch is claimed
 //!   under a lease (prefetch), so a freed slot finds a row waiting;
@@ -16,7 +21,7 @@
 //! holds, so a handoff does not delay delivery by a lease period.
 
 use prometheus::{Histogram, IntCounterVec};
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,7 +29,7 @@ use reqwest::Url;
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 use tokio::sync::{Notify, watch};
-use tokio::task::JoinSet;
+use tokio::task::{self, JoinSet};
 use tokio::time::Instant;
 
 use super::policy::{self, Attempt, Verdict};
@@ -41,6 +46,10 @@ const FLUSH_EVERY: Duration = Duration::from_millis(3);
 const FLUSH_MAX: usize = 512;
 /// Recording statements under way at once.
 const FLUSHES: usize = 2;
+/// How long an attempt holds a window slot before it counts as slow and steps aside.
+const SLOW_AFTER: Duration = Duration::from_millis(250);
+/// Slow attempts kept in flight besides the window, as a multiple of the window.
+const SLOW_LANE: usize = 4;
 
 /// Delivers replies from the outbox.
 pub struct Deliverer {
@@ -54,7 +63,8 @@ pub struct Deliverer {
 }
 
 impl Deliverer {
-    /// A worker posting to `webhook` with up to `concurrency` attempts in flight, claiming
+    /// A worker posting to `webhook` with up to `concurrency` prompt attempts in flight
+    /// (and [`SLOW_LANE`] times as many slow ones), claiming
     /// rows as `owner` for `lease` on `pool` (the owner pool: delivery crosses tenants).
     pub fn new(
         pool: PgPool,
@@ -108,12 +118,14 @@ impl Deliverer {
         let mut idle_until: Option<Instant> = None;
         let mut claim_again_at: Option<Instant> = None;
         let mut flush_at: Option<Instant> = None;
+        let slow_lane = SLOW_LANE * this.concurrency;
         while !*stop.borrow() {
-            while window.attempts.len() < this.concurrency {
+            window.step_aside_slow(Instant::now(), slow_lane);
+            while window.prompt.len() < this.concurrency {
                 let Some(row) = window.queued.pop_front() else {
                     break;
                 };
-                window.attempts.spawn(this.clone().attempt(row));
+                window.start(this.clone().attempt(row));
             }
             let room = (2 * this.concurrency).saturating_sub(window.held());
             if window.claiming.is_empty()
@@ -144,13 +156,22 @@ impl Deliverer {
                     (None, None) => std::future::pending().await,
                 }
             };
+            let next_slow = window.next_slow(slow_lane);
+            let slow_due = async {
+                match next_slow {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
-                Some(ended) = window.attempts.join_next() => {
-                    if let Ok(completion) = ended {
+                Some(ended) = window.attempts.join_next_with_id() => {
+                    if let Some(completion) = window.ended(ended) {
                         window.done.push(completion);
                         flush_at.get_or_insert_with(|| Instant::now() + FLUSH_EVERY);
                     }
                 }
+                // The loop's head moves the attempts now slow out of the window.
+                _ = slow_due => {}
                 Some(claimed) = window.claiming.join_next() => {
                     let Ok((limit, claimed)) = claimed else { continue };
                     match claimed {
@@ -287,21 +308,74 @@ impl Deliverer {
     }
 }
 
-/// What the worker holds: rows claimed but not started, attempts in flight, verdicts not
+/// What the worker holds: rows claimed but not started, attempts in flight (those not yet
+/// slow in `prompt`, with when each turns slow in `started`, oldest first), verdicts not
 /// yet recorded, and the claim and recording statements under way.
 #[derive(Default)]
 struct Window {
     queued: VecDeque<Claimed>,
     attempts: JoinSet<Completion>,
+    prompt: HashSet<task::Id>,
+    started: VecDeque<(Instant, task::Id)>,
     done: Vec<Completion>,
     claiming: JoinSet<(i64, Result<Vec<Claimed>, sqlx::Error>)>,
     flushing: JoinSet<Result<u64, sqlx::Error>>,
 }
 
 impl Window {
-    /// Rows this worker holds a lease on and has not finished with.
+    /// Rows claimed but not started, and attempts holding a window slot: what prefetching
+    /// keeps topped up. Slow attempts are left out, so they do not stop the claiming.
     fn held(&self) -> usize {
-        self.queued.len() + self.attempts.len()
+        self.queued.len() + self.prompt.len()
+    }
+
+    /// Starts an attempt in a window slot.
+    fn start(&mut self, attempt: impl Future<Output = Completion> + Send + 'static) {
+        let id = self.attempts.spawn(attempt).id();
+        self.prompt.insert(id);
+        self.started.push_back((Instant::now() + SLOW_AFTER, id));
+    }
+
+    /// Frees the slot of an attempt that ended; its verdict, unless it panicked or was
+    /// aborted.
+    fn ended(
+        &mut self,
+        ended: Result<(task::Id, Completion), task::JoinError>,
+    ) -> Option<Completion> {
+        let id = match &ended {
+            Ok((id, _)) => *id,
+            Err(err) => err.id(),
+        };
+        self.prompt.remove(&id);
+        ended.ok().map(|(_, completion)| completion)
+    }
+
+    /// Moves attempts unanswered for [`SLOW_AFTER`] out of the window while the slow lane
+    /// (at most `lane` attempts) has room.
+    fn step_aside_slow(&mut self, now: Instant, lane: usize) {
+        while let Some(&(slow_at, id)) = self.started.front() {
+            if !self.prompt.contains(&id) {
+                self.started.pop_front();
+                continue;
+            }
+            if slow_at > now || self.slow() >= lane {
+                break;
+            }
+            self.started.pop_front();
+            self.prompt.remove(&id);
+        }
+    }
+
+    /// When the oldest attempt in the window turns slow, if the slow lane has room for it.
+    /// Call after [`Window::step_aside_slow`], which drops ended attempts from the front.
+    fn next_slow(&self, lane: usize) -> Option<Instant> {
+        let (slow_at, _) = self.started.front()?;
+        (self.slow() < lane).then_some(*slow_at)
+    }
+
+    /// Attempts in flight in the slow lane.
+    fn slow(&self) -> usize {
+        self.attempts.len() - self.prompt.len()
     }
 }
 
