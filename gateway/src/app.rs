@@ -69,7 +69,11 @@ pub fn start(
     mut config: Config,
     inherited: Result<Option<Listeners>, ListenerError>,
 ) -> Result<(), GatewayError> {
-    config.limits.max_connections = descriptors::fit(config.limits.max_connections);
+    let deliveries = match config.reply_webhook {
+        Some(_) => Deliverer::most_in_flight(config.outbox_concurrency),
+        None => 0,
+    };
+    config.limits.max_connections = descriptors::fit(config.limits.max_connections, deliveries);
     let mut listeners = match inherited? {
         Some(listeners) => listeners,
         None => listeners::bind(config.addr)?,

@@ -10,24 +10,27 @@
 use nix::sys::resource::{Resource, getrlimit, setrlimit};
 
 /// Descriptors kept out of the connection cap: the probe listener's connections, the
-/// database pools, the leader's connection, webhook deliveries, the listeners and the
-/// runtime's own. Halved for a limit so low that this would leave nothing.
+/// database pools, the leader's connection, the listeners and the runtime's own; webhook
+/// deliveries are reserved on top ([`fit`]). Halved for a limit so low that this would
+/// leave nothing.
 pub const RESERVED: u64 = 256;
 /// The highest soft limit asked for when the hard limit is unlimited (the kernel's usual
 /// `fs.nr_open`).
 const UNLIMITED_TARGET: u64 = 1 << 20;
 
-/// The connection cap that fits under `soft_limit` descriptors: `cap`, or less.
-pub fn fit_cap(cap: usize, soft_limit: u64) -> usize {
-    let reserve = RESERVED.min(soft_limit / 2);
+/// The connection cap that fits under `soft_limit` descriptors beside `deliveries` webhook
+/// connections: `cap`, or less.
+pub fn fit_cap(cap: usize, deliveries: usize, soft_limit: u64) -> usize {
+    let wanted = RESERVED.saturating_add(u64::try_from(deliveries).unwrap_or(u64::MAX));
+    let reserve = wanted.min(soft_limit / 2);
     let room = usize::try_from(soft_limit - reserve).unwrap_or(usize::MAX);
     cap.min(room).max(1)
 }
 
 /// Raises the soft descriptor limit to the hard one and returns the connection cap that
-/// fits under the limit then in force: `cap` itself unless the limit is too low, which is
-/// logged with what to change.
-pub fn fit(cap: usize) -> usize {
+/// fits under the limit then in force beside up to `deliveries` webhook POSTs in flight:
+/// `cap` itself unless the limit is too low, which is logged with what to change.
+pub fn fit(cap: usize, deliveries: usize) -> usize {
     let soft = match raise_soft_limit() {
         Ok(soft) => soft,
         Err(err) => {
@@ -35,7 +38,7 @@ pub fn fit(cap: usize) -> usize {
             return cap;
         }
     };
-    let fitted = fit_cap(cap, soft);
+    let fitted = fit_cap(cap, deliveries, soft);
     if fitted < cap {
         tracing::warn!(
             configured = cap,
@@ -74,24 +77,25 @@ mod tests {
 
     #[test]
     fn a_cap_that_fits_under_the_limit_is_kept() {
-        assert_eq!(fit_cap(10_000, 65_536), 10_000);
-        assert_eq!(fit_cap(16, 1024), 16);
+        assert_eq!(fit_cap(10_000, 320, 65_536), 10_000);
+        assert_eq!(fit_cap(16, 320, 1024), 16);
     }
 
     #[test]
     fn a_cap_above_the_limit_is_lowered_to_leave_the_reserve() {
-        assert_eq!(fit_cap(10_000, 1024), 1024 - RESERVED as usize);
+        assert_eq!(fit_cap(10_000, 0, 1024), 1024 - RESERVED as usize);
+        assert_eq!(fit_cap(10_000, 200, 1024), 1024 - RESERVED as usize - 200);
     }
 
     #[test]
     fn a_tiny_limit_keeps_half_for_the_reserve_and_at_least_one_connection() {
-        assert_eq!(fit_cap(10_000, 64), 32);
-        assert_eq!(fit_cap(10_000, 1), 1);
-        assert_eq!(fit_cap(10_000, 0), 1);
+        assert_eq!(fit_cap(10_000, 320, 64), 32);
+        assert_eq!(fit_cap(10_000, 320, 1), 1);
+        assert_eq!(fit_cap(10_000, 320, 0), 1);
     }
 
     #[test]
     fn an_unlimited_descriptor_limit_keeps_the_cap() {
-        assert_eq!(fit_cap(10_000, u64::MAX), 10_000);
+        assert_eq!(fit_cap(10_000, 20_480, u64::MAX), 10_000);
     }
 }

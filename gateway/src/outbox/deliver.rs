@@ -99,6 +99,12 @@ impl Deliverer {
         })
     }
 
+    /// The most attempts a worker with `concurrency` slots keeps in flight, each one
+    /// connection to the receiver: its window and its slow lane.
+    pub fn most_in_flight(concurrency: usize) -> usize {
+        concurrency.max(1).saturating_mul(1 + SLOW_LANE)
+    }
+
     /// Counts each attempt's outcome on `attempts` and each delivery's lag (enqueue commit
     /// to delivered) on `lag`.
     pub fn observed(mut self, attempts: IntCounterVec, lag: Histogram) -> Self {
