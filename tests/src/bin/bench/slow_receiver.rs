@@ -93,10 +93,11 @@ pub async fn run(bin: &Path, quick: bool) -> anyhow::Result<Report> {
         );
     }
     report.note(format!(
-        "A slow reply holds one of the gateway's `AIHUMMER_OUTBOX_CONCURRENCY` slots for \
-         its 2 s; at {RATE}/s with 10% slow, {} slots are busy with slow replies on average \
-         (rate × share × 2 s). With fewer slots than that the slow replies fill the window \
-         and the others wait behind them.",
+        "A slow reply holds one of the gateway's `AIHUMMER_OUTBOX_CONCURRENCY` slots only \
+         until it has gone 250 ms unanswered, then steps aside into the slow lane (up to 4 × \
+         the window). At {RATE}/s with 10% slow, {} slow replies are in flight on average \
+         (rate × share × 2 s), within the default lane of 256, and the slots stay free for \
+         the others.",
         f64::from(RATE) * 0.1 * SLOW.as_secs_f64()
     ));
     Ok(report)
