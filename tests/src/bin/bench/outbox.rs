@@ -15,6 +15,9 @@ use crate::load;
 use crate::receiver::Receiver;
 use crate::report::{Report, percentile, rate, thousands};
 
+/// How long the receiver takes to answer in the drain where the window is the limit.
+const ANSWER: Duration = Duration::from_millis(20);
+
 /// Runs the scenario with the gateway at `bin`.
 pub async fn run(bin: &Path, quick: bool) -> anyhow::Result<Report> {
     let mut report = Report::new(
@@ -22,8 +25,8 @@ pub async fn run(bin: &Path, quick: bool) -> anyhow::Result<Report> {
         "one gateway draining the same queue, for two gateways",
     );
     let replies = if quick { 10_000 } else { 20_000 };
-    let one = drain(bin, 1, replies, &mut report).await?;
-    let two = drain(bin, 2, replies, &mut report).await?;
+    let one = drain(bin, 1, replies, None, &mut report).await?;
+    let two = drain(bin, 2, replies, None, &mut report).await?;
     report
         .figure(
             format!(
@@ -43,6 +46,25 @@ pub async fn run(bin: &Path, quick: bool) -> anyhow::Result<Report> {
         )
         .baseline(thousands(one))
         .target("more than 1 gateway", two > one);
+    if !quick {
+        // A receiver that takes a while to answer: the window, not the CPU, is the limit.
+        let answer = Some(ANSWER);
+        let replies = 5_000;
+        let one = drain(bin, 1, replies, answer, &mut report).await?;
+        let two = drain(bin, 2, replies, answer, &mut report).await?;
+        let name = |n: &str| {
+            format!(
+                "deliveries/s, {n} draining {}, receiver answering in {} ms",
+                thousands(replies as f64),
+                ANSWER.as_millis()
+            )
+        };
+        report.figure(name("1 gateway"), thousands(one));
+        report
+            .figure(name("2 gateways"), thousands(two))
+            .baseline(thousands(one))
+            .target("more than 1 gateway", two > one);
+    }
     let seconds = if quick { 5 } else { 20 };
     steady(bin, 1000, seconds, &mut report).await?;
     Ok(report)
@@ -82,12 +104,13 @@ pub async fn wait_for_arrivals(receiver: &Receiver, n: usize, deadline: Duration
     }
 }
 
-/// Queues `replies` replies, then times `gateways` gateways delivering them; returns the
-/// deliveries per second.
+/// Queues `replies` replies, then times `gateways` gateways delivering them to a receiver
+/// answering each after `answer` (or at once); returns the deliveries per second.
 async fn drain(
     bin: &Path,
     gateways: usize,
     replies: i64,
+    answer: Option<Duration>,
     report: &mut Report,
 ) -> anyhow::Result<f64> {
     let db = TestDb::create().await;
@@ -115,7 +138,10 @@ async fn drain(
     .fetch_all(&pool)
     .await?;
     sqlx::query("VACUUM ANALYZE outbox").execute(&pool).await?;
-    let receiver = Receiver::start().await?;
+    let receiver = match answer {
+        Some(delay) => Receiver::start_slow("bench", delay).await?,
+        None => Receiver::start().await?,
+    };
     let hook = receiver.url();
     let env = [
         ("AIHUMMER_DATABASE_URL", url.as_str()),
@@ -141,8 +167,12 @@ async fn drain(
     tokio::time::sleep(Duration::from_millis(500)).await;
     drop(running);
     let arrivals = receiver.arrivals();
+    let answered = match answer {
+        Some(delay) => format!(", answered in {} ms", delay.as_millis()),
+        None => String::new(),
+    };
     let what = format!(
-        "{gateways} gateway(s) draining {}",
+        "{gateways} gateway(s) draining {}{answered}",
         thousands(replies as f64)
     );
     let per_second = match (arrivals.first(), arrivals.last()) {
