@@ -343,7 +343,7 @@ pub async fn run(
         ),
     }
     if let Some(pools) = shared.pools() {
-        let close = async { tokio::join!(pools.app.pool().close(), pools.owner.close()) };
+        let close = async { tokio::join!(pools.app.close(), pools.owner.close()) };
         let _ = tokio::time::timeout(POOL_CLOSE_TIMEOUT, close).await;
     }
     match failure {

@@ -26,7 +26,7 @@ const INSUFFICIENT_PRIVILEGE: &str = "42501";
 const POOL_SIZE: u32 = 16;
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 /// A pooled connection idle this long is pinged before it is handed out.
-const PING_IDLE: Duration = Duration::from_secs(1);
+pub(crate) const PING_IDLE: Duration = Duration::from_secs(1);
 
 /// Why startup cannot go on.
 #[derive(Debug, thiserror::Error)]

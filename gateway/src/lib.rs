@@ -47,6 +47,7 @@ pub mod serve;
 pub mod session;
 pub mod state;
 pub mod tenant;
+pub mod warm;
 
 /// This binary's version: the package version, or `AIHUMMER_BUILD_VERSION` at build time.
 pub const VERSION: &str = env!("AIHUMMER_VERSION");

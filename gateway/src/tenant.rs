@@ -14,6 +14,8 @@
 use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
+use crate::warm::Warm;
+
 /// The setting the row-level security policies read.
 pub const SETTING: &str = "aihummer.workspace_id";
 /// The role serving transactions switch to; created by the migrations.
@@ -25,6 +27,7 @@ pub const APP_ROLE: &str = "aihummer_app";
 pub struct AppPool {
     pool: PgPool,
     access: Access,
+    warm: Warm,
 }
 
 /// How a serving statement on an [`AppPool`] is held to row-level security.
@@ -47,6 +50,7 @@ impl AppPool {
         Self {
             pool,
             access: Access::SwitchRole,
+            warm: Warm::default(),
         }
     }
 
@@ -56,6 +60,7 @@ impl AppPool {
         Self {
             pool,
             access: Access::Inherited,
+            warm: Warm::default(),
         }
     }
 
@@ -65,6 +70,7 @@ impl AppPool {
         Self {
             pool,
             access: Access::Owner,
+            warm: Warm::default(),
         }
     }
 
@@ -75,7 +81,18 @@ impl AppPool {
         self.access != Access::SwitchRole
     }
 
-    /// The underlying pool, for checks and for closing it.
+    /// Just-used connections for a statement run alone on the hot path.
+    pub fn warm(&self) -> &Warm {
+        &self.warm
+    }
+
+    /// Closes the pool, once the connections kept aside are back in it.
+    pub async fn close(&self) {
+        self.warm.give_back();
+        self.pool.close().await;
+    }
+
+    /// The underlying pool.
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }

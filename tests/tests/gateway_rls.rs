@@ -244,7 +244,7 @@ async fn the_app_pool_is_in_the_app_role_inside_a_serving_transaction_and_only_t
         .await
         .expect("after");
     assert_eq!(after, login, "the role must end with the transaction");
-    pools.app.pool().close().await;
+    pools.app.close().await;
     pools.owner.close().await;
 }
 
@@ -357,12 +357,20 @@ async fn an_inheriting_login_stores_a_message_in_one_statement_that_leaves_no_te
 
     // The connection that just stored for a workspace is back with no tenant: as the login
     // and outside any transaction, it sees no rows at all.
+    // It is the one kept warm for the next message.
+    let mut conn = pools
+        .app
+        .warm()
+        .acquire(pools.app.pool())
+        .await
+        .expect("the connection that just stored");
     let visible: i64 = sqlx::query_scalar("SELECT count(*) FROM inbound_messages")
-        .fetch_one(pools.app.pool())
+        .fetch_one(&mut *conn)
         .await
         .expect("count as the login");
     assert_eq!(visible, 0);
-    pools.app.pool().close().await;
+    drop(conn);
+    pools.app.close().await;
     pools.owner.close().await;
 }
 
@@ -384,7 +392,7 @@ async fn a_login_not_held_to_the_app_roles_policies_by_itself_switches_role_per_
             .await
             .expect("stored");
         assert!(!stored.replayed, "{login}");
-        pools.app.pool().close().await;
+        pools.app.close().await;
         pools.owner.close().await;
     }
     let count: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE workspace_id = $1")

@@ -5,7 +5,8 @@
 //!
 //! Round trips for a new message: one, the statement alone as its own implicit
 //! transaction, when the app pool's login is held to `aihummer_app`'s policies by itself
-//! ([`AppPool::single_statement`]); else three: `BEGIN; SET LOCAL ROLE` (one simple
+//! ([`AppPool::single_statement`]), on a just-used connection ([`crate::warm`]) that skips
+//! the pool's ping; else three: `BEGIN; SET LOCAL ROLE` (one simple
 //! query), the statement, `COMMIT`. A replay adds a transaction reading the stored result.
 
 use serde::Serialize;
@@ -110,7 +111,10 @@ pub async fn accept(
         .bind(reply_id)
         .bind(Json(&reply));
     let stored = if app.single_statement() {
-        statement.fetch_one(app.pool()).await?
+        let mut conn = app.warm().acquire(app.pool()).await?;
+        let stored = statement.fetch_one(&mut *conn).await?;
+        app.warm().keep(app.pool(), conn);
+        stored
     } else {
         let mut tx = tenant::begin_as_app(app).await?;
         let stored = statement.fetch_one(&mut *tx).await?;
