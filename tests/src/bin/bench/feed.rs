@@ -43,6 +43,10 @@ pub async fn run(
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(64)
         .tcp_nodelay(true)
+        // The gateway closes a keep-alive connection idle for 10 s; a request sent on it at
+        // that instant finds it closed before it is read (the usual keep-alive race), so
+        // idle connections are dropped well before that.
+        .pool_idle_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(30))
         .build()?;
     let url = format!("{gateway}/v1/inbound/generic");

@@ -55,6 +55,10 @@ fn client(connections: usize) -> anyhow::Result<reqwest::Client> {
     Ok(reqwest::Client::builder()
         .pool_max_idle_per_host(connections)
         .tcp_nodelay(true)
+        // The gateway closes a keep-alive connection idle for 10 s; a request sent on it at
+        // that instant finds it closed before it is read (the usual keep-alive race), so
+        // idle connections are dropped well before that.
+        .pool_idle_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(30))
         .build()?)
 }
