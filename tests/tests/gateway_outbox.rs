@@ -439,3 +439,66 @@ async fn outbox_concurrency_bounds_the_deliveries_in_flight() {
         0
     );
 }
+
+#[tokio::test]
+async fn a_reply_coming_due_behind_a_draining_backlog_is_not_left_until_the_backlog_ends() {
+    // One slot and a receiver taking 5 ms: 3,000 queued replies take many seconds, claimed
+    // a row or two at a time, each claim going on past the last.
+    let db = TestDb::create().await;
+    let receiver = Receiver::start_slow(&[], Duration::from_millis(5)).await;
+    let (url, hook) = (db.url(), receiver.url());
+    let mut vars = env(&url, &hook);
+    vars.retain(|(k, _)| *k != "AIHUMMER_OUTBOX_LEASE");
+    vars.push(("AIHUMMER_OUTBOX_LEASE", "60s"));
+    vars.push(("AIHUMMER_OUTBOX_CONCURRENCY", "1"));
+    let gateway = Gateway::start(&vars);
+    gateway.wait_ready(Duration::from_secs(30)).await;
+    let pool = db.pool().await;
+    let queue = |sql: &'static str| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query(sql)
+                .bind(WORKSPACE)
+                .execute(&pool)
+                .await
+                .expect("queue");
+            sqlx::query("SELECT pg_notify('aihummer_outbox', '')")
+                .execute(&pool)
+                .await
+                .expect("notify");
+        }
+    };
+    queue(
+        "INSERT INTO outbox (workspace_id, idempotency_key, payload)
+         SELECT $1::uuid, 'backlog-' || n, jsonb_build_object('n', n)
+         FROM generate_series(1, 3000) AS n",
+    )
+    .await;
+    let delivered = "SELECT count(*) FROM outbox WHERE status = 'delivered'";
+    wait_for(Duration::from_secs(30), "the drain under way", || async {
+        (count(&pool, delivered).await >= 100).then_some(())
+    })
+    .await;
+    // Due an hour ago: before every row claimed so far, as a retry or a lease given back
+    // would be.
+    queue(
+        "INSERT INTO outbox (workspace_id, idempotency_key, payload, next_attempt_at)
+         VALUES ($1::uuid, 'behind', '{}', now() - interval '1 hour')",
+    )
+    .await;
+    let behind = "SELECT count(*) FROM outbox
+                  WHERE idempotency_key = 'behind' AND status = 'delivered'";
+    wait_for(
+        Duration::from_secs(30),
+        "the reply behind delivered",
+        || async { (count(&pool, behind).await == 1).then_some(()) },
+    )
+    .await;
+    let backlog_left = 3000 + 1 - count(&pool, delivered).await;
+    assert!(
+        backlog_left > 1000,
+        "the reply behind the cursor waited for the backlog: {backlog_left} left when it went"
+    );
+    until_outbox(&pool, "delivered", 3001).await;
+    drop(gateway);
+}

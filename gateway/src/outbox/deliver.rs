@@ -33,7 +33,7 @@ use tokio::task::{self, JoinSet};
 use tokio::time::Instant;
 
 use super::policy::{self, Attempt, Verdict};
-use super::store::{self, Claimed, Completion, Outcome};
+use super::store::{self, Claimed, Completion, Outcome, Position};
 use aihummer_common::backoff::Backoff;
 
 /// How often the worker looks for due rows without being woken.
@@ -141,9 +141,11 @@ impl Deliverer {
             {
                 let (pool, owner, lease) = (this.pool.clone(), this.owner.clone(), this.lease);
                 let limit = i64::try_from(room).unwrap_or(i64::MAX);
-                window
-                    .claiming
-                    .spawn(async move { (limit, store::claim(&pool, &owner, limit, lease).await) });
+                let after = window.cursor.position(Instant::now());
+                window.claiming.spawn(async move {
+                    let claimed = store::claim(&pool, &owner, limit, lease, after).await;
+                    (limit, after.is_some(), claimed)
+                });
             }
             if window.done.len() >= FLUSH_MAX && window.flushing.len() < FLUSHES {
                 this.flush(&mut window);
@@ -179,11 +181,16 @@ impl Deliverer {
                 // The loop's head moves the attempts now slow out of the window.
                 _ = slow_due => {}
                 Some(claimed) = window.claiming.join_next() => {
-                    let Ok((limit, claimed)) = claimed else { continue };
+                    let Ok((limit, went_on, claimed)) = claimed else { continue };
                     match claimed {
                         Ok(rows) => {
                             failures = fresh_backoff();
-                            if (rows.len() as i64) < limit {
+                            let short = (rows.len() as i64) < limit;
+                            window.cursor.claimed(&rows, short, Instant::now());
+                            // Short from the head: nothing more is due. Short past the
+                            // cursor: rows behind it may be (retries, given-back leases),
+                            // so the next claim goes from the head at once.
+                            if short && !went_on {
                                 idle_until = Some(Instant::now() + POLL);
                             }
                             window.queued.extend(rows);
@@ -324,8 +331,49 @@ struct Window {
     prompt: HashSet<task::Id>,
     started: VecDeque<(Instant, task::Id)>,
     done: Vec<Completion>,
-    claiming: JoinSet<(i64, Result<Vec<Claimed>, sqlx::Error>)>,
+    claiming: JoinSet<(i64, bool, Result<Vec<Claimed>, sqlx::Error>)>,
     flushing: JoinSet<Result<u64, sqlx::Error>>,
+    cursor: Cursor,
+}
+
+/// Where the next claim goes on from: the last row the claims before it took, while they
+/// keep coming back full. A claim from the head of the queue walks over every row other
+/// deliverers hold and every row version not yet pruned, which pile up there while a
+/// backlog drains; going on past the last claimed row skips them. Rows that come due
+/// behind the cursor (a retry, a lease given back or run out) are found by the next claim
+/// from the head: after a short claim, and at least every [`POLL`].
+#[derive(Debug, Default)]
+struct Cursor {
+    /// The furthest position claimed, and when the run of claims began with one from the
+    /// head.
+    at: Option<(Position, Instant)>,
+}
+
+impl Cursor {
+    /// Where to claim from now: past the cursor, or from the head (`None`).
+    fn position(&self, now: Instant) -> Option<Position> {
+        let (position, since) = self.at?;
+        (now.duration_since(since) < POLL).then_some(position)
+    }
+
+    /// Moves past `rows`, or back to the head when the claim came back `short`.
+    fn claimed(&mut self, rows: &[Claimed], short: bool, now: Instant) {
+        let furthest = rows
+            .iter()
+            .map(Claimed::position)
+            .max_by_key(|p| (p.due_micros, p.id));
+        self.at = match (short, furthest) {
+            (false, Some(furthest)) => {
+                let since = self
+                    .at
+                    .map(|(_, since)| since)
+                    .filter(|since| now.duration_since(*since) < POLL)
+                    .unwrap_or(now);
+                Some((furthest, since))
+            }
+            _ => None,
+        };
+    }
 }
 
 impl Window {

@@ -24,6 +24,18 @@ pub struct Claimed {
     pub payload: Value,
     /// Attempts including this one.
     pub attempts: i32,
+    /// Its `next_attempt_at` when claimed, microseconds since the Unix epoch.
+    pub due_micros: i64,
+}
+
+impl Claimed {
+    /// Where the row stood in the queue's order.
+    pub fn position(&self) -> Position {
+        Position {
+            due_micros: self.due_micros,
+            id: self.id,
+        }
+    }
 }
 
 /// Counts by state, for the logs and `/v1/outbox/stats`.
@@ -39,36 +51,77 @@ pub struct Stats {
     pub dead: i64,
 }
 
+/// Where in the queue's order, `(next_attempt_at, id)`, a claimed row stood: a claim may
+/// go on from the last row of the one before ([`claim`]'s `after`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position {
+    /// `next_attempt_at`, microseconds since the Unix epoch (exact, unlike a float).
+    pub due_micros: i64,
+    /// The row's id, breaking ties: a burst of replies shares one `next_attempt_at`.
+    pub id: Uuid,
+}
+
 /// Claims up to `limit` due rows for `owner` for `lease`, counting the attempt now, so a
-/// deliverer that dies mid-attempt still used one.
+/// deliverer that dies mid-attempt still used one. With `after`, only rows past that
+/// position in the queue's order: the index scan starts there instead of walking, from
+/// the head, over rows other deliverers hold and row versions not yet pruned.
 pub async fn claim(
     pool: &PgPool,
     owner: &str,
     limit: i64,
     lease: Duration,
+    after: Option<Position>,
 ) -> Result<Vec<Claimed>, sqlx::Error> {
-    sqlx::query_as(
-        "WITH due AS (
-             SELECT id FROM outbox
-             WHERE status = 'pending' AND next_attempt_at <= now()
-               AND (lease_expires_at IS NULL OR lease_expires_at < now())
-             ORDER BY next_attempt_at
-             LIMIT $1
-             FOR UPDATE SKIP LOCKED
-         )
-         UPDATE outbox o
-         SET lease_owner = $2,
-             lease_expires_at = now() + make_interval(secs => $3),
-             attempts = o.attempts + 1
-         FROM due WHERE o.id = due.id
-         RETURNING o.id, o.idempotency_key, o.payload, o.attempts",
-    )
-    .bind(limit)
-    .bind(owner)
-    .bind(lease.as_secs_f64())
-    .fetch_all(pool)
-    .await
+    // Two statements rather than one with an optional bound: a generic plan could not
+    // start its index scan at a bound that may be absent.
+    let claim = |sql| {
+        sqlx::query_as(sql)
+            .bind(limit)
+            .bind(owner)
+            .bind(lease.as_secs_f64())
+    };
+    let query = match after {
+        Some(at) => claim(CLAIM_AFTER).bind(at.due_micros).bind(at.id),
+        None => claim(CLAIM),
+    };
+    query.fetch_all(pool).await
 }
+
+/// The claim statement: due rows in the queue's order, past the position `bound` adds;
+/// `$1` is the limit, `$2` the owner, `$3` the lease in seconds.
+macro_rules! claim_sql {
+    ($bound:literal) => {
+        concat!(
+            "WITH due AS (
+                 SELECT id FROM outbox
+                 WHERE status = 'pending' AND next_attempt_at <= now()
+                   AND (lease_expires_at IS NULL OR lease_expires_at < now())",
+            $bound,
+            "
+                 ORDER BY next_attempt_at, id
+                 LIMIT $1
+                 FOR UPDATE SKIP LOCKED
+             )
+             UPDATE outbox o
+             SET lease_owner = $2,
+                 lease_expires_at = now() + make_interval(secs => $3),
+                 attempts = o.attempts + 1
+             FROM due WHERE o.id = due.id
+             RETURNING o.id, o.idempotency_key, o.payload, o.attempts,
+                 (extract(epoch FROM o.next_attempt_at) * 1000000)::int8 AS due_micros"
+        )
+    };
+}
+
+/// The claim from the head of the queue.
+const CLAIM: &str = claim_sql!("");
+
+/// The claim going on past the position `($4, $5)`.
+const CLAIM_AFTER: &str = claim_sql!(
+    "
+                   AND (next_attempt_at, id)
+                       > ('epoch'::timestamptz + $4 * interval '1 microsecond', $5::uuid)"
+);
 
 /// An attempt's verdict, as [`complete`] records it.
 #[derive(Debug, Clone, PartialEq, Eq)]
