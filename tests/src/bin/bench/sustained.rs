@@ -95,6 +95,7 @@ pub async fn run(bin: &Path, quick: bool) -> anyhow::Result<Report> {
             started + duration,
         ))
     });
+    let sampling = tokio::spawn(sizes_each_tenth(pool.clone(), started, duration / 10));
     let feeding =
         tokio::spawn(async move { feed::run(&url, "sustained", RATE, duration, |_| false).await });
     let (w, d) = (plan.window, plan.duration);
@@ -187,7 +188,13 @@ pub async fn run(bin: &Path, quick: bool) -> anyhow::Result<Report> {
         )
         .baseline(format!("{first_p50:.1} / {first_p99:.1} ms"))
         .target(target, last_p50 < 10.0 && last_p99 < 100.0);
+    let sampled = sampling.await??;
     for (n, table) in TABLES.iter().enumerate() {
+        let totals: Vec<String> = sampled.iter().map(|tenth| tables::size(tenth[n])).collect();
+        report.figure(
+            format!("{table} total size at the end of each tenth of the run"),
+            totals.join(" · "),
+        );
         report.figure(
             format!("{table} heap / indexes / total: start → {window} s → end"),
             format!(
@@ -276,6 +283,21 @@ fn load_average() -> String {
         .ok()
         .and_then(|l| l.split_whitespace().next().map(String::from))
         .unwrap_or_else(|| "unknown".into())
+}
+
+/// Every table's total size (heap, indexes, TOAST) at the end of each of the ten `tenth`s
+/// after `started`, so the report shows whether the tables level off.
+async fn sizes_each_tenth(
+    pool: PgPool,
+    started: Instant,
+    tenth: Duration,
+) -> anyhow::Result<Vec<Vec<i64>>> {
+    let mut tenths = Vec::with_capacity(10);
+    for n in 1..=10 {
+        tokio::time::sleep_until(started + tenth * n).await;
+        tenths.push(readings(&pool).await?.iter().map(|r| r.total).collect());
+    }
+    Ok(tenths)
 }
 
 /// Vacuums both tables every `every` until `until`, as autovacuum would; returns how long
