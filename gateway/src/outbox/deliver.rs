@@ -358,10 +358,7 @@ impl Cursor {
 
     /// Moves past `rows`, or back to the head when the claim came back `short`.
     fn claimed(&mut self, rows: &[Claimed], short: bool, now: Instant) {
-        let furthest = rows
-            .iter()
-            .map(Claimed::position)
-            .max_by_key(|p| (p.due_micros, p.id));
+        let furthest = rows.iter().map(Claimed::position).max();
         self.at = match (short, furthest) {
             (false, Some(furthest)) => {
                 let since = self

@@ -53,7 +53,8 @@ pub struct Stats {
 
 /// Where in the queue's order, `(next_attempt_at, id)`, a claimed row stood: a claim may
 /// go on from the last row of the one before ([`claim`]'s `after`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Ordered as the queue is: by `next_attempt_at`, then by id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Position {
     /// `next_attempt_at`, microseconds since the Unix epoch (exact, unlike a float).
     pub due_micros: i64,

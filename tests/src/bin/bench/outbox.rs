@@ -96,6 +96,17 @@ pub fn exactly_once(
     }
 }
 
+/// When each reply was enqueued (`created_at`, its transaction's start), in seconds since
+/// the Unix epoch, by idempotency key.
+pub async fn enqueued_at(pool: &sqlx::PgPool) -> anyhow::Result<HashMap<String, f64>> {
+    let queued: Vec<(String, f64)> = sqlx::query_as(
+        "SELECT idempotency_key, extract(epoch FROM created_at)::float8 FROM outbox",
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(queued.into_iter().collect())
+}
+
 /// Waits until `n` POSTs have arrived at `receiver`, or `deadline` has passed.
 pub async fn wait_for_arrivals(receiver: &Receiver, n: usize, deadline: Duration) {
     let until = Instant::now() + deadline;
@@ -215,12 +226,7 @@ async fn steady(
     wait_for_arrivals(&receiver, sent.ok, Duration::from_secs(30)).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let pool = db.pool().await;
-    let queued: Vec<(String, f64)> = sqlx::query_as(
-        "SELECT idempotency_key, extract(epoch FROM created_at)::float8 FROM outbox",
-    )
-    .fetch_all(&pool)
-    .await?;
-    let created: HashMap<String, f64> = queued.into_iter().collect();
+    let created = enqueued_at(&pool).await?;
     let arrivals = receiver.arrivals();
     let mut latencies: Vec<Duration> = arrivals
         .iter()

@@ -4,7 +4,7 @@
 //! no slow replies, at the default per-gateway concurrency (`AIHUMMER_OUTBOX_CONCURRENCY`,
 //! the attempts one gateway keeps in flight) and, in the full run, at a larger one.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -13,7 +13,7 @@ use tokio::time::Instant;
 
 use crate::feed;
 use crate::inbound::app_role_gateway;
-use crate::outbox::{exactly_once, wait_for_arrivals};
+use crate::outbox::{enqueued_at, exactly_once, wait_for_arrivals};
 use crate::receiver::Receiver;
 use crate::report::{Report, percentile, rate, thousands};
 
@@ -145,14 +145,9 @@ async fn once(
     let all_delivered = started.elapsed();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let pool = db.pool().await;
-    let queued: Vec<(String, f64)> = sqlx::query_as(
-        "SELECT idempotency_key, extract(epoch FROM created_at)::float8 FROM outbox",
-    )
-    .fetch_all(&pool)
-    .await?;
+    let created = enqueued_at(&pool).await?;
     pool.close().await;
     drop(gateway);
-    let created: HashMap<String, f64> = queued.into_iter().collect();
     let others: HashSet<&str> = fed
         .accepted
         .iter()
