@@ -187,7 +187,10 @@ impl Node {
 /// What a [`Watch`] saw.
 #[derive(Debug, Default, Clone)]
 pub struct Seen {
-    /// Per node, the spans (from, to) it spent handing off.
+    /// Per node, the spans it was seen handing off: from the first sample that saw it to
+    /// the last. Only what a sample saw counts: the sample after a handoff ends may come a
+    /// whole round later (each round runs the CLI once per node, slow on a busy machine),
+    /// and that delay is not the node's.
     pub handoffs: Vec<Vec<(Duration, Duration)>>,
     /// Sample rounds in which more than one gateway said it leads.
     pub two_leaders: usize,
@@ -203,7 +206,7 @@ impl Seen {
             for (b, spans_b) in self.handoffs.iter().enumerate().skip(a + 1) {
                 for (s1, e1) in spans_a {
                     for (s2, e2) in spans_b {
-                        if s1 < e2 && s2 < e1 {
+                        if s1 <= e2 && s2 <= e1 {
                             overlaps.push(format!(
                                 "node {} {s1:?}..{e1:?} and node {} {s2:?}..{e2:?}",
                                 a + 1,
@@ -256,7 +259,7 @@ impl Watch {
         let task = tokio::spawn(async move {
             let started = Instant::now();
             let client = crate::http();
-            let mut open: Vec<Option<Duration>> = vec![None; nodes.len()];
+            let mut open: Vec<Option<(Duration, Duration)>> = vec![None; nodes.len()];
             loop {
                 for (i, (socket, _)) in nodes.iter().enumerate() {
                     let out = crate::supervisor::cli(socket, &["status", "--json"]).await;
@@ -264,14 +267,15 @@ impl Watch {
                     let handing_off = status.as_ref().is_some_and(|s| s["state"] == "handing_off");
                     let now = started.elapsed();
                     match (handing_off, open[i]) {
-                        (true, None) => open[i] = Some(now),
-                        (false, Some(from)) => {
+                        (true, None) => open[i] = Some((now, now)),
+                        (true, Some((from, _))) => open[i] = Some((from, now)),
+                        (false, Some(span)) => {
                             open[i] = None;
                             if let Ok(mut seen) = shared.lock() {
-                                seen.handoffs[i].push((from, now));
+                                seen.handoffs[i].push(span);
                             }
                         }
-                        _ => {}
+                        (false, None) => {}
                     }
                 }
                 let two = leaders(&client, &ports).await > 1 && leaders(&client, &ports).await > 1;
