@@ -126,6 +126,7 @@ async fn run(args: Args) -> anyhow::Result<Vec<Report>> {
     let mut timelines = Vec::new();
     let mut times = None;
     for scenario in &args.scenarios {
+        let scenario_started = Instant::now();
         let outcome = match scenario.as_str() {
             "handoff" => handoff::run(&bins, args.quick).await.map(|(r, t, c)| {
                 timelines = t;
@@ -144,11 +145,16 @@ async fn run(args: Args) -> anyhow::Result<Vec<Report>> {
         };
         // A scenario that could not run is a failure of the run, but the others still
         // run and the results are still written.
-        let report = outcome.unwrap_or_else(|err| {
+        let mut report = outcome.unwrap_or_else(|err| {
             let mut report = Report::new("scenario error", "none");
             report.fail(format!("{scenario}: {err:#}"));
             report
         });
+        // The full run must end within 15 minutes: each scenario's share shows where.
+        report.note(format!(
+            "The scenario took {:.0} s.",
+            scenario_started.elapsed().as_secs_f64()
+        ));
         report.print();
         reports.push(report);
     }

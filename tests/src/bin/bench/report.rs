@@ -101,6 +101,9 @@ impl Report {
         for failure in &self.failures {
             println!("{:>58}: {failure}", "FAILURE");
         }
+        for note in &self.notes {
+            println!("{:>58}: {note}", "note");
+        }
     }
 
     /// The report as JSON.
