@@ -136,6 +136,17 @@ pub async fn run(bin: &Path, quick: bool) -> anyhow::Result<Report> {
         .target("0 failed", fed.failed == 0);
     if let Some(error) = &fed.first_error {
         report.note(format!("The first failed inbound request: {error}."));
+        // The answer says only that the message was not stored; the gateway's log says why.
+        let logs = gateway.logs();
+        let warnings: Vec<&str> = logs
+            .lines()
+            .filter(|l| l.contains("WARN"))
+            .take(3)
+            .collect();
+        report.note(format!(
+            "The gateway's first warnings: {}",
+            warnings.join(" | ")
+        ));
     }
     let tenth = plan.duration / 10;
     let accepted = per_tenth(fed.accepted.iter().map(|s| s.at), epoch(t0), tenth);
