@@ -54,7 +54,7 @@ impl Plan {
                     Restart,
                     Restart,
                 ],
-                gap: Duration::from_secs(3),
+                gap: Duration::from_secs(2),
             }
         }
     }

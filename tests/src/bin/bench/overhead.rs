@@ -94,7 +94,7 @@ pub async fn run(bins: &Binaries, quick: bool) -> anyhow::Result<Report> {
     let (duration, rounds) = if quick {
         (Duration::from_secs(2), 2)
     } else {
-        (Duration::from_secs(4), 4)
+        (Duration::from_secs(4), 3)
     };
     let mut report = Report::new(
         "Serving overhead",
