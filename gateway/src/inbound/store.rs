@@ -86,7 +86,11 @@ pub async fn accept(
         external_id: &message.external_id,
         text: &message.text,
     });
-    let (inbound_id, reply_id) = (Uuid::new_v4(), Uuid::new_v4());
+    // Time-ordered ids: a new row's index entries, and those of its later versions while
+    // it is delivered, land on the few pages at the right edge of the id indexes instead
+    // of on random ones, so after a checkpoint fewer pages go to the WAL whole and the
+    // indexes stay smaller.
+    let (inbound_id, reply_id) = (Uuid::now_v7(), Uuid::now_v7());
     let outcome = Outcome {
         inbound_id,
         reply_id,
