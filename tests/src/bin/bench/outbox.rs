@@ -36,7 +36,7 @@ pub async fn run(bin: &Path, quick: bool) -> anyhow::Result<Report> {
         one.push(drain(bin, 1, replies, None, &run, &mut report).await?);
         two.push(drain(bin, 2, replies, None, &run, &mut report).await?);
     }
-    let (one_median, two_median) = (median(&one, Drained::rate), median(&two, Drained::rate));
+    let (one_median, two_median) = (median(&one, |d| d.rate), median(&two, |d| d.rate));
     let rates = |drains: &[Drained]| {
         drains
             .iter()
@@ -58,7 +58,7 @@ pub async fn run(bin: &Path, quick: bool) -> anyhow::Result<Report> {
         )
         .baseline(thousands(one_median))
         .target("more than 1 gateway", two_median > one_median);
-    let cpu = |drains: &[Drained]| format!("{:.0} µs", median(drains, Drained::cpu_micros));
+    let cpu = |drains: &[Drained]| format!("{:.0} µs", median(drains, |d| d.cpu_micros));
     report.figure(
         "busy CPU of the whole machine per delivery, gateway start to last POST, 1 / 2 gateways (medians)",
         format!("{} / {}", cpu(&one), cpu(&two)),
@@ -95,16 +95,6 @@ struct Drained {
     cpu_micros: f64,
 }
 
-impl Drained {
-    fn rate(&self) -> f64 {
-        self.rate
-    }
-
-    fn cpu_micros(&self) -> f64 {
-        self.cpu_micros
-    }
-}
-
 /// The median of `value` over `drains` (the upper one of an even count).
 fn median(drains: &[Drained], value: fn(&Drained) -> f64) -> f64 {
     let mut values: Vec<f64> = drains.iter().map(value).collect();
@@ -112,8 +102,8 @@ fn median(drains: &[Drained], value: fn(&Drained) -> f64) -> f64 {
     values.get(values.len() / 2).copied().unwrap_or(0.0)
 }
 
-/// The machine's busy and idle CPU time so far, in clock ticks, from `/proc/stat`.
-fn cpu_ticks() -> anyhow::Result<(u64, u64)> {
+/// The machine's busy CPU time so far, in clock ticks, from `/proc/stat`.
+fn busy_ticks() -> anyhow::Result<u64> {
     let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
     let ticks: Vec<u64> = stat
         .lines()
@@ -124,11 +114,13 @@ fn cpu_ticks() -> anyhow::Result<(u64, u64)> {
         .map(str::parse)
         .collect::<Result<_, _>>()
         .context("/proc/stat's cpu line")?;
-    // user nice system idle iowait irq softirq steal ...
+    // user nice system idle iowait irq softirq ...: all but idle and iowait.
     let at = |i: usize| ticks.get(i).copied().unwrap_or(0);
-    Ok((at(0) + at(1) + at(2) + at(5) + at(6), at(3) + at(4)))
+    Ok(at(0) + at(1) + at(2) + at(5) + at(6))
 }
 
+/// Checks every `expected` key arrived exactly once: a figure for `what`, and a failure of
+/// the run for each duplicate or loss.
 pub fn exactly_once(
     report: &mut Report,
     what: &str,
@@ -222,12 +214,12 @@ async fn drain(
         ("AIHUMMER_REPLY_WEBHOOK_URL", hook.as_str()),
         ("AIHUMMER_LOG", "warn"),
     ];
-    let (busy_before, _) = cpu_ticks()?;
+    let busy_before = busy_ticks()?;
     let running: Vec<Gateway> = (0..gateways)
         .map(|_| Gateway::start_with(bin, &env, |_| {}))
         .collect();
     wait_for_arrivals(&receiver, keys.len(), Duration::from_secs(120)).await;
-    let (busy_after, _) = cpu_ticks()?;
+    let busy_after = busy_ticks()?;
     // Let a late duplicate show itself, and every outcome be recorded.
     let until = Instant::now() + Duration::from_secs(10);
     while Instant::now() < until {
