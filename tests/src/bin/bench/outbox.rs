@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use aihummer_tests::{Gateway, TestDb};
 use anyhow::Context;
 use tokio::time::Instant;
+use uuid::Uuid;
 
 use crate::inbound::{WORKSPACE, app_role_gateway};
 use crate::load;
@@ -188,18 +189,21 @@ async fn drain(
     setup.wait_ready(Duration::from_secs(60)).await;
     drop(setup);
     let pool = db.pool().await;
+    // Time-ordered ids, as the gateway gives the replies it queues.
+    let ids: Vec<Uuid> = (0..replies).map(|_| Uuid::now_v7()).collect();
     let keys: Vec<String> = sqlx::query_scalar(
         // One after another, 100 µs apart, as inbound traffic queues them while the
         // receiver is away: the queue's order is then the order the rows lie in.
-        "INSERT INTO outbox (workspace_id, idempotency_key, payload, created_at, next_attempt_at)
-         SELECT $1::uuid, 'bench-' || n,
+        "INSERT INTO outbox (id, workspace_id, idempotency_key, payload, created_at, next_attempt_at)
+         SELECT id, $1::uuid, 'bench-' || n,
                 jsonb_build_object('text', 'reply ' || n, 'channel', 'bench', 'n', n),
                 queued, queued
-         FROM generate_series(1, $2) AS n,
-              LATERAL (SELECT now() - ($2 - n) * interval '100 microseconds' AS queued) AS q
+         FROM unnest($2::uuid[]) WITH ORDINALITY AS r(id, n),
+              LATERAL (SELECT now() - ($3 - n) * interval '100 microseconds' AS queued) AS q
          RETURNING idempotency_key",
     )
     .bind(WORKSPACE)
+    .bind(&ids)
     .bind(replies)
     .fetch_all(&pool)
     .await?;
