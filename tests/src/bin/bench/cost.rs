@@ -12,9 +12,9 @@ use crate::binaries::Binaries;
 use crate::report::Report;
 use crate::supervised::Supervised;
 
-/// Clock ticks per second in `/proc/<pid>/stat`: USER_HZ, 100 on every Linux the project
+/// Clock ticks per second in `/proc/<pid>/stat` and `/proc/stat`: USER_HZ, 100 on every Linux the project
 /// builds for.
-const TICKS_PER_SECOND: f64 = 100.0;
+pub const TICKS_PER_SECOND: f64 = 100.0;
 
 /// `utime + stime` of `pid`, in clock ticks.
 fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {

@@ -12,6 +12,7 @@ use anyhow::Context;
 use tokio::time::Instant;
 use uuid::Uuid;
 
+use crate::cost::TICKS_PER_SECOND;
 use crate::inbound::{WORKSPACE, app_role_gateway};
 use crate::load;
 use crate::receiver::Receiver;
@@ -254,12 +255,8 @@ async fn drain(
         ),
         _ => 0.0,
     };
-    let ticks_per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .ok()
-        .flatten()
-        .unwrap_or(100) as f64;
     let cpu_micros =
-        (busy_after - busy_before) as f64 / ticks_per_second * 1e6 / arrivals.len().max(1) as f64;
+        (busy_after - busy_before) as f64 / TICKS_PER_SECOND * 1e6 / arrivals.len().max(1) as f64;
     exactly_once(report, &what, &arrivals, &keys.into_iter().collect());
     pool.close().await;
     Ok(Drained { rate, cpu_micros })
