@@ -12,8 +12,8 @@ use crate::binaries::Binaries;
 use crate::report::Report;
 use crate::supervised::Supervised;
 
-/// Clock ticks per second in `/proc/<pid>/stat` and `/proc/stat`: USER_HZ, 100 on every Linux the project
-/// builds for.
+/// Clock ticks per second in `/proc/<pid>/stat` and `/proc/stat`: USER_HZ, 100 on every
+/// Linux the project builds for.
 pub const TICKS_PER_SECOND: f64 = 100.0;
 
 /// `utime + stime` of `pid`, in clock ticks.
