@@ -17,6 +17,7 @@ use crate::http::metrics as http_metrics;
 use crate::http::routes;
 use crate::http::signature::Verifier;
 use crate::inbound::Wake;
+use crate::inbound::batch::Batch;
 use crate::leader::Elector;
 use crate::listeners::{self, ListenerError, Listeners};
 use crate::metrics::Metrics;
@@ -238,6 +239,7 @@ pub async fn run(
         workspace: config.default_workspace,
         responder: Box::new(Builtin),
         wake: Wake::default(),
+        batch: Batch::default(),
     });
     let wake = inbound.wake.clone();
     // Under a supervisor, the public socket is shared with the gateway serving now: take

@@ -14,6 +14,7 @@ use aihummer_gateway::http::inbound::Inbound;
 use aihummer_gateway::http::routes;
 use aihummer_gateway::http::signature::Verifier;
 use aihummer_gateway::inbound::Wake;
+use aihummer_gateway::inbound::batch::Batch;
 use aihummer_gateway::responder::Builtin;
 use aihummer_gateway::state::Shared;
 use aihummer_tests::{INBOUND_SECRET, TestDb, hmac_hex, unix_now};
@@ -196,6 +197,7 @@ async fn router(db: &TestDb) -> Router {
         responder: Box::new(Builtin),
         // Nothing delivers here, so no task sends the wakes.
         wake: Wake::default(),
+        batch: Batch::default(),
     });
     routes::public(shared, inbound)
 }

@@ -7,6 +7,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use aihummer_gateway::config::DbTarget;
+use aihummer_gateway::inbound::batch::Batch;
 use aihummer_gateway::inbound::{Message, store};
 use aihummer_gateway::responder::Builtin;
 use aihummer_gateway::state::{Pools, Shared};
@@ -333,16 +334,17 @@ async fn an_inheriting_login_stores_a_message_in_one_statement_that_leaves_no_te
         external_id: "one".into(),
         text: "hello".into(),
     };
+    let batch = Batch::default();
 
-    let first = store::accept(&pools.app, f.a, "key:one", &message, &Builtin)
+    let first = store::accept(&pools.app, &batch, f.a, "key:one", &message, &Builtin)
         .await
         .expect("stored");
     assert!(!first.replayed);
-    let again = store::accept(&pools.app, f.a, "key:one", &message, &Builtin)
+    let again = store::accept(&pools.app, &batch, f.a, "key:one", &message, &Builtin)
         .await
         .expect("replayed");
     assert_eq!((again.replayed, &again.result), (true, &first.result));
-    let other = store::accept(&pools.app, f.b, "key:one", &message, &Builtin)
+    let other = store::accept(&pools.app, &batch, f.b, "key:one", &message, &Builtin)
         .await
         .expect("the same key in another workspace");
     assert!(!other.replayed);
@@ -388,7 +390,8 @@ async fn a_login_not_held_to_the_app_roles_policies_by_itself_switches_role_per_
             external_id: login.clone(),
             text: "hello".into(),
         };
-        let stored = store::accept(&pools.app, f.a, &login, &message, &Builtin)
+        let batch = Batch::default();
+        let stored = store::accept(&pools.app, &batch, f.a, &login, &message, &Builtin)
             .await
             .expect("stored");
         assert!(!stored.replayed, "{login}");

@@ -20,6 +20,7 @@ use uuid::Uuid;
 
 use crate::http::error::ApiError;
 use crate::http::signature::Verifier;
+use crate::inbound::batch::Batch;
 use crate::inbound::{Message, Wake, store};
 use crate::responder::Responder;
 use crate::state::Shared;
@@ -42,6 +43,8 @@ pub struct Inbound {
     pub responder: Box<dyn Responder>,
     /// Wakes the outbox deliverers once a reply is committed.
     pub wake: Wake,
+    /// Messages waiting to be stored together.
+    pub batch: Batch,
 }
 
 /// The inbound routes, with their own state.
@@ -117,16 +120,23 @@ async fn generic(
         .shared
         .pools()
         .ok_or_else(|| ApiError::not_ready(&inbound.shared.phase()))?;
-    let accepted = store::accept(&pools.app, workspace, &key, &message, &*inbound.responder)
-        .await
-        .map_err(|err| {
-            tracing::warn!(error = %err, "inbound message not stored");
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "database_error",
-                "the message could not be stored; retry with the same Idempotency-Key",
-            )
-        })?;
+    let accepted = store::accept(
+        &pools.app,
+        &inbound.batch,
+        workspace,
+        &key,
+        &message,
+        &*inbound.responder,
+    )
+    .await
+    .map_err(|err| {
+        tracing::warn!(error = %err, "inbound message not stored");
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "database_error",
+            "the message could not be stored; retry with the same Idempotency-Key",
+        )
+    })?;
     if !accepted.replayed {
         inbound.wake.after_commit();
     }

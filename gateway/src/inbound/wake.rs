@@ -36,10 +36,14 @@ impl Wake {
                 _ = stop.wait_for(|stop| *stop) => return,
                 _ = self.pending.notified() => {}
             }
-            let sent = sqlx::query("SELECT pg_notify($1, '')")
-                .bind(CHANNEL)
-                .execute(&pool)
-                .await;
+            // Not waiting for the WAL flush: the lock is held until then, and a notify lost
+            // with the server's crash costs only latency.
+            let sent = sqlx::query(
+                "SELECT pg_notify($1, ''), set_config('synchronous_commit', 'off', true)",
+            )
+            .bind(CHANNEL)
+            .execute(&pool)
+            .await;
             if let Err(err) = sent {
                 tracing::warn!(
                     error = %err,
