@@ -5,6 +5,7 @@
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use aihummer_gateway::config::DbTarget;
 use aihummer_gateway::inbound::Message;
@@ -13,7 +14,8 @@ use aihummer_gateway::inbound::store::{self, AcceptError, Accepted};
 use aihummer_gateway::responder::Builtin;
 use aihummer_gateway::state::{Pools, Shared};
 use aihummer_gateway::{database, migrate};
-use aihummer_tests::TestDb;
+use aihummer_tests::{Gateway, INBOUND_SECRET, Proxy, TestDb, post_inbound};
+use serde_json::json;
 use sqlx::postgres::PgConnectOptions;
 use tokio::task::JoinSet;
 use uuid::Uuid;
@@ -187,4 +189,73 @@ async fn a_message_the_database_refuses_fails_alone() {
     assert_eq!(failed, HashSet::from([refused.as_str()]));
     let (messages, _) = messages_and_transactions(&pools).await;
     assert_eq!(messages, 60);
+}
+
+#[tokio::test]
+async fn while_the_database_is_down_messages_are_refused_together_and_stored_once_it_is_back() {
+    let db = TestDb::create().await;
+    let mut proxy = Proxy::new();
+    proxy.start().await;
+    let url = proxy.url(&db);
+    let gw = Gateway::start(&[
+        ("AIHUMMER_DATABASE_URL", url.as_str()),
+        ("AIHUMMER_INBOUND_SECRET", INBOUND_SECRET),
+        (
+            "AIHUMMER_DEFAULT_WORKSPACE_ID",
+            "6a3e1c55-8a0b-4b6e-9d3f-1e2a3b4c5d6e",
+        ),
+    ]);
+    gw.wait_ready(Duration::from_secs(30)).await;
+    // Longer than any wait the gateway may impose, so that its answer is what is measured.
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(300))
+        .build()
+        .expect("client");
+    let send_all = || {
+        let mut sends = JoinSet::new();
+        for n in 0..40 {
+            let (client, base) = (client.clone(), gw.url(""));
+            sends.spawn(async move {
+                let body = json!({"channel": "sms", "external_id": format!("m-{n}"), "text": "hi"});
+                post_inbound(
+                    &client,
+                    base.trim_end_matches('/'),
+                    &body,
+                    Some(&format!("k-{n}")),
+                )
+                .await
+                .expect("an answer")
+            });
+        }
+        sends.join_all()
+    };
+
+    proxy.stop().await;
+    let started = Instant::now();
+    let answers = send_all().await;
+    let took = started.elapsed();
+    assert!(
+        answers.iter().all(|(status, _)| *status == 503),
+        "{answers:?}"
+    );
+    // Each statement waits out the pool's 5 s at most, and the messages waiting meanwhile
+    // fail with the next one, not one by one after it.
+    assert!(took < Duration::from_secs(30), "40 refusals took {took:?}");
+
+    proxy.start().await;
+    let answers = send_all().await;
+    assert!(
+        answers
+            .iter()
+            .all(|(status, body)| *status == 200 && body["status"] == "queued"),
+        "{answers:?}"
+    );
+    let pool = db.pool().await;
+    let (messages, replies): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM inbound_messages), (SELECT count(*) FROM outbox)",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("counts");
+    assert_eq!((messages, replies), (40, 40));
 }

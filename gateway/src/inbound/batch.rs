@@ -27,8 +27,9 @@ const STATEMENTS: usize = 2;
 /// The most messages one statement stores.
 const MOST_PER_STATEMENT: usize = 64;
 
-/// Whether a message was stored (`true`) or its key was already taken (`false`).
-type Stored = Result<bool, sqlx::Error>;
+/// Whether a message was stored (`true`) or its key was already taken (`false`); an error
+/// is shared by the messages of the statement that failed.
+pub type Stored = Result<bool, Arc<sqlx::Error>>;
 
 /// A message waiting to be stored, and where its outcome goes.
 struct Job {
@@ -142,8 +143,9 @@ impl Drop for Slot {
     }
 }
 
-/// Stores `group` in one statement; when that fails, each message alone, so that one
-/// message the database refuses does not take the others down with it.
+/// Stores `group` in one statement. When the server refuses it, each message is tried
+/// again alone, so that one message the database refuses does not take the others down
+/// with it; any other failure (no connection, a timeout) is every message's.
 async fn store_group(group: Vec<Job>) {
     let Some(first) = group.first() else { return };
     let (app, workspace) = (first.app.clone(), first.workspace);
@@ -154,17 +156,19 @@ async fn store_group(group: Vec<Job>) {
                 let _ = job.done.send(Ok(stored.contains(&job.message.inbound_id)));
             }
         }
-        Err(_) if group.len() > 1 => {
+        Err(sqlx::Error::Database(_)) if group.len() > 1 => {
             for job in group {
                 let outcome = store::store_group(&app, workspace, &[&job.message])
                     .await
-                    .map(|stored| stored.contains(&job.message.inbound_id));
+                    .map(|stored| stored.contains(&job.message.inbound_id))
+                    .map_err(Arc::new);
                 let _ = job.done.send(outcome);
             }
         }
         Err(err) => {
-            if let Some(job) = group.into_iter().next() {
-                let _ = job.done.send(Err(err));
+            let err = Arc::new(err);
+            for job in group {
+                let _ = job.done.send(Err(err.clone()));
             }
         }
     }

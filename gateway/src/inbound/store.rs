@@ -11,6 +11,7 @@
 //! query), the statement, `COMMIT`. A replay adds a transaction reading the stored result.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use serde::Serialize;
 use serde_json::Value;
@@ -71,8 +72,9 @@ pub struct NewMessage {
 /// deliverers after it. The tenant is set by the `tenant` CTE that the insert reads its
 /// rows from, so it is in force before the policies check them; `MATERIALIZED` and the
 /// volatile `set_config` keep it a separate step. The messages are inserted in the order
-/// given, so of two with the same key in one statement the first is stored. A reply's id
-/// is also its idempotency key.
+/// of their keys, so statements racing on the same keys (a client's retries, two gateways)
+/// wait for each other in one order and cannot deadlock; of two with the same key in one
+/// statement, the one given first is stored. A reply's id is also its idempotency key.
 const STORE: &str = "WITH tenant AS MATERIALIZED (
          SELECT set_config('aihummer.workspace_id', ($1::uuid)::text, true)
      ), input AS (
@@ -85,7 +87,7 @@ const STORE: &str = "WITH tenant AS MATERIALIZED (
              (id, workspace_id, channel, external_id, idempotency_key, body, result)
          SELECT i.id, $1, i.channel, i.external_id, i.idempotency_key, i.body, i.result::jsonb
          FROM input i, tenant
-         ORDER BY i.n
+         ORDER BY i.idempotency_key, i.n
          ON CONFLICT (workspace_id, idempotency_key) DO NOTHING
          RETURNING id
      ), reply AS (
@@ -102,6 +104,9 @@ pub enum AcceptError {
     /// The database refused or could not be reached.
     #[error(transparent)]
     Database(#[from] sqlx::Error),
+    /// The statement storing it with others failed.
+    #[error(transparent)]
+    Stored(#[from] Arc<sqlx::Error>),
     /// The gateway stopped before the statement storing it ended.
     #[error(transparent)]
     Abandoned(#[from] Abandoned),
