@@ -6,6 +6,7 @@
 //!   the client) and restore, to make the database unreachable without touching the
 //!   shared server.
 //! - [`pgbouncer::PgBouncer`]: a real PgBouncer in session or transaction pooling mode.
+//! - [`pools::pools_as`]: the gateway's pools opened in-process, as its startup does.
 //! - [`packaging`]: the `packaging/` folder, system tools the packaging suites need.
 //! - [`Receiver`]: a webhook receiver recording every delivery, answering from a script.
 //! - [`accounts`]: throwaway system users and groups for the privilege tests.
@@ -21,6 +22,7 @@ pub mod accounts;
 pub mod fleet;
 pub mod packaging;
 pub mod pgbouncer;
+pub mod pools;
 pub mod slowloris;
 pub mod supervisor;
 pub mod update;

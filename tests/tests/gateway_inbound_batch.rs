@@ -7,13 +7,13 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aihummer_gateway::config::DbTarget;
 use aihummer_gateway::inbound::Message;
 use aihummer_gateway::inbound::batch::Batch;
 use aihummer_gateway::inbound::store::{self, AcceptError, Accepted};
+use aihummer_gateway::migrate;
 use aihummer_gateway::responder::Builtin;
-use aihummer_gateway::state::{Pools, Shared};
-use aihummer_gateway::{database, migrate};
+use aihummer_gateway::state::Pools;
+use aihummer_tests::pools::pools_as;
 use aihummer_tests::{Gateway, INBOUND_SECRET, Proxy, TestDb, post_inbound};
 use serde_json::json;
 use sqlx::postgres::PgConnectOptions;
@@ -24,22 +24,11 @@ use uuid::Uuid;
 /// is a member of `aihummer_app` with `attributes`.
 async fn setup(attributes: &str) -> (TestDb, Pools, [Uuid; 2]) {
     let mut db = TestDb::create().await;
-    let owner = DbTarget {
-        options: PgConnectOptions::from_str(&db.url()).expect("url"),
-    };
     // The login's role comes with the migrations.
-    migrate::apply(&owner.options, |_| {})
-        .await
-        .expect("migrate");
+    let options = PgConnectOptions::from_str(&db.url()).expect("url");
+    migrate::apply(&options, |_| {}).await.expect("migrate");
     let login = db.login(attributes).await;
-    let app = DbTarget {
-        options: PgConnectOptions::from_str(&db.url_as(&login)).expect("url"),
-    };
-    let (_leadership, leading) = tokio::sync::watch::channel(false);
-    let shared = Shared::new(true, leading);
-    let pools = database::start(&owner, Some(&app), None, &shared)
-        .await
-        .expect("startup");
+    let pools = pools_as(&db, &login).await;
     let workspaces = [Uuid::new_v4(), Uuid::new_v4()];
     for ws in workspaces {
         sqlx::query("INSERT INTO workspaces (id, name) VALUES ($1, 'batch')")

@@ -6,13 +6,12 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use aihummer_gateway::config::DbTarget;
 use aihummer_gateway::inbound::batch::Batch;
 use aihummer_gateway::inbound::{Message, store};
+use aihummer_gateway::migrate;
 use aihummer_gateway::responder::Builtin;
-use aihummer_gateway::state::{Pools, Shared};
 use aihummer_gateway::tenant::{self, AppPool};
-use aihummer_gateway::{database, migrate};
+use aihummer_tests::pools::pools_as;
 use aihummer_tests::{Gateway, TestDb};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Row};
@@ -207,21 +206,10 @@ async fn a_gateway_serves_through_the_app_role_when_one_is_configured() {
 #[tokio::test]
 async fn the_app_pool_is_in_the_app_role_inside_a_serving_transaction_and_only_there() {
     let mut db = TestDb::create().await;
-    let owner = DbTarget {
-        options: PgConnectOptions::from_str(&db.url()).expect("url"),
-    };
-    migrate::apply(&owner.options, |_| {})
-        .await
-        .expect("migrate");
+    let options = PgConnectOptions::from_str(&db.url()).expect("url");
+    migrate::apply(&options, |_| {}).await.expect("migrate");
     let login = db.app_login().await;
-    let app = DbTarget {
-        options: PgConnectOptions::from_str(&db.url_as(&login)).expect("url"),
-    };
-    let (_leadership, leading) = tokio::sync::watch::channel(false);
-    let shared = Shared::new(true, leading);
-    let pools = database::start(&owner, Some(&app), None, &shared)
-        .await
-        .expect("startup");
+    let pools = pools_as(&db, &login).await;
     let current_user = "SELECT current_user::text";
 
     // Startup's own role check ran a serving transaction on the pool's one connection.
@@ -303,21 +291,6 @@ async fn an_app_login_that_cannot_switch_to_the_app_role_is_refused_at_startup()
         logs.contains(&format!("GRANT aihummer_app TO {login}")),
         "{logs}"
     );
-}
-
-/// Starts the gateway's pools on `db` serving through `login`, as startup does.
-async fn pools_as(db: &TestDb, login: &str) -> Pools {
-    let owner = DbTarget {
-        options: PgConnectOptions::from_str(&db.url()).expect("url"),
-    };
-    let app = DbTarget {
-        options: PgConnectOptions::from_str(&db.url_as(login)).expect("url"),
-    };
-    let (_leadership, leading) = tokio::sync::watch::channel(false);
-    let shared = Shared::new(true, leading);
-    database::start(&owner, Some(&app), None, &shared)
-        .await
-        .expect("startup")
 }
 
 #[tokio::test]
