@@ -104,9 +104,9 @@ pub enum AcceptError {
     /// The database refused or could not be reached.
     #[error(transparent)]
     Database(#[from] sqlx::Error),
-    /// The statement storing it with others failed.
+    /// The statement storing it with other messages failed.
     #[error(transparent)]
-    Stored(#[from] Arc<sqlx::Error>),
+    Shared(#[from] Arc<sqlx::Error>),
     /// The gateway stopped before the statement storing it ended.
     #[error(transparent)]
     Abandoned(#[from] Abandoned),
