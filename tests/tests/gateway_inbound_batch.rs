@@ -4,7 +4,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aihummer_gateway::inbound::Message;
@@ -46,7 +45,7 @@ type Outcome = ((Uuid, String), Result<Accepted, AcceptError>);
 /// Stores every `(batch, workspace, key)` at once, each from its own task, and returns
 /// each outcome with what was sent.
 async fn store_all(pools: &Pools, sends: Vec<(Batch, Uuid, String)>) -> Vec<Outcome> {
-    let app = Arc::new(pools.app.clone());
+    let app = pools.app.clone();
     let mut tasks = JoinSet::new();
     for (batch, workspace, key) in sends {
         let app = app.clone();
