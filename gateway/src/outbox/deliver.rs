@@ -20,6 +20,7 @@
 //! abandons the rest, records the verdicts it has and then gives back every lease it still
 //! holds, so a handoff does not delay delivery by a lease period.
 
+use futures_util::FutureExt;
 use prometheus::{Histogram, IntCounterVec};
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
@@ -142,6 +143,14 @@ impl Deliverer {
                 let (pool, owner, lease) = (this.pool.clone(), this.owner.clone(), this.lease);
                 let limit = i64::try_from(room).unwrap_or(i64::MAX);
                 let after = window.cursor.position(Instant::now());
+                if after.is_none() {
+                    // A claim from the head finds every row committed before it, so a
+                    // wake stored before it (the one sent on connecting, or one that came
+                    // while a claim was under way) asks for nothing more; kept, it would
+                    // start a second walk from the head as soon as this one comes back
+                    // short.
+                    let _ = wake.notified().now_or_never();
+                }
                 window.claiming.spawn(async move {
                     let claimed = store::claim(&pool, &owner, limit, lease, after).await;
                     (limit, after.is_some(), claimed)
