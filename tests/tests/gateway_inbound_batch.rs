@@ -45,10 +45,9 @@ type Outcome = ((Uuid, String), Result<Accepted, AcceptError>);
 /// Stores every `(batch, workspace, key)` at once, each from its own task, and returns
 /// each outcome with what was sent.
 async fn store_all(pools: &Pools, sends: Vec<(Batch, Uuid, String)>) -> Vec<Outcome> {
-    let app = pools.app.clone();
     let mut tasks = JoinSet::new();
     for (batch, workspace, key) in sends {
-        let app = app.clone();
+        let app = pools.app.clone();
         tasks.spawn(async move {
             let message = Message {
                 channel: "batch".into(),
